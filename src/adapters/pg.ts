@@ -1,0 +1,86 @@
+/**
+ * txonce for node-postgres: `txonce(pool)` over a `pg.Pool` (or anything shaped like one), for
+ * services that use pg directly or through Kysely or Drizzle. Nothing here imports `pg`.
+ */
+import { InvalidArgumentError } from "../errors.js";
+import type { Database, Row, SqlExecutor } from "../executor.js";
+import { createIdempotency, type Idempotency, type IdempotencyDefaults } from "../idempotency.js";
+
+/** The subset of a pg `PoolClient` that txonce uses. */
+export interface PgClientLike {
+  query(text: string, values?: unknown[]): Promise<{ rows: any[] }>;
+  release(error?: Error | boolean): void;
+}
+
+/** The subset of a pg `Pool` that txonce uses. */
+export interface PgPoolLike {
+  query(text: string, values?: unknown[]): Promise<{ rows: any[] }>;
+  connect(): Promise<PgClientLike>;
+}
+
+/** Transaction options for node-postgres. */
+export interface PgTransactionOptions {
+  /** Isolation level of the transaction. (Default: the database's, `read committed` on PostgreSQL) */
+  isolationLevel?: "read committed" | "repeatable read" | "serializable";
+}
+
+/** A {@link Database} over a pg pool; the transaction handle is the checked-out client. */
+export function pgDatabase<Client extends PgClientLike>(
+  pool: { query: PgPoolLike["query"]; connect(): Promise<Client> },
+): Database<Client, PgTransactionOptions> {
+  return {
+    query: async (sql, params) => (await pool.query(sql, params as unknown[])).rows as Row[],
+    async transaction(work, options) {
+      const client = await pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query(options?.isolationLevel ? `BEGIN ISOLATION LEVEL ${isolation(options.isolationLevel)}` : "BEGIN");
+        const inTransaction: SqlExecutor = {
+          query: async (sql, params) => (await client.query(sql, params as unknown[])).rows as Row[],
+        };
+        try {
+          const result = await work(client, inTransaction);
+          await client.query("COMMIT");
+          return result;
+        } catch (error) {
+          await client.query("ROLLBACK").catch((rollbackError: Error) => {
+            broken = rollbackError;
+          });
+          throw error;
+        }
+      } finally {
+        client.release(broken);
+      }
+    },
+  };
+}
+
+function isolation(level: PgTransactionOptions["isolationLevel"]): string {
+  switch (level) {
+    case "read committed":
+      return "READ COMMITTED";
+    case "repeatable read":
+      return "REPEATABLE READ";
+    case "serializable":
+      return "SERIALIZABLE";
+    default:
+      throw new InvalidArgumentError("isolationLevel", `unknown isolation level ${JSON.stringify(level)}`);
+  }
+}
+
+export type TxonceOptions = IdempotencyDefaults<PgTransactionOptions>;
+
+/**
+ * Makes retried operations safe on a node-postgres pool. The operation gets the pool client
+ * that holds the transaction.
+ *
+ * @example
+ * const { withIdempotency } = txonce(pool);
+ * await withIdempotency(key, (client) => client.query("INSERT INTO charges ..."));
+ */
+export function txonce<Client extends PgClientLike>(
+  pool: { query: PgPoolLike["query"]; connect(): Promise<Client> },
+  options: TxonceOptions = {},
+): Idempotency<Client, PgTransactionOptions> {
+  return createIdempotency(pgDatabase(pool), options);
+}

@@ -1,0 +1,88 @@
+/**
+ * txonce for Prisma: `txonce(prisma)` returns `withIdempotency` and friends, running the
+ * operation in a Prisma interactive transaction. Works with any Prisma 7 client (and extended
+ * clients) through a structural type: nothing here imports the generated client.
+ */
+import { Decimal } from "@prisma/client/runtime/client";
+import type { CustomType } from "../codec.js";
+import { InvalidArgumentError } from "../errors.js";
+import type { Database, Row, SqlExecutor } from "../executor.js";
+import { toMilliseconds } from "../duration.js";
+import { createIdempotency, type Idempotency, type IdempotencyDefaults } from "../idempotency.js";
+
+/** Prisma's interactive transaction options. */
+export interface PrismaTransactionOptions {
+  /** Longest wait for a connection to start the transaction, in ms. (Default: Prisma's, 2000) */
+  maxWait?: number;
+  /** Longest time the transaction may run before Prisma rolls it back, in ms. (Default: Prisma's, 5000) */
+  timeout?: number;
+  /** Isolation level of the transaction. (Default: the database's, `ReadCommitted` on PostgreSQL) */
+  isolationLevel?: "ReadUncommitted" | "ReadCommitted" | "RepeatableRead" | "Serializable";
+}
+
+/** What txonce needs from a Prisma transaction client. */
+export interface PrismaTransactionLike {
+  $queryRawUnsafe<T = unknown>(query: string, ...values: any[]): Promise<T>;
+}
+
+/** What txonce needs from a `PrismaClient` (or an extended one). */
+export interface PrismaClientLike extends PrismaTransactionLike {
+  $transaction<R>(fn: (tx: any) => Promise<R>, options?: PrismaTransactionOptions): Promise<R>;
+}
+
+/** The transaction client type of a Prisma client: what `prisma.$transaction(async (tx) => ...)` passes. */
+export type TransactionClientOf<Client> = Client extends {
+  $transaction<R>(fn: (tx: infer Tx) => Promise<R>, options?: any): Promise<R>;
+}
+  ? Tx
+  : never;
+
+/** Prisma's `Decimal`, stored as its exact decimal string. */
+export const prismaDecimalType: CustomType<Decimal, string> = {
+  name: "Prisma.Decimal",
+  isApplicable: (value): value is Decimal => Decimal.isDecimal(value),
+  serialize: (value) => value.toFixed(),
+  deserialize: (text) => new Decimal(text),
+};
+
+/** Prisma's default interactive transaction timeout, in ms. */
+const PRISMA_DEFAULT_TIMEOUT = 5000;
+
+/** A {@link Database} over a Prisma client. */
+export function prismaDatabase<Client extends PrismaClientLike>(
+  prisma: Client,
+): Database<TransactionClientOf<Client>, PrismaTransactionOptions> {
+  return {
+    query: (sql, params) => prisma.$queryRawUnsafe<Row[]>(sql, ...params),
+    transaction: (work, options) =>
+      prisma.$transaction((tx: PrismaTransactionLike & TransactionClientOf<Client>) => {
+        const inTransaction: SqlExecutor = { query: (sql, params) => tx.$queryRawUnsafe<Row[]>(sql, ...params) };
+        return work(tx, inTransaction);
+      }, options),
+  };
+}
+
+export type TxonceOptions = IdempotencyDefaults<PrismaTransactionOptions>;
+
+export type Txonce<Client> = Idempotency<TransactionClientOf<Client>, PrismaTransactionOptions>;
+
+/**
+ * Makes retried operations safe on a Prisma client.
+ *
+ * @example
+ * const { withIdempotency } = txonce(prisma, { retention: "48h" });
+ * const charge = await withIdempotency(key, (tx) => tx.charge.create({ data }), { scope: accountId });
+ */
+export function txonce<Client extends PrismaClientLike>(prisma: Client, options: TxonceOptions = {}): Txonce<Client> {
+  const timeout = options.transaction?.timeout ?? PRISMA_DEFAULT_TIMEOUT;
+  if (options.lockTimeout !== undefined && toMilliseconds(options.lockTimeout, "lockTimeout") >= timeout) {
+    throw new InvalidArgumentError(
+      "lockTimeout",
+      `must be shorter than the transaction timeout (${timeout} ms), or waiting calls outlive their transaction`,
+    );
+  }
+  return createIdempotency(prismaDatabase(prisma), {
+    ...options,
+    types: [prismaDecimalType, ...(options.types ?? [])],
+  });
+}

@@ -1,0 +1,24 @@
+/** A row as the driver returns it: column name to value. */
+export type Row = Record<string, unknown>;
+
+/** Runs one SQL statement with positional parameters (`$1`, `$2`, ...) and returns its rows. */
+export interface SqlExecutor {
+  query(sql: string, params: readonly unknown[]): Promise<Row[]>;
+}
+
+/**
+ * Everything the core needs from a database client: statements outside a transaction, and a way
+ * to run work inside one. Adapters (`txonce/prisma`, `txonce/pg`) implement it over a client; the
+ * core never imports a driver or an ORM.
+ *
+ * @typeParam Tx - the handle user code gets inside the transaction (a Prisma transaction client,
+ *   a pg `PoolClient`, ...).
+ * @typeParam TxOptions - the client's own transaction options.
+ */
+export interface Database<Tx, TxOptions = unknown> extends SqlExecutor {
+  /**
+   * Runs `work` in one transaction: commits when it resolves, rolls back and rethrows when it
+   * rejects. `sql` runs statements on that same transaction.
+   */
+  transaction<T>(work: (tx: Tx, sql: SqlExecutor) => Promise<T>, options?: TxOptions): Promise<T>;
+}

@@ -1,0 +1,26 @@
+/**
+ * txonce's core: the idempotency algorithm over a small database interface, with no ORM or
+ * driver imports. Most users start from an adapter instead: `txonce/prisma` or `txonce/pg`.
+ */
+export {
+  createIdempotency,
+  type Idempotency,
+  type IdempotencyDefaults,
+  type IdempotencyOptions,
+  type IdempotencyOutcome,
+  type Operation,
+} from "./idempotency.js";
+export type { Database, Row, SqlExecutor } from "./executor.js";
+export { Codec, type CustomType, type JSONValue } from "./codec.js";
+export type { Duration } from "./duration.js";
+export {
+  TxonceError,
+  IdempotencyKeyInUseError,
+  IdempotencyKeyReusedError,
+  InvalidArgumentError,
+  UnencodableValueError,
+  SchemaNotInstalledError,
+  type IdempotencyRecordInfo,
+} from "./errors.js";
+export { SqlState, sqlStateOf } from "./sqlstate.js";
+export { migrations, schemaSql } from "./sql/schema.js";
