@@ -1,0 +1,434 @@
+/**
+ * The semantics of withIdempotency on a real PostgreSQL through Prisma 7: first call, replay,
+ * errors, fingerprints, scopes, expiry, bad input, transaction options and the cost of a replay.
+ * Concurrency has its own file (concurrency.test.ts).
+ */
+import { Decimal } from "@prisma/client/runtime/client";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import {
+  IdempotencyKeyReusedError,
+  InvalidArgumentError,
+  SchemaNotInstalledError,
+  TxonceError,
+  UnencodableValueError,
+} from "../src/index.js";
+import { txonce, type PrismaClientLike } from "../src/adapters/prisma.js";
+import { createTestDatabase, type TestDatabase } from "./support/database.js";
+
+let db: TestDatabase;
+let keySeq = 0;
+const newKey = (label = "k") => `${label}-${++keySeq}-${Math.random().toString(36).slice(2)}`;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  await db.prisma.account.create({ data: { id: "acc", balance: 1_000_000 } });
+});
+afterAll(async () => {
+  await db?.drop();
+});
+
+async function keyRows(key: string) {
+  const { rows } = await db.pool.query(
+    "SELECT scope, key, fingerprint, result, created_at, expires_at FROM txonce_idempotency_keys WHERE key = $1 ORDER BY scope",
+    [key],
+  );
+  return rows;
+}
+async function chargeCount(amount: number) {
+  const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM charges WHERE amount = $1", [amount]);
+  return rows[0].n as number;
+}
+let amountSeq = 1000;
+const newAmount = () => ++amountSeq;
+
+describe("first call", () => {
+  test("claims the key first, runs the operation in the same transaction, stores the result, commits", async () => {
+    const { withIdempotencyOutcome } = txonce(db.prisma);
+    const key = newKey();
+    const amount = newAmount();
+    let seenInside: unknown[] = [];
+    let seenOutside: unknown[] = [];
+    const outcome = await withIdempotencyOutcome(key, async (tx) => {
+      // The key row is already there, in this transaction, with no result yet...
+      seenInside = await tx.$queryRawUnsafe("SELECT result FROM txonce_idempotency_keys WHERE key = $1", key);
+      // ...and invisible to everyone else until commit.
+      seenOutside = await keyRows(key);
+      return tx.charge.create({ data: { accountId: "acc", amount } });
+    });
+    expect(seenInside).toEqual([{ result: null }]);
+    expect(seenOutside).toEqual([]);
+    expect(outcome.replayed).toBe(false);
+    expect(outcome.value.amount).toEqual(new Decimal(amount));
+    const [row] = await keyRows(key);
+    expect(row.result).toContain(`"accountId":"acc"`);
+    expect(await chargeCount(amount)).toBe(1);
+  });
+
+  test("returns the operation's value unchanged, and withIdempotency works destructured", async () => {
+    const { withIdempotency } = txonce(db.prisma);
+    const value = { ok: true, at: new Date("2026-01-02T03:04:05.678Z") };
+    await expect(withIdempotency(newKey(), async () => value)).resolves.toBe(value);
+  });
+
+  test("leaves the caller's lock_timeout alone inside the operation", async () => {
+    const { withIdempotency } = txonce(db.prisma, { lockTimeout: "1234ms" });
+    const inside = await withIdempotency(newKey(), async (tx) =>
+      tx.$queryRawUnsafe<{ lock_timeout: string }[]>("SHOW lock_timeout"),
+    );
+    expect(inside[0]!.lock_timeout).toBe("0");
+  });
+});
+
+describe("replay", () => {
+  test("returns the stored value without calling the operation again", async () => {
+    const { withIdempotency, withIdempotencyOutcome } = txonce(db.prisma);
+    const key = newKey();
+    const amount = newAmount();
+    let calls = 0;
+    const charge = () =>
+      withIdempotencyOutcome(key, async (tx) => {
+        calls++;
+        return tx.charge.create({ data: { accountId: "acc", amount } });
+      });
+    const first = await charge();
+    const second = await charge();
+    const third = await withIdempotency(key, async () => {
+      throw new Error("must not run");
+    });
+    expect(calls).toBe(1);
+    expect(second.replayed).toBe(true);
+    expect(second.value).toStrictEqual(first.value);
+    expect(third).toStrictEqual(first.value);
+    expect(second.firstSeenAt).toEqual(first.firstSeenAt);
+    expect(second.expiresAt).toEqual(first.expiresAt);
+    expect(await chargeCount(amount)).toBe(1);
+  });
+
+  test("restores every supported type faithfully", async () => {
+    const { withIdempotency } = txonce(db.prisma);
+    const original = {
+      date: new Date("2026-11-27T12:34:56.789Z"),
+      big: 12345678901234567890n,
+      decimal: new Decimal("12345678901234567890.0123456789"),
+      bytes: new Uint8Array([0, 1, 2, 253, 254, 255]),
+      buffer: Buffer.from("héllo"),
+      nothing: null,
+      missing: undefined,
+      nested: { list: [1, "two", { three: [new Date(0), -0, Number.NaN, Infinity] }], empty: {} },
+      map: new Map<unknown, unknown>([["a", 1], [2, new Set(["x"])]]),
+      regexp: /ab+c/gi,
+      url: new URL("https://example.com/a?b=c"),
+      floats: new Float64Array([1.5, -2.25]),
+    };
+    const key = newKey();
+    await withIdempotency(key, async () => original);
+    const replayed = await withIdempotency<typeof original>(key, async () => {
+      throw new Error("must not run");
+    });
+    expect(replayed).toStrictEqual(original);
+    expect(replayed).not.toBe(original);
+    expect(replayed.decimal).toBeInstanceOf(Decimal);
+    expect(replayed.decimal.equals(original.decimal)).toBe(true);
+    expect(Buffer.isBuffer(replayed.buffer)).toBe(true);
+    expect(replayed.bytes.constructor).toBe(Uint8Array);
+    expect("missing" in replayed).toBe(true);
+    expect(replayed.big).toBe(original.big);
+    expect(Object.is(replayed.nested.list[2] && (replayed.nested.list[2] as { three: unknown[] }).three[1], -0)).toBe(true);
+  });
+
+  test.each([
+    ["undefined", undefined],
+    ["null", null],
+    ["a string", "plain"],
+    ["a bigint", -42n],
+    ["an array", [1, [2, [3]]]],
+  ])("replays %s as a top-level result", async (_label, value) => {
+    const { withIdempotency } = txonce(db.prisma);
+    const key = newKey();
+    await withIdempotency(key, async () => value);
+    await expect(withIdempotency(key, async () => "other")).resolves.toStrictEqual(value);
+  });
+
+  test("costs one query and no interactive transaction", async () => {
+    const counts = { queries: 0, transactions: 0 };
+    const counting: PrismaClientLike = {
+      $queryRawUnsafe: (...args: Parameters<typeof db.prisma.$queryRawUnsafe>) => {
+        counts.queries++;
+        return db.prisma.$queryRawUnsafe(...args);
+      },
+      $transaction: ((fn: (tx: unknown) => Promise<unknown>, options?: object) => {
+        counts.transactions++;
+        return db.prisma.$transaction((tx) => fn(tx), options);
+      }) as PrismaClientLike["$transaction"],
+    };
+    const { withIdempotency } = txonce(counting);
+    const key = newKey();
+    await withIdempotency(key, async () => "first");
+    expect(counts).toEqual({ queries: 1, transactions: 1 }); // lookup, then the transaction
+    counts.queries = 0;
+    counts.transactions = 0;
+    await expect(withIdempotency(key, async () => "again")).resolves.toBe("first");
+    expect(counts).toEqual({ queries: 1, transactions: 0 });
+  });
+});
+
+describe("values the codec cannot restore", () => {
+  class Money {
+    constructor(readonly cents: bigint, readonly currency: string) {}
+  }
+
+  test.each([
+    ["a function", { onDone: () => 1 }, "$.onDone", "a function"],
+    ["a symbol", { tag: Symbol("x") }, "$.tag", "a symbol"],
+    ["an unknown class", { items: [new Money(5n, "EUR")] }, "$.items[0]", "an instance of class Money"],
+    ["a WeakMap", new WeakMap(), "$", "an instance of class WeakMap"],
+  ])("refuses %s: rolls back, stores nothing, says where", async (_label, value, path, found) => {
+    const { withIdempotency } = txonce(db.prisma);
+    const key = newKey();
+    const amount = newAmount();
+    const error = await withIdempotency(key, async (tx) => {
+      await tx.charge.create({ data: { accountId: "acc", amount } });
+      return value;
+    }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(UnencodableValueError);
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    expect(error).toMatchObject({ code: "TXONCE_UNENCODABLE_VALUE", argument: "result", path });
+    expect((error as UnencodableValueError).found).toContain(found);
+    expect((error as Error).message).toContain(path);
+    expect(await keyRows(key)).toEqual([]);
+    expect(await chargeCount(amount)).toBe(0);
+  });
+
+  test("stores a class once it is registered as a custom type", async () => {
+    const { withIdempotency } = txonce(db.prisma, {
+      types: [
+        {
+          name: "Money",
+          isApplicable: (v): v is Money => v instanceof Money,
+          serialize: (m: Money) => ({ cents: m.cents.toString(), currency: m.currency }),
+          deserialize: (s: { cents: string; currency: string }) => new Money(BigInt(s.cents), s.currency),
+        },
+      ],
+    });
+    const key = newKey();
+    await withIdempotency(key, async () => ({ price: new Money(1999n, "EUR") }));
+    const replayed = await withIdempotency(key, async () => null);
+    expect(replayed).toStrictEqual({ price: new Money(1999n, "EUR") });
+    expect((replayed as { price: Money }).price).toBeInstanceOf(Money);
+  });
+});
+
+describe("when the operation throws", () => {
+  test("the key and the business writes roll back together, the error is the caller's, a retry runs again", async () => {
+    const { withIdempotency } = txonce(db.prisma);
+    const key = newKey();
+    const amount = newAmount();
+    const boom = new Error("card declined");
+    let calls = 0;
+    const attempt = (fail: boolean) =>
+      withIdempotency(key, async (tx) => {
+        calls++;
+        await tx.charge.create({ data: { accountId: "acc", amount } });
+        if (fail) throw boom;
+        return "charged";
+      });
+    await expect(attempt(true)).rejects.toBe(boom);
+    expect(await keyRows(key)).toEqual([]);
+    expect(await chargeCount(amount)).toBe(0);
+    await expect(attempt(false)).resolves.toBe("charged");
+    expect(calls).toBe(2);
+    expect(await chargeCount(amount)).toBe(1);
+  });
+
+  test("a database error inside the operation also rolls everything back", async () => {
+    const { withIdempotency } = txonce(db.prisma);
+    const key = newKey();
+    const error = await withIdempotency(key, (tx) =>
+      tx.charge.create({ data: { accountId: "no-such-account", amount: 1 } }),
+    ).catch((e: unknown) => e);
+    expect(error).not.toBeInstanceOf(TxonceError);
+    expect((error as { code?: string }).code).toBe("P2003"); // Prisma's foreign key violation, untouched
+    expect(await keyRows(key)).toEqual([]);
+  });
+});
+
+describe("fingerprint", () => {
+  test("the same request in another key order replays; a different request is refused with the stored record", async () => {
+    const { withIdempotency } = txonce(db.prisma);
+    const key = newKey();
+    let calls = 0;
+    const run = (fingerprint: unknown) =>
+      withIdempotency(key, async () => ++calls, { fingerprint, scope: "fp" });
+    await expect(run({ amount: 10, currency: "EUR", meta: { a: 1, b: [1, 2] } })).resolves.toBe(1);
+    await expect(run({ meta: { b: [1, 2], a: 1 }, currency: "EUR", amount: 10 })).resolves.toBe(1);
+    const error = await run({ amount: 11, currency: "EUR", meta: { a: 1, b: [1, 2] } }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(IdempotencyKeyReusedError);
+    const reused = error as IdempotencyKeyReusedError;
+    expect(reused.code).toBe("TXONCE_KEY_REUSED");
+    const [row] = await keyRows(key);
+    expect(reused.record).toEqual({
+      scope: "fp",
+      key,
+      fingerprint: row.fingerprint,
+      firstSeenAt: row.created_at,
+      expiresAt: row.expires_at,
+    });
+    expect(reused.record.fingerprint).toMatch(/^[0-9a-f]{64}$/);
+    expect(reused.fingerprint).not.toBe(reused.record.fingerprint);
+    expect(calls).toBe(1);
+  });
+
+  test("array order, types and presence matter", async () => {
+    const { withIdempotency } = txonce(db.prisma);
+    const cases: [unknown, unknown][] = [
+      [[1, 2], [2, 1]],
+      [{ n: 1n }, { n: "1" }],
+      [{ at: new Date(0) }, { at: new Date(0).toISOString() }],
+      [{ a: 1 }, undefined],
+    ];
+    for (const [first, second] of cases) {
+      const key = newKey();
+      await withIdempotency(key, async () => 1, { fingerprint: first });
+      await expect(withIdempotency(key, async () => 2, { fingerprint: second })).rejects.toBeInstanceOf(
+        IdempotencyKeyReusedError,
+      );
+    }
+  });
+});
+
+describe("scope", () => {
+  test("the same key in two scopes is two records, and neither sees the other's result", async () => {
+    const { withIdempotency } = txonce(db.prisma);
+    const key = newKey();
+    await expect(withIdempotency(key, async () => "alice's", { scope: "alice" })).resolves.toBe("alice's");
+    await expect(withIdempotency(key, async () => "bob's", { scope: "bob" })).resolves.toBe("bob's");
+    await expect(withIdempotency(key, async () => "unscoped")).resolves.toBe("unscoped");
+    await expect(withIdempotency(key, async () => "x", { scope: "alice" })).resolves.toBe("alice's");
+    await expect(withIdempotency(key, async () => "x", { scope: "bob" })).resolves.toBe("bob's");
+    expect((await keyRows(key)).map((r) => r.scope)).toEqual(["", "alice", "bob"]);
+  });
+});
+
+describe("expiry", () => {
+  test("expires_at is the database's now() plus the retention", async () => {
+    const { withIdempotency } = txonce(db.prisma, { retention: "48h" });
+    const key = newKey();
+    const { rows: before } = await db.pool.query("SELECT now() AS now");
+    await withIdempotency(key, async () => 1);
+    await withIdempotency(key, async () => 1, { scope: "short", retention: "90s" });
+    const rows = await keyRows(key);
+    const byScope = Object.fromEntries(rows.map((r) => [r.scope, r]));
+    const span = (r: { created_at: Date; expires_at: Date }) => r.expires_at.getTime() - r.created_at.getTime();
+    expect(span(byScope[""])).toBe(48 * 3600 * 1000);
+    expect(span(byScope["short"])).toBe(90 * 1000);
+    expect(byScope[""].created_at.getTime()).toBeGreaterThanOrEqual(before[0].now.getTime() - 1);
+  });
+
+  test("an expired record counts as absent: the next call runs and replaces the row", async () => {
+    const { withIdempotencyOutcome } = txonce(db.prisma);
+    const key = newKey();
+    const first = await withIdempotencyOutcome(key, async () => "old", { fingerprint: { v: 1 } });
+    await db.pool.query("UPDATE txonce_idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = $1", [key]);
+    const second = await withIdempotencyOutcome(key, async () => "new", { fingerprint: { v: 2 } });
+    expect(second).toMatchObject({ value: "new", replayed: false });
+    expect(second.firstSeenAt.getTime()).toBeGreaterThan(first.firstSeenAt.getTime());
+    const rows = await keyRows(key);
+    expect(rows).toHaveLength(1);
+    expect(rows[0].result).toContain("new");
+    const third = await withIdempotencyOutcome(key, async () => "newer", { fingerprint: { v: 2 } });
+    expect(third).toMatchObject({ value: "new", replayed: true });
+  });
+
+  test("a record that expires while the operation of a retry would run is replaced in one transaction", async () => {
+    // A failed replacement leaves the expired row as it was.
+    const { withIdempotency } = txonce(db.prisma);
+    const key = newKey();
+    await withIdempotency(key, async () => "old");
+    await db.pool.query("UPDATE txonce_idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = $1", [key]);
+    await expect(withIdempotency(key, async () => { throw new Error("nope"); })).rejects.toThrow("nope");
+    const [row] = await keyRows(key);
+    expect(row.result).toContain("old");
+    await expect(withIdempotency(key, async () => "fresh")).resolves.toBe("fresh");
+  });
+});
+
+describe("bad input is refused before anything is written", () => {
+  const invalid: [string, () => Promise<unknown>, string][] = [];
+  const add = (label: string, argument: string, call: (t: ReturnType<typeof txonce>) => Promise<unknown>) =>
+    invalid.push([label, () => call(txonce(db.prisma)), argument]);
+  add("an empty key", "key", (t) => t.withIdempotency("", async () => 1));
+  add("a numeric key", "key", (t) => t.withIdempotency(42 as unknown as string, async () => 1));
+  add("an undefined key", "key", (t) => t.withIdempotency(undefined as unknown as string, async () => 1));
+  add("a 256-character key", "key", (t) => t.withIdempotency("k".repeat(256), async () => 1));
+  add("a key with NUL", "key", (t) => t.withIdempotency("a\u0000b", async () => 1));
+  add("an empty scope", "scope", (t) => t.withIdempotency("k", async () => 1, { scope: "" }));
+  add("a 256-character scope", "scope", (t) => t.withIdempotency("k", async () => 1, { scope: "s".repeat(256) }));
+  add("a non-string scope", "scope", (t) => t.withIdempotency("k", async () => 1, { scope: 7 as unknown as string }));
+  add("a retention that is not a duration", "retention", (t) => t.withIdempotency("k", async () => 1, { retention: "two days" }));
+  add("a zero retention", "retention", (t) => t.withIdempotency("k", async () => 1, { retention: 0 }));
+  add("a negative retention", "retention", (t) => t.withIdempotency("k", async () => 1, { retention: "-5m" }));
+  add("a zero lockTimeout", "lockTimeout", (t) => t.withIdempotency("k", async () => 1, { lockTimeout: 0 }));
+  add("a fingerprint holding a function", "fingerprint", (t) => t.withIdempotency("k", async () => 1, { fingerprint: { f() {} } }));
+  add("an operation that is not a function", "operation", (t) => t.withIdempotency("k", "run" as never));
+
+  test.each(invalid)("%s", async (_label, call, argument) => {
+    const { rows: before } = await db.pool.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys");
+    const error = await call().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InvalidArgumentError);
+    expect(error).toMatchObject({ argument, name: expect.stringMatching(/Error$/) });
+    expect((error as TxonceError).code).toMatch(/^TXONCE_/);
+    const { rows: after } = await db.pool.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys");
+    expect(after[0].n).toBe(before[0].n);
+  });
+
+  test("a 255-character key and scope are accepted, and the limit is configurable", async () => {
+    await expect(txonce(db.prisma).withIdempotency("k".repeat(255), async () => 1, { scope: "s".repeat(255) })).resolves.toBe(1);
+    const strict = txonce(db.prisma, { maxKeyLength: 8 });
+    await expect(strict.withIdempotency("123456789", async () => 1)).rejects.toMatchObject({ argument: "key" });
+  });
+
+  test("bad defaults are refused when the instance is made", () => {
+    expect(() => txonce(db.prisma, { retention: "soon" })).toThrow(InvalidArgumentError);
+    expect(() => txonce(db.prisma, { lockTimeout: "10s" })).toThrow(/shorter than the transaction timeout/);
+    expect(() => txonce(db.prisma, { lockTimeout: "10s", transaction: { timeout: 20_000 } })).not.toThrow();
+    expect(() => txonce(db.prisma, { maxKeyLength: 0 })).toThrow(InvalidArgumentError);
+  });
+});
+
+describe("transaction options", () => {
+  test("isolationLevel reaches the transaction, per instance and per call", async () => {
+    const t = txonce(db.prisma, { transaction: { isolationLevel: "RepeatableRead" } });
+    const level = (tx: PrismaClientLike) =>
+      tx.$queryRawUnsafe<{ transaction_isolation: string }[]>("SHOW transaction_isolation").then((r) => r[0]!.transaction_isolation);
+    await expect(t.withIdempotency(newKey(), level)).resolves.toBe("repeatable read");
+    await expect(
+      t.withIdempotency(newKey(), level, { transaction: { isolationLevel: "Serializable" } }),
+    ).resolves.toBe("serializable");
+    await expect(txonce(db.prisma).withIdempotency(newKey(), level)).resolves.toBe("read committed");
+  });
+
+  test("timeout: an operation that outlives it is rolled back and nothing is stored", async () => {
+    const { withIdempotency } = txonce(db.prisma, { lockTimeout: 50, transaction: { timeout: 300 } });
+    const key = newKey();
+    const amount = newAmount();
+    await expect(
+      withIdempotency(key, async (tx) => {
+        await tx.charge.create({ data: { accountId: "acc", amount } });
+        await new Promise((resolve) => setTimeout(resolve, 600));
+        return "late";
+      }),
+    ).rejects.toThrow();
+    expect(await keyRows(key)).toEqual([]);
+    expect(await chargeCount(amount)).toBe(0);
+  });
+});
+
+test("a database without the txonce tables gives SchemaNotInstalledError", async () => {
+  const bare = db.newPrisma({ max: 1 });
+  await bare.$executeRawUnsafe("CREATE SCHEMA IF NOT EXISTS empty_schema");
+  await bare.$executeRawUnsafe("SET search_path TO empty_schema");
+  const error = await txonce(bare).withIdempotency(newKey(), async () => 1).catch((e: unknown) => e);
+  expect(error).toBeInstanceOf(SchemaNotInstalledError);
+  expect(error).toMatchObject({ code: "TXONCE_SCHEMA_NOT_INSTALLED" });
+  expect((error as Error).cause).toBeDefined();
+});
