@@ -31,7 +31,7 @@ const insertCharge = (client: pg.PoolClient, amount: number) =>
 test("first call, then replay", async () => {
   const { withIdempotencyOutcome } = txonce(pool);
   const first = await withIdempotencyOutcome("pg-1", (client) => insertCharge(client, 1.5));
-  const second = await withIdempotencyOutcome("pg-1", async () => {
+  const second = await withIdempotencyOutcome<typeof first.value>("pg-1", async () => {
     throw new Error("must not run");
   });
   expect(first.replayed).toBe(false);

@@ -1,0 +1,43 @@
+// The README's example, compiled by `npm run typecheck` so that it cannot rot.
+import { PrismaPg } from "@prisma/adapter-pg";
+import { IdempotencyKeyInUseError, IdempotencyKeyReusedError, InvalidArgumentError } from "txonce";
+import { txonce } from "txonce/prisma";
+import { PrismaClient } from "../../generated/prisma/client.js";
+
+const prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: process.env.DATABASE_URL }) });
+const { withIdempotency, withIdempotencyOutcome } = txonce(prisma, { retention: "48h" });
+
+interface ChargeRequest {
+  accountId: string;
+  amount: number;
+}
+
+export async function charge(idempotencyKey: string, body: ChargeRequest) {
+  const { accountId: id, amount } = body;
+  return withIdempotency(
+    idempotencyKey,
+    async (tx) => {
+      await tx.account.update({ where: { id }, data: { balance: { decrement: amount } } });
+      return tx.charge.create({ data: { accountId: id, amount } });
+    },
+    { scope: id, fingerprint: body },
+  );
+}
+
+/** The same, for an HTTP handler that reports replays and maps errors to status codes. */
+export async function chargeHandler(idempotencyKey: string, body: ChargeRequest) {
+  try {
+    const outcome = await withIdempotencyOutcome(
+      idempotencyKey,
+      (tx) => tx.charge.create({ data: { accountId: body.accountId, amount: body.amount } }),
+      { scope: body.accountId, fingerprint: body },
+    );
+    const headers: Record<string, string> = outcome.replayed ? { "Idempotent-Replayed": "true" } : {};
+    return { status: 201, headers, body: outcome.value };
+  } catch (error) {
+    if (error instanceof IdempotencyKeyInUseError) return { status: 409, headers: { "Retry-After": "1" }, body: error.code };
+    if (error instanceof IdempotencyKeyReusedError) return { status: 422, headers: {}, body: error.code };
+    if (error instanceof InvalidArgumentError) return { status: 400, headers: {}, body: error.message };
+    throw error;
+  }
+}
