@@ -4,13 +4,12 @@ import {
   IdempotencyKeyInUseError,
   IdempotencyKeyReusedError,
   InvalidArgumentError,
-  SchemaNotInstalledError,
   type IdempotencyRecordInfo,
 } from "./errors.js";
 import type { Database, Row, SqlExecutor } from "./executor.js";
 import { fingerprintOf } from "./fingerprint.js";
 import * as sql from "./sql/postgres.js";
-import { SqlState, sqlStateOf } from "./sqlstate.js";
+import { SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
 
 /** Options shared by every call of one txonce instance; each can be overridden per call. */
 export interface IdempotencyDefaults<TxOptions = unknown> {
@@ -236,16 +235,4 @@ export function createIdempotency<Tx, TxOptions>(
     withIdempotencyOutcome,
     codec,
   };
-}
-
-async function withSchemaCheck(query: Promise<Row[]>): Promise<Row[]> {
-  try {
-    return await query;
-  } catch (error) {
-    const state = sqlStateOf(error);
-    if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) {
-      throw new SchemaNotInstalledError({ cause: error });
-    }
-    throw error;
-  }
 }

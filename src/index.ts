@@ -10,6 +10,17 @@ export {
   type IdempotencyOutcome,
   type Operation,
 } from "./idempotency.js";
+export { createTxonce, type Txonce, type AdapterHooks } from "./txonce.js";
+export {
+  runCleanup,
+  idempotencyKeysTable,
+  type CleanupOptions,
+  type CleanupProgress,
+  type CleanupResult,
+  type PrunableTable,
+  type TableCleanupResult,
+} from "./cleanup/cleanup.js";
+export { scheduleCleanup, type CleanupSchedule, type ScheduleCleanupOptions } from "./cleanup/schedule.js";
 export type { Database, Row, SqlExecutor } from "./executor.js";
 export { Codec, type CustomType, type JSONValue } from "./codec.js";
 export type { Duration } from "./duration.js";

@@ -1,3 +1,5 @@
+import { SchemaNotInstalledError } from "./errors.js";
+
 /** SQLSTATE codes that txonce reacts to (PostgreSQL Appendix A). */
 export const SqlState = {
   uniqueViolation: "23505",
@@ -35,4 +37,17 @@ export function sqlStateOf(error: unknown): string | undefined {
     stack.push(candidate.cause, candidate.meta, candidate.driverAdapterError);
   }
   return undefined;
+}
+
+/** Awaits a query of txonce's own, turning "no such table/column" into {@link SchemaNotInstalledError}. */
+export async function withSchemaCheck<T>(query: Promise<T>): Promise<T> {
+  try {
+    return await query;
+  } catch (error) {
+    const state = sqlStateOf(error);
+    if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) {
+      throw new SchemaNotInstalledError({ cause: error });
+    }
+    throw error;
+  }
 }

@@ -4,7 +4,8 @@
  */
 import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
-import { createIdempotency, type Idempotency, type IdempotencyDefaults } from "../idempotency.js";
+import type { IdempotencyDefaults } from "../idempotency.js";
+import { createTxonce, type Txonce } from "../txonce.js";
 
 /** The subset of a pg `PoolClient` that txonce uses. */
 export interface PgClientLike {
@@ -18,6 +19,18 @@ export interface PgPoolLike {
   connect(): Promise<PgClientLike>;
 }
 
+/**
+ * A pool whose `connect()` resolves to `Client`, which becomes the operation's transaction handle
+ * (`pg.PoolClient` for a `pg.Pool`). The second, callback signature is there for inference only:
+ * pg's `Pool.connect` is overloaded, and TypeScript infers from the last overload unless the
+ * target has as many signatures.
+ */
+export interface PgPoolOf<Client extends PgClientLike> {
+  query: PgPoolLike["query"];
+  connect(): Promise<Client>;
+  connect(callback: never): void;
+}
+
 /** Transaction options for node-postgres. */
 export interface PgTransactionOptions {
   /** Isolation level of the transaction. (Default: the database's, `read committed` on PostgreSQL) */
@@ -25,9 +38,7 @@ export interface PgTransactionOptions {
 }
 
 /** A {@link Database} over a pg pool; the transaction handle is the checked-out client. */
-export function pgDatabase<Client extends PgClientLike>(
-  pool: { query: PgPoolLike["query"]; connect(): Promise<Client> },
-): Database<Client, PgTransactionOptions> {
+export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>): Database<Client, PgTransactionOptions> {
   return {
     query: async (sql, params) => (await pool.query(sql, params as unknown[])).rows as Row[],
     async transaction(work, options) {
@@ -79,8 +90,8 @@ export type TxonceOptions = IdempotencyDefaults<PgTransactionOptions>;
  * await withIdempotency(key, (client) => client.query("INSERT INTO charges ..."));
  */
 export function txonce<Client extends PgClientLike>(
-  pool: { query: PgPoolLike["query"]; connect(): Promise<Client> },
+  pool: PgPoolOf<Client>,
   options: TxonceOptions = {},
-): Idempotency<Client, PgTransactionOptions> {
-  return createIdempotency(pgDatabase(pool), options);
+): Txonce<Client, PgTransactionOptions> {
+  return createTxonce(pgDatabase(pool), options);
 }

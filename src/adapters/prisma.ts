@@ -8,7 +8,8 @@ import type { CustomType } from "../codec.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { toMilliseconds } from "../duration.js";
-import { createIdempotency, type Idempotency, type IdempotencyDefaults } from "../idempotency.js";
+import type { IdempotencyDefaults } from "../idempotency.js";
+import { createTxonce, type Txonce as TxonceOver } from "../txonce.js";
 
 /** Prisma's interactive transaction options. */
 export interface PrismaTransactionOptions {
@@ -55,8 +56,9 @@ export function prismaDatabase<Client extends PrismaClientLike>(
   return {
     query: (sql, params) => prisma.$queryRawUnsafe<Row[]>(sql, ...params),
     transaction: (work, options) =>
-      prisma.$transaction((tx: PrismaTransactionLike & TransactionClientOf<Client>) => {
-        const inTransaction: SqlExecutor = { query: (sql, params) => tx.$queryRawUnsafe<Row[]>(sql, ...params) };
+      prisma.$transaction((tx: TransactionClientOf<Client>) => {
+        const raw: PrismaTransactionLike = tx;
+        const inTransaction: SqlExecutor = { query: (sql, params) => raw.$queryRawUnsafe<Row[]>(sql, ...params) };
         return work(tx, inTransaction);
       }, options),
   };
@@ -64,7 +66,7 @@ export function prismaDatabase<Client extends PrismaClientLike>(
 
 export type TxonceOptions = IdempotencyDefaults<PrismaTransactionOptions>;
 
-export type Txonce<Client> = Idempotency<TransactionClientOf<Client>, PrismaTransactionOptions>;
+export type Txonce<Client> = TxonceOver<TransactionClientOf<Client>, PrismaTransactionOptions>;
 
 /**
  * Makes retried operations safe on a Prisma client.
@@ -81,8 +83,10 @@ export function txonce<Client extends PrismaClientLike>(prisma: Client, options:
       `must be shorter than the transaction timeout (${timeout} ms), or waiting calls outlive their transaction`,
     );
   }
-  return createIdempotency(prismaDatabase(prisma), {
-    ...options,
-    types: [prismaDecimalType, ...(options.types ?? [])],
-  });
+  return createTxonce(
+    prismaDatabase(prisma),
+    { ...options, types: [prismaDecimalType, ...(options.types ?? [])] },
+    // The cleanup lock's transaction stays open (idle, holding only the lock) for a whole run.
+    { lockTransactionOptions: (maxDurationMs) => ({ maxWait: 10_000, timeout: maxDurationMs + 60_000 }) },
+  );
 }

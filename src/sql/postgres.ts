@@ -51,3 +51,34 @@ FROM claimed, previous`;
 /** Stores the encoded result on the claimed row. $1 scope, $2 key, $3 encoded result. */
 export const saveResult = `
 UPDATE ${IDEMPOTENCY_TABLE} SET result = $3::text WHERE scope = $1::text AND key = $2::text`;
+
+/**
+ * Deletes one batch of expired keys and returns how many went. Rows that live traffic holds
+ * (a call replacing an expired key) are skipped, not waited for; the next run gets them.
+ *
+ * $1 batch size.
+ */
+export const deleteExpiredKeys = `
+WITH doomed AS (
+  SELECT scope, key FROM ${IDEMPOTENCY_TABLE}
+  WHERE expires_at <= now()
+  ORDER BY expires_at
+  LIMIT $1::integer
+  FOR UPDATE SKIP LOCKED
+), deleted AS (
+  DELETE FROM ${IDEMPOTENCY_TABLE} k USING doomed
+  WHERE k.scope = doomed.scope AND k.key = doomed.key AND k.expires_at <= now()
+  RETURNING 1
+)
+SELECT count(*)::integer AS deleted FROM deleted`;
+
+/** How many keys have expired (for a dry run). */
+export const countExpiredKeys = `
+SELECT count(*)::integer AS expired FROM ${IDEMPOTENCY_TABLE} WHERE expires_at <= now()`;
+
+/**
+ * Takes the cleanup scheduler's lock for the current transaction, if no other replica holds it:
+ * one key per database and schema, so replicas of one service take turns.
+ */
+export const tryCleanupLock = `
+SELECT pg_try_advisory_xact_lock(hashtext('txonce.cleanup:' || current_database() || ':' || current_schema())) AS locked`;

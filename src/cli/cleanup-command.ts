@@ -1,0 +1,131 @@
+import { InvalidArgumentError } from "../errors.js";
+import { checkCleanupOptions, type CleanupProgress, type CleanupResult } from "../cleanup/cleanup.js";
+import { txonce } from "../adapters/pg.js";
+import { UsageError, type CliIo } from "./run.js";
+
+export const cleanupOptions = {
+  "database-url": { type: "string" },
+  "batch-size": { type: "string" },
+  "max-duration": { type: "string" },
+  "dry-run": { type: "boolean" },
+  json: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+export const cleanupUsage = `Usage: txonce cleanup [options]
+
+Deletes expired idempotency records in batches, each its own short transaction, skipping rows
+that live traffic holds. Safe to run from several places at once. Exit code 0 on success,
+1 when the database fails (unreachable, tables missing), 2 on a bad flag.
+
+Options:
+  --database-url <url>    PostgreSQL URL (default: $DATABASE_URL)
+  --batch-size <n>        rows per batch (default: 1000)
+  --max-duration <time>   time budget, e.g. 30s, 5m; no batch starts after it (default: 1m)
+  --dry-run               count what would be deleted, delete nothing
+  --json                  print the summary as one JSON object on the last line of stdout
+  -h, --help              show this help
+
+Example crontab line (every 15 minutes):
+  */15 * * * *  DATABASE_URL=postgres://... npx txonce cleanup --max-duration 5m
+`;
+
+type Values = { [K in keyof typeof cleanupOptions]?: (typeof cleanupOptions)[K]["type"] extends "boolean" ? boolean : string };
+
+export async function cleanupCommand(values: Values, io: CliIo): Promise<number> {
+  const batchSize = values["batch-size"] === undefined ? undefined : toInteger(values["batch-size"], "--batch-size");
+  const maxDuration = values["max-duration"];
+  try {
+    checkCleanupOptions({ batchSize, maxDuration });
+  } catch (error) {
+    if (error instanceof InvalidArgumentError) {
+      throw new UsageError(`--${error.argument === "batchSize" ? "batch-size" : "max-duration"}: ${error.reason}`);
+    }
+    throw error;
+  }
+  const url = values["database-url"] ?? io.env.DATABASE_URL;
+  if (!url) throw new UsageError("no database: pass --database-url or set DATABASE_URL");
+  checkUrl(url);
+
+  const { default: pg } = await import("pg").catch(() => {
+    throw new Error("the pg package is not installed: npm install pg");
+  });
+  const pool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 10_000 });
+  pool.on("error", () => {}); // an idle connection dropping is not the job's failure
+  const abort = new AbortController();
+  let exitCode = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    exitCode = signal === "SIGINT" ? 130 : 143;
+    abort.abort();
+  };
+  io.signals.once("SIGINT", onSignal);
+  io.signals.once("SIGTERM", onSignal);
+  const progress = progressReporter(io, values["dry-run"] ?? false);
+  try {
+    const { cleanup } = txonce(pool);
+    const result = await cleanup({
+      batchSize,
+      maxDuration,
+      dryRun: values["dry-run"],
+      signal: abort.signal,
+      onBatch: progress.onBatch,
+    });
+    progress.done();
+    io.stdout.write(values.json ? `${JSON.stringify(result)}\n` : `${summary(result)}\n`);
+    return exitCode;
+  } finally {
+    io.signals.off("SIGINT", onSignal);
+    io.signals.off("SIGTERM", onSignal);
+    await pool.end().catch(() => {});
+  }
+}
+
+function checkUrl(url: string) {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new UsageError("the database URL is not a URL (expected postgres://user:password@host:5432/database)");
+  }
+  if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
+    throw new UsageError(`the database URL must start with postgres:// or postgresql://, not ${parsed.protocol}//`);
+  }
+}
+
+function toInteger(text: string, flag: string): number {
+  if (!/^\d+$/.test(text)) throw new UsageError(`${flag}: expected a whole number, got ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
+const count = (n: number) => n.toLocaleString("en-US");
+
+function summary(r: CleanupResult): string {
+  const seconds = (r.durationMs / 1000).toFixed(1);
+  if (r.dryRun) return `txonce cleanup (dry run): ${count(r.deleted)} expired rows would be deleted`;
+  const state = r.finished ? "finished" : "stopped before the end: expired rows remain";
+  return `txonce cleanup: deleted ${count(r.deleted)} expired rows in ${count(r.batches)} batches in ${seconds}s (${state})`;
+}
+
+/** On a terminal: one line that updates in place. Otherwise: a plain log line at most every second. */
+function progressReporter(io: CliIo, dryRun: boolean) {
+  const tty = Boolean(io.stderr.isTTY);
+  let lastLog = 0;
+  let drawn = false;
+  if (!dryRun && !tty) io.stderr.write(`txonce cleanup: started at ${new Date().toISOString()}\n`);
+  const line = (p: CleanupProgress) =>
+    `deleted ${count(p.deleted)} rows in ${count(p.batches)} batches, ${(p.elapsedMs / 1000).toFixed(1)}s`;
+  return {
+    onBatch(p: CleanupProgress) {
+      if (tty) {
+        io.stderr.write(`\r\x1b[K${line(p)}`);
+        drawn = true;
+      } else if (p.elapsedMs - lastLog >= 1000) {
+        lastLog = p.elapsedMs;
+        io.stderr.write(`txonce cleanup: ${line(p)}\n`);
+      }
+    },
+    done() {
+      if (drawn) io.stderr.write("\r\x1b[K");
+    },
+  };
+}

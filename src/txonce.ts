@@ -1,0 +1,39 @@
+import { runCleanup, idempotencyKeysTable, type CleanupOptions, type CleanupResult } from "./cleanup/cleanup.js";
+import { scheduleCleanup, type CleanupSchedule, type ScheduleCleanupOptions } from "./cleanup/schedule.js";
+import type { Database } from "./executor.js";
+import { createIdempotency, type Idempotency, type IdempotencyDefaults } from "./idempotency.js";
+
+/** Everything `txonce(client)` gives you: idempotent operations and the retention job. */
+export interface Txonce<Tx, TxOptions = unknown> extends Idempotency<Tx, TxOptions> {
+  /**
+   * Deletes expired records in batches until none are left or the time budget is spent. Call it
+   * from cron (or use `npx txonce cleanup`); safe to run from several processes at once.
+   */
+  cleanup(options?: CleanupOptions): Promise<CleanupResult>;
+  /**
+   * Runs {@link cleanup} on a timer in this process, one replica at a time (advisory lock).
+   * Returns a handle whose `stop()` ends it.
+   */
+  scheduleCleanup(options?: ScheduleCleanupOptions): CleanupSchedule;
+}
+
+/** How an adapter tunes the parts that depend on its client. */
+export interface AdapterHooks<TxOptions> {
+  /** Options for the transaction that holds the cleanup lock for a whole run. */
+  lockTransactionOptions?: (maxDurationMs: number) => TxOptions;
+}
+
+/** Assembles txonce over a {@link Database}. Adapters call this; users call `txonce(...)`. */
+export function createTxonce<Tx, TxOptions>(
+  db: Database<Tx, TxOptions>,
+  options: IdempotencyDefaults<TxOptions> = {},
+  hooks: AdapterHooks<TxOptions> = {},
+): Txonce<Tx, TxOptions> {
+  const tables = [idempotencyKeysTable];
+  return {
+    ...createIdempotency(db, options),
+    cleanup: (cleanupOptions) => runCleanup(db, tables, cleanupOptions),
+    scheduleCleanup: (scheduleOptions) =>
+      scheduleCleanup(db as Database<unknown, TxOptions>, tables, scheduleOptions, hooks.lockTransactionOptions),
+  };
+}

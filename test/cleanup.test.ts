@@ -1,0 +1,229 @@
+/**
+ * The retention job on a real PostgreSQL: batches, budgets, dry runs, cleanup under live
+ * traffic, and the in-process scheduler.
+ */
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
+import { InvalidArgumentError, SchemaNotInstalledError, type CleanupResult } from "../src/index.js";
+import { txonce } from "../src/adapters/prisma.js";
+import { createTestDatabase, type TestDatabase } from "./support/database.js";
+import { countKeys, seedKeys } from "./support/seed.js";
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await db?.drop();
+});
+beforeEach(async () => {
+  await db.pool.query("TRUNCATE txonce_idempotency_keys");
+});
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe("cleanup()", () => {
+  test("100,000 expired and 100,000 live records: exactly the expired go, in several batches", async () => {
+    await seedKeys(db.pool, { count: 100_000, expired: true, prefix: "old" });
+    await seedKeys(db.pool, { count: 100_000, expired: false, prefix: "live" });
+    const batches: number[] = [];
+    const result = await txonce(db.prisma).cleanup({ batchSize: 7_000, onBatch: (p) => batches.push(p.batchDeleted) });
+    expect(result).toMatchObject({ deleted: 100_000, batches: 15, finished: true, dryRun: false });
+    expect(result.tables).toEqual({ txonce_idempotency_keys: { deleted: 100_000, batches: 15, finished: true } });
+    expect(batches.slice(0, 14).every((n) => n === 7_000)).toBe(true);
+    expect(batches[14]).toBe(100_000 - 14 * 7_000);
+    expect(await countKeys(db.pool, "key LIKE 'old-%'")).toBe(0);
+    expect(await countKeys(db.pool, "key LIKE 'live-%'")).toBe(100_000);
+    expect(await countKeys(db.pool, "expires_at <= now()")).toBe(0);
+  });
+
+  test("a dry run counts and deletes nothing", async () => {
+    await seedKeys(db.pool, { count: 1234, expired: true });
+    await seedKeys(db.pool, { count: 10, expired: false, prefix: "live" });
+    const result = await txonce(db.prisma).cleanup({ dryRun: true });
+    expect(result).toMatchObject({ deleted: 1234, batches: 0, dryRun: true, finished: true });
+    expect(await countKeys(db.pool)).toBe(1244);
+  });
+
+  test("the time budget stops it between batches, and says it did not finish", async () => {
+    await seedKeys(db.pool, { count: 20_000, expired: true });
+    const result = await txonce(db.prisma).cleanup({ batchSize: 100, maxDuration: 1 });
+    expect(result.finished).toBe(false);
+    expect(result.batches).toBeGreaterThanOrEqual(1);
+    expect(result.deleted).toBe(result.batches * 100);
+    expect(await countKeys(db.pool)).toBe(20_000 - result.deleted);
+  });
+
+  test("bad options are refused before any row is touched", async () => {
+    await seedKeys(db.pool, { count: 5, expired: true });
+    const { cleanup } = txonce(db.prisma);
+    await expect(cleanup({ batchSize: 0 })).rejects.toMatchObject({ argument: "batchSize" });
+    await expect(cleanup({ batchSize: 1.5 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(cleanup({ maxDuration: "forever" })).rejects.toMatchObject({ argument: "maxDuration" });
+    expect(await countKeys(db.pool)).toBe(5);
+  });
+
+  test("missing tables give SchemaNotInstalledError", async () => {
+    const bare = db.newPrisma({ max: 1 });
+    await bare.$executeRawUnsafe("CREATE SCHEMA IF NOT EXISTS nothing_here");
+    await bare.$executeRawUnsafe("SET search_path TO nothing_here");
+    await expect(txonce(bare).cleanup()).rejects.toBeInstanceOf(SchemaNotInstalledError);
+  });
+
+  test("under live traffic: no errors, no lost records, no call blocked for more than a batch", async () => {
+    await seedKeys(db.pool, { count: 100_000, expired: true, scope: "traffic", prefix: "t" });
+    const traffic = txonce(db.newPrisma({ max: 6 }), { lockTimeout: "4s" });
+    const cleaner = txonce(db.newPrisma({ max: 2 }));
+    let cleanupDone = false;
+    const batchMs: number[] = [];
+    let lastBatchAt = 0;
+    const cleanupRun = cleaner
+      .cleanup({
+        batchSize: 2_000,
+        onBatch: (p) => {
+          batchMs.push(p.elapsedMs - lastBatchAt);
+          lastBatchAt = p.elapsedMs;
+        },
+      })
+      .finally(() => {
+        cleanupDone = true;
+      });
+    const latencies: number[] = [];
+    const created: string[] = [];
+    const worker = async (w: number) => {
+      for (let i = 0; !cleanupDone || i < 20; i++) {
+        // Alternate new keys, replays, and expired keys that cleanup is deleting at the same time.
+        const key = i % 3 === 2 ? `t-${1 + ((w * 7919 + i * 104729) % 100_000)}` : `new-${w}-${i}`;
+        const started = performance.now();
+        await traffic.withIdempotency(key, async () => `${w}:${i}`, { scope: "traffic" });
+        latencies.push(performance.now() - started);
+        if (i % 3 !== 2) created.push(key);
+        if (i % 3 === 1) await traffic.withIdempotency(`new-${w}-${i - 1}`, async () => "x", { scope: "traffic" });
+      }
+    };
+    await Promise.all([0, 1, 2, 3].map(worker));
+    const result: CleanupResult = await cleanupRun;
+    expect(result.finished).toBe(true);
+    expect(result.batches).toBeGreaterThan(40);
+    expect(await countKeys(db.pool, "scope = 'traffic' AND key LIKE 't-%' AND expires_at <= now()")).toBe(0);
+    const { rows } = await db.pool.query(
+      "SELECT count(*)::integer AS n FROM txonce_idempotency_keys WHERE scope = 'traffic' AND key = ANY($1)",
+      [created],
+    );
+    expect(rows[0].n).toBe(created.length);
+    // Each batch is its own transaction: a call waits for at most the batch it ran into, never the
+    // whole run (which is many batches long).
+    const slowestCall = Math.max(...latencies);
+    expect(slowestCall).toBeLessThan(result.durationMs / 4);
+    console.log(
+      `cleanup ${result.batches} batches in ${result.durationMs} ms (slowest batch ${Math.round(Math.max(...batchMs))} ms); ` +
+        `${latencies.length} live calls, slowest ${Math.round(slowestCall)} ms`,
+    );
+  });
+});
+
+describe("two cleanups at once, in two processes", () => {
+  test("no deadlock, no error, every expired row deleted once", async () => {
+    await seedKeys(db.pool, { count: 60_000, expired: true });
+    await seedKeys(db.pool, { count: 1_000, expired: false, prefix: "live" });
+    const run = () =>
+      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        const child = spawn(
+          process.execPath,
+          ["--import", "tsx", join(import.meta.dirname, "..", "src", "cli", "main.ts"), "cleanup", "--json", "--batch-size", "1000"],
+          { env: { ...process.env, DATABASE_URL: db.url } },
+        );
+        let stdout = "";
+        let stderr = "";
+        child.stdout.on("data", (d) => (stdout += d));
+        child.stderr.on("data", (d) => (stderr += d));
+        child.on("close", (code) => resolve({ code, stdout, stderr }));
+      });
+    const [a, b] = await Promise.all([run(), run()]);
+    expect(a.code, a.stderr).toBe(0);
+    expect(b.code, b.stderr).toBe(0);
+    const last = (s: string) => JSON.parse(s.trim().split("\n").at(-1)!) as CleanupResult;
+    expect(last(a.stdout).deleted + last(b.stdout).deleted).toBe(60_000);
+    expect(await countKeys(db.pool)).toBe(1_000);
+  });
+});
+
+describe("scheduleCleanup()", () => {
+  test("two schedulers on one database run one at a time", async () => {
+    await seedKeys(db.pool, { count: 30_000, expired: true });
+    const runs: { who: string; start: number; end: number; deleted: number }[] = [];
+    let skips = 0;
+    const schedule = (who: string) =>
+      txonce(db.newPrisma({ max: 3 })).scheduleCleanup({
+        every: 10,
+        batchSize: 500,
+        onRun: (r) => {
+          const end = performance.now();
+          runs.push({ who, start: end - r.durationMs, end, deleted: r.deleted });
+        },
+        onSkip: () => skips++,
+        onError: (e) => {
+          throw e;
+        },
+      });
+    const a = schedule("a");
+    const b = schedule("b");
+    for (let t = 0; t < 100 && (runs.length < 6 || skips === 0); t++) await sleep(50);
+    await Promise.all([a.stop(), b.stop()]);
+    expect(runs.reduce((sum, r) => sum + r.deleted, 0)).toBe(30_000);
+    expect(skips).toBeGreaterThan(0);
+    const sorted = [...runs].sort((x, y) => x.start - y.start);
+    for (let i = 1; i < sorted.length; i++) expect(sorted[i]!.start).toBeGreaterThanOrEqual(sorted[i - 1]!.end - 1);
+  });
+
+  test("stop() stops it: no run starts afterwards", async () => {
+    let runs = 0;
+    const schedule = txonce(db.prisma).scheduleCleanup({ every: 5, onRun: () => runs++ });
+    for (let t = 0; t < 100 && runs < 3; t++) await sleep(10);
+    await schedule.stop();
+    const after = runs;
+    await sleep(150);
+    expect(after).toBeGreaterThanOrEqual(3);
+    expect(runs).toBe(after);
+  });
+
+  test("a failing run calls onError and the next run still happens", async () => {
+    await seedKeys(db.pool, { count: 10, expired: true });
+    const errors: unknown[] = [];
+    const results: CleanupResult[] = [];
+    await db.pool.query("ALTER TABLE txonce_idempotency_keys RENAME TO txonce_idempotency_keys_away");
+    let schedule;
+    try {
+      schedule = txonce(db.prisma).scheduleCleanup({ every: 20, onError: (e) => errors.push(e), onRun: (r) => results.push(r) });
+      for (let t = 0; t < 100 && errors.length < 2; t++) await sleep(10);
+    } finally {
+      await db.pool.query("ALTER TABLE txonce_idempotency_keys_away RENAME TO txonce_idempotency_keys");
+    }
+    for (let t = 0; t < 100 && results.length === 0; t++) await sleep(10);
+    await schedule.stop();
+    expect(errors.length).toBeGreaterThanOrEqual(2);
+    expect(errors[0]).toBeInstanceOf(SchemaNotInstalledError);
+    expect(results[0]).toMatchObject({ deleted: 10, finished: true });
+  });
+
+  test("its timer does not keep the process alive", async () => {
+    const started = performance.now();
+    const exit = await new Promise<number | null>((resolve) => {
+      const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "fixtures", "schedule-and-exit.ts")], {
+        env: { ...process.env, DATABASE_URL: db.url },
+        stdio: "inherit",
+      });
+      child.on("close", resolve);
+    });
+    expect(exit).toBe(0);
+    // The schedule's next run is an hour away; the process ended long before.
+    expect(performance.now() - started).toBeLessThan(60_000);
+  });
+
+  test("bad options are refused when scheduling", () => {
+    const { scheduleCleanup } = txonce(db.prisma);
+    expect(() => scheduleCleanup({ every: "sometimes" })).toThrow(InvalidArgumentError);
+    expect(() => scheduleCleanup({ batchSize: -1 })).toThrow(InvalidArgumentError);
+  });
+});

@@ -1,0 +1,125 @@
+/**
+ * `txonce cleanup` as cron runs it: a child process, judged by its exit code and output.
+ */
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import pg from "pg";
+import { afterAll, beforeAll, beforeEach, expect, inject, test } from "vitest";
+import { createTestDatabase, type TestDatabase } from "./support/database.js";
+import { databaseUrl } from "./support/postgres-server.js";
+import { countKeys, seedKeys } from "./support/seed.js";
+
+let db: TestDatabase;
+let emptyDatabaseUrl: string;
+beforeAll(async () => {
+  db = await createTestDatabase();
+  // A database without txonce's tables.
+  const { serverUrl, runId } = inject("postgres");
+  const name = `txonce_empty_${runId}`;
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  await admin.query(`DROP DATABASE IF EXISTS ${name}`);
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  emptyDatabaseUrl = databaseUrl(serverUrl, name);
+});
+afterAll(async () => {
+  await db?.drop();
+});
+beforeEach(async () => {
+  await db.pool.query("TRUNCATE txonce_idempotency_keys");
+});
+
+const lastLine = (text: string) => text.trim().split("\n").at(-1);
+
+function txonceCli(args: string[], env: Record<string, string | undefined> = {}) {
+  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "..", "src", "cli", "main.ts"), ...args], {
+      env: { ...process.env, DATABASE_URL: undefined, ...env },
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+test("cleanup deletes the expired records and prints a one-line summary", async () => {
+  await seedKeys(db.pool, { count: 2_500, expired: true });
+  await seedKeys(db.pool, { count: 10, expired: false, prefix: "live" });
+  const r = await txonceCli(["cleanup", "--batch-size", "1000"], { DATABASE_URL: db.url });
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stdout).toMatch(/^txonce cleanup: deleted 2,500 expired rows in 3 batches in \d+\.\ds \(finished\)\n$/);
+  expect(r.stderr).toMatch(/^txonce cleanup: started at /); // plain log lines when not on a terminal
+  expect(await countKeys(db.pool)).toBe(10);
+});
+
+test("--database-url wins over DATABASE_URL", async () => {
+  await seedKeys(db.pool, { count: 3, expired: true });
+  const r = await txonceCli(["cleanup", "--database-url", db.url], { DATABASE_URL: "postgres://nobody@127.0.0.1:1/none" });
+  expect(r.code, r.stderr).toBe(0);
+  expect(await countKeys(db.pool)).toBe(0);
+});
+
+test("--dry-run counts and deletes nothing", async () => {
+  await seedKeys(db.pool, { count: 42, expired: true });
+  const r = await txonceCli(["cleanup", "--dry-run"], { DATABASE_URL: db.url });
+  expect(r.code).toBe(0);
+  expect(r.stdout).toBe("txonce cleanup (dry run): 42 expired rows would be deleted\n");
+  expect(await countKeys(db.pool)).toBe(42);
+});
+
+test("--json prints one JSON object on the last line of stdout", async () => {
+  await seedKeys(db.pool, { count: 150, expired: true });
+  const r = await txonceCli(["cleanup", "--json", "--batch-size", "100", "--max-duration", "30s"], { DATABASE_URL: db.url });
+  expect(r.code, r.stderr).toBe(0);
+  const lines = r.stdout.trim().split("\n");
+  const summary = JSON.parse(lines.at(-1)!);
+  expect(summary).toEqual({
+    deleted: 150,
+    batches: 2,
+    durationMs: expect.any(Number),
+    finished: true,
+    dryRun: false,
+    tables: { txonce_idempotency_keys: { deleted: 150, batches: 2, finished: true } },
+  });
+});
+
+test("--help prints the options and exits 0", async () => {
+  const r = await txonceCli(["cleanup", "--help"]);
+  expect(r.code).toBe(0);
+  for (const flag of ["--database-url", "--batch-size", "--max-duration", "--dry-run", "--json", "--help"]) {
+    expect(r.stdout).toContain(flag);
+  }
+});
+
+test.each([
+  [["cleanup", "--bogus"], /Unknown option '--bogus'/],
+  [["cleanup", "--batch-size", "lots"], /--batch-size: expected a whole number/],
+  [["cleanup", "--batch-size", "0"], /--batch-size: expected an integer from 1/],
+  [["cleanup", "--max-duration", "soonish"], /--max-duration: "soonish" is not a duration/],
+  [["cleanup", "--database-url", "mysql://root@localhost/db"], /must start with postgres:\/\//],
+  [["cleanup", "--database-url", "not a url"], /not a URL/],
+  [["cleanup"], /no database: pass --database-url or set DATABASE_URL/],
+  [["vacuum"], /unknown command "vacuum"/],
+])("%j: exit 2 with the reason", async (args, reason) => {
+  const r = await txonceCli(args);
+  expect(r.code).toBe(2);
+  expect(r.stderr.split("\n")[0]).toMatch(reason);
+  expect(r.stdout).toBe("");
+});
+
+test("an unreachable database: exit 1 with a one-line reason", async () => {
+  const r = await txonceCli(["cleanup", "--database-url", "postgres://postgres@127.0.0.1:1/postgres"]);
+  expect(r.code).toBe(1);
+  expect(lastLine(r.stderr)).toMatch(/^txonce cleanup: .*ECONNREFUSED/);
+  expect(r.stderr).not.toMatch(/^\s+at /m); // a reason, not a stack trace
+});
+
+test("a database without the tables: exit 1 saying how to install them", async () => {
+  const r = await txonceCli(["cleanup"], { DATABASE_URL: emptyDatabaseUrl });
+  expect(r.code).toBe(1);
+  expect(lastLine(r.stderr)).toMatch(/^txonce cleanup: The txonce tables are not in this database/);
+  expect(r.stderr).not.toMatch(/^\s+at /m);
+});
