@@ -1,4 +1,3 @@
-import path from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { defineConfig } from 'prisma6/config'
 import { PrismaPg } from '@prisma/adapter-pg6'
@@ -41,10 +40,10 @@ function patchAdapter<T>(adapter: T): T {
 
 class PatchedPrismaPg extends PrismaPg {
   constructor(private cfg: ReturnType<typeof pgConfigFromUrl>) { super(cfg) }
-  async connect() { return patchAdapter(await super.connect()) }
+  override async connect() { return patchAdapter(await super.connect()) }
   // Workaround 2: stock connectToShadowDb() drops the shadow DB *before* closing its pool
   // ("database ... is being accessed by other users"). Close first, then drop.
-  async connectToShadowDb() {
+  override async connectToShadowDb() {
     const admin = await super.connect()
     const database = `prisma_migrate_shadow_db_${randomUUID()}`
     await admin.executeScript(`CREATE DATABASE "${database}"`)

@@ -1,0 +1,61 @@
+// ESLint flat config: the recommended JavaScript and typescript-eslint rules for everything we
+// write (src, test, scripts, bench, examples, docs/examples); nothing for build output or the
+// generated Prisma client. Not type-aware, so `npm run lint` needs no `npm run generate` first.
+import js from "@eslint/js";
+import { defineConfig, globalIgnores } from "eslint/config";
+import tseslint from "typescript-eslint";
+
+export default defineConfig(
+  globalIgnores(["dist/", "generated/", "coverage/", "node_modules/", "**/*.tsbuildinfo"]),
+  {
+    files: ["**/*.{ts,mts,cts,js,mjs,cjs}"],
+    extends: [js.configs.recommended, tseslint.configs.recommended],
+    linterOptions: {
+      reportUnusedDisableDirectives: "error",
+    },
+    rules: {
+      // `_`-prefixed names mark deliberately unused parameters and destructured leftovers.
+      "@typescript-eslint/no-unused-vars": [
+        "error",
+        { argsIgnorePattern: "^_", varsIgnorePattern: "^_", caughtErrorsIgnorePattern: "^_", ignoreRestSiblings: true },
+      ],
+    },
+  },
+  {
+    // The core and the adapters take structural types and never import an ORM or a driver at
+    // run time (type-only imports are fine). The Prisma adapter's runtime import of
+    // `@prisma/client/runtime/client` (for `Decimal`) is the one exception, allowed below.
+    files: ["src/**/*.ts"],
+    rules: {
+      "@typescript-eslint/no-restricted-imports": [
+        "error",
+        {
+          paths: [{ name: "pg", message: "Use the structural PgPoolLike type.", allowTypeImports: true }],
+          patterns: [
+            {
+              group: ["@prisma/*", "**/generated/**"],
+              message: "Use the structural PrismaClientLike type; only src/adapters/prisma.ts may import Prisma.",
+              allowTypeImports: true,
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ["src/adapters/prisma.ts"],
+    rules: { "@typescript-eslint/no-restricted-imports": "off" },
+  },
+  {
+    // Structural types of clients we do not import (PrismaClientLike, PgPoolLike, CustomType's
+    // defaults) need `any`: the real clients' signatures are generic or overloaded in ways that
+    // `unknown` does not accept. Limited to the files that declare them.
+    files: ["src/adapters/prisma.ts", "src/adapters/pg.ts", "src/codec.ts"],
+    rules: { "@typescript-eslint/no-explicit-any": "off" },
+  },
+  {
+    // Tests and tooling poke at driver internals (error codes, raw rows, adapter patches).
+    files: ["test/**", "scripts/**", "bench/**", "examples/**", "docs/examples/**"],
+    rules: { "@typescript-eslint/no-explicit-any": "off" },
+  },
+);
