@@ -1,17 +1,23 @@
 /**
  * Keeps txonce's shipped SQL in step with its Prisma models.
  *
- *   npm run migrations          check: fail if prisma/migrations, src/sql/schema.ts or
- *                               examples/demo/app-tables.sql drifted
- *   npm run migrations -- --write   regenerate the newest migration, src/sql/schema.ts and
- *                               examples/demo/app-tables.sql
+ *   npm run migrations                      check: fail if the migrations in prisma/migrations do
+ *                                           not build exactly the models of prisma/txonce.prisma, or
+ *                                           if src/sql/schema.ts or examples/demo/app-tables.sql drifted
+ *   npm run migrations -- --write --name x  add prisma/migrations/<timestamp>_x with what Prisma
+ *                                           produces for the model changes, and regenerate the rest
+ *
+ * Migrations may also hold SQL that Prisma does not model (the pg_cron procedure): the check
+ * applies every migration to a shadow database and diffs the result against the models, so such
+ * SQL is allowed as long as the tables come out exactly as modelled. Never edit a migration that
+ * has been released; add one.
  *
  * The SQL comes from Prisma's own schema engine (see scripts/prisma6/migration-sql.ts), run
  * against a real PostgreSQL found like the tests find theirs (test/support/postgres-server.ts).
  */
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { migrationSqlFor } from "./prisma6/migration-sql.js";
+import { EMPTY_MIGRATION, migrationSqlFor } from "./prisma6/migration-sql.js";
 import { startPostgres } from "../test/support/postgres-server.js";
 
 const root = join(import.meta.dirname, "..");
@@ -51,23 +57,27 @@ export const schemaSql: string = migrations.map((m) => m.sql).join("\\n");
 
 async function main() {
   const write = process.argv.includes("--write");
+  const nameAt = process.argv.indexOf("--name");
+  const name = nameAt > 0 ? process.argv[nameAt + 1] : undefined;
   const server = await startPostgres((line) => console.error(line));
   try {
-    const expected = await migrationSqlFor([modelsFile], server.url);
-    const migrations = await shippedMigrations();
-    // Until a second migration exists, the one migration is the whole schema.
-    const newest = migrations.at(-1);
-    if (!newest) throw new Error("no migration in prisma/migrations");
     const problems: string[] = [];
-    if (newest.sql !== expected) {
-      if (write) {
-        await writeFile(join(migrationsDir, newest.name, "migration.sql"), expected);
-        newest.sql = expected;
-      } else problems.push(`prisma/migrations/${newest.name}/migration.sql differs from what Prisma produces for prisma/txonce.prisma`);
+    const pending = await migrationSqlFor([modelsFile], server.url, { migrationsDir });
+    if (pending.trim() !== EMPTY_MIGRATION) {
+      if (write && name && /^[a-z0-9_]+$/.test(name)) {
+        const stamp = new Date().toISOString().replace(/\D/g, "").slice(0, 14);
+        await mkdir(join(migrationsDir, `${stamp}_${name}`));
+        await writeFile(join(migrationsDir, `${stamp}_${name}`, "migration.sql"), pending);
+        console.log(`added prisma/migrations/${stamp}_${name}/migration.sql`);
+      } else {
+        problems.push(
+          `prisma/migrations do not build prisma/txonce.prisma; the missing migration is:\n${pending}\n` +
+            "Add it with `npm run migrations -- --write --name <what_changed>`.",
+        );
+      }
     }
-    const moduleText = schemaModuleSource(migrations);
-    const current = await readFile(schemaModule, "utf8").catch(() => "");
-    if (current !== moduleText) {
+    const moduleText = schemaModuleSource(await shippedMigrations());
+    if ((await readFile(schemaModule, "utf8").catch(() => "")) !== moduleText) {
       if (write) await writeFile(schemaModule, moduleText);
       else problems.push("src/sql/schema.ts is not generated from prisma/migrations");
     }

@@ -21,4 +21,6 @@ export interface Database<Tx, TxOptions = unknown> extends SqlExecutor {
    * rejects. `sql` runs statements on that same transaction.
    */
   transaction<T>(work: (tx: Tx, sql: SqlExecutor) => Promise<T>, options?: TxOptions): Promise<T>;
+  /** Runs statements on a transaction the caller opened (e.g. to enqueue outbox messages in it). */
+  sqlFor(tx: Tx): SqlExecutor;
 }

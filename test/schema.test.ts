@@ -3,12 +3,13 @@
  * exported constant is that SQL, and a Prisma 7 client generated from the models reads and
  * writes every column of the tables the SQL creates, side by side with the SDK.
  */
-import { readFile } from "node:fs/promises";
+import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, inject, test } from "vitest";
 import { migrations, schemaSql } from "../src/index.js";
 import { txonce } from "../src/adapters/prisma.js";
-import { migrationSqlFor } from "../scripts/prisma6/migration-sql.js";
+import { EMPTY_MIGRATION, migrationSqlFor } from "../scripts/prisma6/migration-sql.js";
 import { schemaModuleSource, shippedMigrations } from "../scripts/migrations.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 
@@ -21,11 +22,47 @@ afterAll(async () => {
   await db?.drop();
 });
 
-test("the shipped migration is exactly what Prisma's schema engine produces for prisma/txonce.prisma", async () => {
-  const produced = await migrationSqlFor([join(root, "prisma", "txonce.prisma")], inject("postgres").serverUrl);
+test("the shipped migrations build exactly the models of prisma/txonce.prisma (Prisma's schema engine finds nothing to add)", async () => {
+  const pending = await migrationSqlFor([join(root, "prisma", "txonce.prisma")], inject("postgres").serverUrl, {
+    migrationsDir: join(root, "prisma", "migrations"),
+  });
+  expect(pending.trim()).toBe(EMPTY_MIGRATION);
   const shipped = await shippedMigrations();
   expect(shipped.map((m) => m.name)).toEqual(migrations.map((m) => m.name));
-  expect(shipped.at(-1)!.sql).toBe(produced);
+  // The first migration is still, byte for byte, what `prisma migrate dev` wrote for the first model.
+  expect(shipped[0]!.sql).toMatch(/^-- CreateTable\nCREATE TABLE "txonce_idempotency_keys"/);
+});
+
+test("the check above fails when a migration drifts from the models", async () => {
+  const drifted = await mkdtemp(join(tmpdir(), "txonce-drift-"));
+  try {
+    await cp(join(root, "prisma", "migrations"), drifted, { recursive: true });
+    const first = join(drifted, migrations[0]!.name, "migration.sql");
+    await writeFile(first, (await readFile(first, "utf8")).replace('"result" TEXT,', '"result" TEXT, "extra" INTEGER,'));
+    const pending = await migrationSqlFor([join(root, "prisma", "txonce.prisma")], inject("postgres").serverUrl, {
+      migrationsDir: drifted,
+    });
+    expect(pending).toContain('DROP COLUMN "extra"');
+  } finally {
+    await rm(drifted, { recursive: true, force: true });
+  }
+});
+
+test("CALL txonce_cleanup() (for pg_cron) deletes expired keys and old published messages, and nothing else", async () => {
+  await db.pool.query(`
+    INSERT INTO txonce_idempotency_keys (scope, key, result, expires_at)
+    SELECT 'proc', 'old-' || i, 'x', now() - interval '1 hour' FROM generate_series(1, 2500) i
+    UNION ALL SELECT 'proc', 'live-' || i, 'x', now() + interval '1 hour' FROM generate_series(1, 10) i`);
+  await db.pool.query(`
+    INSERT INTO txonce_outbox_messages (id, topic, payload, published_at)
+    SELECT gen_random_uuid(), 't', 'p', now() - interval '8 days' FROM generate_series(1, 30)
+    UNION ALL SELECT gen_random_uuid(), 't', 'p', now() - interval '1 day' FROM generate_series(1, 5)
+    UNION ALL SELECT gen_random_uuid(), 't', 'p', NULL FROM generate_series(1, 7)`);
+  await db.pool.query("CALL txonce_cleanup(1000)");
+  const { rows } = await db.pool.query(`SELECT
+    (SELECT count(*)::int FROM txonce_idempotency_keys WHERE scope = 'proc') AS keys,
+    (SELECT count(*)::int FROM txonce_outbox_messages) AS messages`);
+  expect(rows[0]).toEqual({ keys: 10, messages: 12 });
 });
 
 test("the exported schemaSql is the migration files, inlined", async () => {
@@ -58,6 +95,31 @@ test("a Prisma 7 client generated from the models reads and writes every column"
     "SELECT column_name FROM information_schema.columns WHERE table_name = 'txonce_idempotency_keys' ORDER BY ordinal_position",
   );
   expect(rows.map((r) => r.column_name)).toEqual(["scope", "key", "fingerprint", "result", "created_at", "expires_at"]);
+});
+
+test("a Prisma 7 client reads and writes every column of the outbox table", async () => {
+  const data = {
+    id: "0190d7f0-0000-7000-8000-000000000001",
+    topic: "orders",
+    key: "order-1",
+    payload: '{"json":{"a":1}}',
+    headers: { "x-trace": "abc" },
+    availableAt: new Date("2030-01-01T00:00:00.000Z"),
+    attempts: 2,
+    leaseUntil: new Date("2030-01-01T00:01:00.000Z"),
+    leaseToken: "0190d7f0-0000-7000-8000-0000000000ff",
+    lastError: "broker down",
+    publishedAt: new Date("2030-01-01T00:02:00.000Z"),
+    deadAt: null,
+  };
+  const created = await db.prisma.txonceOutboxMessage.create({ data });
+  expect(created).toEqual({ ...data, seq: expect.any(BigInt), createdAt: expect.any(Date) });
+  const read = await db.prisma.txonceOutboxMessage.findUniqueOrThrow({ where: { id: data.id } });
+  expect(read).toEqual(created);
+  const minimal = await db.prisma.txonceOutboxMessage.create({ data: { id: "0190d7f0-0000-7000-8000-000000000002", topic: "t", payload: "p" } });
+  expect(minimal).toMatchObject({ key: null, headers: null, attempts: 0, leaseUntil: null, publishedAt: null, deadAt: null });
+  expect(minimal.seq).toBeGreaterThan(created.seq);
+  await db.prisma.txonceOutboxMessage.deleteMany({ where: { id: { in: [data.id, minimal.id] } } });
 });
 
 test("what the SDK stores reads back through the Prisma model, and the model's rows are honoured by the SDK", async () => {

@@ -4,7 +4,7 @@
  * that cannot be downloaded on our machines). See ../../docs/development.md.
  */
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile, copyFile } from "node:fs/promises";
+import { copyFile, cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -25,23 +25,42 @@ datasource db {
 }
 `;
 
+/** What a migration folder that Prisma made for no change holds. */
+export const EMPTY_MIGRATION = "-- This is an empty migration.";
+
 /**
- * What `prisma migrate dev` would write into migration.sql for the models in `schemaFiles`,
- * starting from an empty database. Needs a reachable PostgreSQL (`databaseUrl`) but writes
- * nothing to it.
+ * What `prisma migrate dev` would write into the next migration.sql for the models in
+ * `schemaFiles`: the difference between the schema that the migrations in `migrationsDir` build
+ * (applied to a shadow database) and the models; from an empty database when `migrationsDir` is
+ * null. Needs a reachable PostgreSQL (`databaseUrl`) whose role may create databases; it leaves
+ * nothing behind. Returns `EMPTY_MIGRATION` (plus a newline) when there is no difference.
  */
-export async function migrationSqlFor(schemaFiles: string[], databaseUrl: string): Promise<string> {
+export async function migrationSqlFor(
+  schemaFiles: string[],
+  databaseUrl: string,
+  { migrationsDir = null }: { migrationsDir?: string | null } = {},
+): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "txonce-prisma6-"));
   try {
-    await writeFile(join(dir, "schema.prisma"), header);
-    for (const file of schemaFiles) await copyFile(file, join(dir, `models-${basename(file)}`));
+    const schemaDir = join(dir, "schema");
+    await mkdir(schemaDir);
+    await writeFile(join(schemaDir, "schema.prisma"), header);
+    for (const file of schemaFiles) await copyFile(file, join(schemaDir, `models-${basename(file)}`));
+    let from = ["--from-empty"];
+    if (migrationsDir) {
+      // Prisma wants the lock file that `migrate dev` writes next to a project's migrations.
+      const copy = join(dir, "migrations");
+      await cp(migrationsDir, copy, { recursive: true });
+      await writeFile(join(copy, "migration_lock.toml"), 'provider = "postgresql"\n');
+      from = ["--from-migrations", copy];
+    }
     const cli = join(dirname(require.resolve("prisma6/package.json")), "build", "index.js");
     const { stdout } = await promisify(execFile)(
       process.execPath,
-      [cli, "migrate", "diff", "--from-empty", "--to-schema-datamodel", dir, "--script",
+      [cli, "migrate", "diff", ...from, "--to-schema-datamodel", schemaDir, "--script",
         "--config", join(here, "prisma.config.ts")],
       {
-        env: { ...process.env, DATABASE_URL: databaseUrl, TXONCE_PRISMA6_SCHEMA: dir, CHECKPOINT_DISABLE: "1" },
+        env: { ...process.env, DATABASE_URL: databaseUrl, TXONCE_PRISMA6_SCHEMA: schemaDir, CHECKPOINT_DISABLE: "1" },
         maxBuffer: 16 * 1024 * 1024,
       },
     );
@@ -50,8 +69,4 @@ export async function migrationSqlFor(schemaFiles: string[], databaseUrl: string
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-}
-
-export async function readText(path: string): Promise<string> {
-  return readFile(path, "utf8");
 }

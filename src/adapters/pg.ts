@@ -39,18 +39,19 @@ export interface PgTransactionOptions {
 
 /** A {@link Database} over a pg pool; the transaction handle is the checked-out client. */
 export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>): Database<Client, PgTransactionOptions> {
+  const sqlFor = (client: Client): SqlExecutor => ({
+    query: async (sql, params) => (await client.query(sql, params as unknown[])).rows as Row[],
+  });
   return {
     query: async (sql, params) => (await pool.query(sql, params as unknown[])).rows as Row[],
+    sqlFor,
     async transaction(work, options) {
       const client = await pool.connect();
       let broken: Error | undefined;
       try {
         await client.query(options?.isolationLevel ? `BEGIN ISOLATION LEVEL ${isolation(options.isolationLevel)}` : "BEGIN");
-        const inTransaction: SqlExecutor = {
-          query: async (sql, params) => (await client.query(sql, params as unknown[])).rows as Row[],
-        };
         try {
-          const result = await work(client, inTransaction);
+          const result = await work(client, sqlFor(client));
           await client.query("COMMIT");
           return result;
         } catch (error) {

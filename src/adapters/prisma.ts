@@ -53,14 +53,14 @@ const PRISMA_DEFAULT_TIMEOUT = 5000;
 export function prismaDatabase<Client extends PrismaClientLike>(
   prisma: Client,
 ): Database<TransactionClientOf<Client>, PrismaTransactionOptions> {
+  const sqlFor = (tx: TransactionClientOf<Client>): SqlExecutor => {
+    const raw: PrismaTransactionLike = tx;
+    return { query: (sql, params) => raw.$queryRawUnsafe<Row[]>(sql, ...params) };
+  };
   return {
     query: (sql, params) => prisma.$queryRawUnsafe<Row[]>(sql, ...params),
-    transaction: (work, options) =>
-      prisma.$transaction((tx: TransactionClientOf<Client>) => {
-        const raw: PrismaTransactionLike = tx;
-        const inTransaction: SqlExecutor = { query: (sql, params) => raw.$queryRawUnsafe<Row[]>(sql, ...params) };
-        return work(tx, inTransaction);
-      }, options),
+    transaction: (work, options) => prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options),
+    sqlFor,
   };
 }
 

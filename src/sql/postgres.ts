@@ -82,3 +82,118 @@ SELECT count(*)::integer AS expired FROM ${IDEMPOTENCY_TABLE} WHERE expires_at <
  */
 export const tryCleanupLock = `
 SELECT pg_try_advisory_xact_lock(hashtext('txonce.cleanup:' || current_database() || ':' || current_schema())) AS locked`;
+
+export const OUTBOX_TABLE = "txonce_outbox_messages";
+/** The channel the enqueueing transaction notifies on commit; relays LISTEN on it. */
+export const OUTBOX_CHANNEL = "txonce_outbox";
+
+/**
+ * Enqueues messages in the caller's transaction, in one statement. For each ordering key it first
+ * takes a transaction-level advisory lock (keys in sorted order, so two batches cannot deadlock),
+ * then draws `seq`: a later transaction with the same key waits for this one to end, so per key,
+ * `seq` order is commit order and the relay never sees a lower `seq` commit after a higher one.
+ * It also notifies the relays, which PostgreSQL delivers when the transaction commits.
+ *
+ * $1 ids, $2 topics, $3 keys (nulls allowed), $4 payloads, $5 headers (JSON text or null),
+ * $6 delays in ms; all arrays of the same length.
+ */
+export const enqueueMessages = `
+WITH locks AS MATERIALIZED (
+  SELECT count(*) AS n FROM (
+    SELECT pg_advisory_xact_lock(hashtextextended('txonce.outbox:' || k, 0))
+    FROM (SELECT DISTINCT k FROM unnest($3::text[]) AS k WHERE k IS NOT NULL ORDER BY k) AS keys
+  ) AS taken
+), inserted AS (
+  INSERT INTO ${OUTBOX_TABLE} (id, topic, key, payload, headers, available_at)
+  SELECT m.id, m.topic, m.key, m.payload, m.headers::jsonb, now() + m.delay_ms * interval '1 millisecond'
+  FROM locks, unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::double precision[])
+    WITH ORDINALITY AS m(id, topic, key, payload, headers, delay_ms, ord)
+  ORDER BY m.ord
+  RETURNING 1
+)
+SELECT enqueued FROM (SELECT count(*)::integer AS enqueued FROM inserted) AS c,
+  LATERAL (SELECT pg_notify('${OUTBOX_CHANNEL}', '')) AS notify`;
+
+/**
+ * Claims up to $1 due messages for $2 ms under lease token $3, in one short transaction. A
+ * message is due when it is unpublished, not dead, available, not leased (or its lease ran out:
+ * its relay crashed), and no earlier message with its key is still unpublished and alive. Rows
+ * another relay is claiming right now are skipped, not waited for.
+ */
+export const claimMessages = `
+WITH due AS (
+  SELECT m.id FROM ${OUTBOX_TABLE} m
+  WHERE m.published_at IS NULL AND m.dead_at IS NULL AND m.available_at <= now()
+    AND (m.lease_until IS NULL OR m.lease_until < now())
+    AND (m.key IS NULL OR NOT EXISTS (
+      SELECT 1 FROM ${OUTBOX_TABLE} p
+      WHERE p.key = m.key AND p.seq < m.seq AND p.published_at IS NULL AND p.dead_at IS NULL))
+  ORDER BY m.seq
+  LIMIT $1::integer
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE ${OUTBOX_TABLE} m
+SET lease_until = now() + $2::double precision * interval '1 millisecond', lease_token = $3::uuid, attempts = m.attempts + 1
+FROM due WHERE m.id = due.id
+RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
+  m.created_at, m.attempts`;
+
+/** Marks claimed messages published, if this claim still holds them. $1 ids, $2 lease token. */
+export const markPublished = `
+UPDATE ${OUTBOX_TABLE} SET published_at = now(), lease_until = NULL, lease_token = NULL
+WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid`;
+
+/** Deletes claimed messages once published (deleteOnPublish), if this claim still holds them. */
+export const deletePublished = `
+DELETE FROM ${OUTBOX_TABLE} WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid`;
+
+/**
+ * Records failed attempts: each message goes back after its backoff, or is dead-lettered when
+ * it has used its attempts. $1 ids, $2 errors, $3 backoffs in ms, $4 dead flags, $5 lease token.
+ * Returns the ids it changed.
+ */
+export const markFailed = `
+UPDATE ${OUTBOX_TABLE} m
+SET last_error = f.error, lease_until = NULL, lease_token = NULL,
+    available_at = CASE WHEN f.dead THEN m.available_at ELSE now() + f.backoff_ms * interval '1 millisecond' END,
+    dead_at = CASE WHEN f.dead THEN now() ELSE NULL END
+FROM unnest($1::uuid[], $2::text[], $3::double precision[], $4::boolean[]) AS f(id, error, backoff_ms, dead)
+WHERE m.id = f.id AND m.lease_token = $5::uuid
+RETURNING m.id::text AS id`;
+
+/** Puts dead messages back in the queue with fresh attempts. $1 ids or null for all, $2 topic or null. */
+export const requeueDead = `
+WITH requeued AS (
+  UPDATE ${OUTBOX_TABLE} SET dead_at = NULL, attempts = 0, available_at = now()
+  WHERE dead_at IS NOT NULL AND published_at IS NULL
+    AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[])) AND ($2::text IS NULL OR topic = $2::text)
+  RETURNING 1
+)
+SELECT requeued FROM (SELECT count(*)::integer AS requeued FROM requeued) AS c,
+  LATERAL (SELECT pg_notify('${OUTBOX_CHANNEL}', '')) AS notify`;
+
+/** The backlog: unpublished live messages, dead ones, and the age of the oldest unpublished one. */
+export const outboxBacklog = `
+SELECT
+  count(*) FILTER (WHERE dead_at IS NULL)::integer AS pending,
+  count(*) FILTER (WHERE dead_at IS NOT NULL)::integer AS dead,
+  COALESCE(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE dead_at IS NULL)) * 1000, 0)::double precision AS oldest_age_ms
+FROM ${OUTBOX_TABLE} WHERE published_at IS NULL`;
+
+/** Deletes one batch of messages published more than $2 ms ago. $1 batch size. */
+export const deletePublishedBefore = `
+WITH doomed AS (
+  SELECT id FROM ${OUTBOX_TABLE}
+  WHERE published_at <= now() - $2::double precision * interval '1 millisecond'
+  ORDER BY published_at
+  LIMIT $1::integer
+  FOR UPDATE SKIP LOCKED
+), deleted AS (
+  DELETE FROM ${OUTBOX_TABLE} m USING doomed WHERE m.id = doomed.id RETURNING 1
+)
+SELECT count(*)::integer AS deleted FROM deleted`;
+
+/** How many published messages are past their retention. $1 retention in ms. */
+export const countPublishedBefore = `
+SELECT count(*)::integer AS expired FROM ${OUTBOX_TABLE}
+WHERE published_at <= now() - $1::double precision * interval '1 millisecond'`;
