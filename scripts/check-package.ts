@@ -183,14 +183,15 @@ try {
   const node = (script: string, kind: "esm" | "cjs") =>
     run(process.execPath, kind === "esm" ? ["--input-type=module", "-e", script] : ["--input-type=commonjs", "-e", script], project);
 
-  // Without peers: the core and the pg adapter must not need @prisma/client or pg.
-  for (const subpath of subpaths.filter((subpath) => subpath !== "./prisma")) {
+  // Without peers: the core and the pg adapter must not need @prisma/client or pg (nor express, whose
+  // types only txonce/express uses); txonce/fastify needs fastify-plugin, like txonce/prisma @prisma/client.
+  for (const subpath of subpaths.filter((subpath) => subpath !== "./prisma" && subpath !== "./fastify")) {
     const result = node(`await import(${JSON.stringify(specifierOf(subpath))})`, "esm");
     check(result.status === 0, `${specifierOf(subpath)} loads with no peer dependency installed`, result.stderr);
   }
 
   // The peers, plus the types a TypeScript user of them has, at the versions this repository uses.
-  const peers = ["@prisma/client", "pg", "@types/pg", "@types/node"].map((name) => `${name}@${localVersion(name)}`);
+  const peers = ["@prisma/client", "pg", "@types/pg", "@types/node", "express", "fastify", "fastify-plugin"].map((name) => `${name}@${localVersion(name)}`);
   runOrThrow("npm", [...npmInstall, tarball, ...peers], project);
   check(true, `npm install ${peers.join(" ")} (the versions this repository tests with)`);
 
