@@ -35,10 +35,11 @@ export interface IdempotentResponse {
    * The response headers to send and store with it. Headers set on the response elsewhere (by
    * other middleware) are neither stored nor replayed by txonce; they are set again on a replay
    * if that middleware runs again. `Content-Length`, `Transfer-Encoding`, `Connection`,
-   * `Keep-Alive` and `Idempotent-Replayed` are txonce's to set. (Default: none, plus a
+   * `Keep-Alive` and `Idempotent-Replayed` are txonce's to set; `undefined` values are skipped.
+   * (Default: none, plus a
    * `Content-Type` chosen from the body)
    */
-  headers?: Readonly<Record<string, HeaderValue>>;
+  headers?: Readonly<Record<string, HeaderValue | undefined>>;
   /**
    * The body: a `string` (sent as UTF-8, `text/plain; charset=utf-8` unless `headers` set a
    * `Content-Type`), a `Buffer` or `Uint8Array` (`application/octet-stream`), `undefined` (no
@@ -327,6 +328,7 @@ function toStoredResponse(response: IdempotentResponse, maxBytes: number): Store
 
   const headers: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(response.headers ?? {})) {
+    if (value === undefined) continue;
     const lower = name.toLowerCase();
     if (!HEADER_NAME.test(name)) throw new ResponseNotStorableError(`${JSON.stringify(name)} is not a valid header name`);
     if (RESERVED_HEADERS.has(lower)) throw new ResponseNotStorableError(`the ${name} header is set by txonce or the server, not by the handler`);
