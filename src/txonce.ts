@@ -2,6 +2,13 @@ import { runCleanup, idempotencyKeysTable, type CleanupOptions, type CleanupResu
 import { scheduleCleanup, type CleanupSchedule, type ScheduleCleanupOptions } from "./cleanup/schedule.js";
 import type { Database } from "./executor.js";
 import { createIdempotency, type Idempotency, type IdempotencyDefaults } from "./idempotency.js";
+import { createOutbox, type Outbox, type OutboxOptions } from "./outbox/outbox.js";
+
+/** Options of `txonce(client, options)`: the idempotency defaults, plus the outbox's. */
+export interface TxonceOptions<TxOptions> extends IdempotencyDefaults<TxOptions> {
+  /** The transactional outbox. (Default: published messages kept 7 days) */
+  outbox?: OutboxOptions;
+}
 
 /** Everything `txonce(client)` gives you: idempotent operations and the retention job. */
 export interface Txonce<Tx, TxOptions = unknown> extends Idempotency<Tx, TxOptions> {
@@ -15,6 +22,8 @@ export interface Txonce<Tx, TxOptions = unknown> extends Idempotency<Tx, TxOptio
    * Returns a handle whose `stop()` ends it.
    */
   scheduleCleanup(options?: ScheduleCleanupOptions): CleanupSchedule;
+  /** The transactional outbox: enqueue messages in your transactions, relay them to a broker. */
+  readonly outbox: Outbox<Tx>;
 }
 
 /** How an adapter tunes the parts that depend on its client. */
@@ -26,12 +35,16 @@ export interface AdapterHooks<TxOptions> {
 /** Assembles txonce over a {@link Database}. Adapters call this; users call `txonce(...)`. */
 export function createTxonce<Tx, TxOptions>(
   db: Database<Tx, TxOptions>,
-  options: IdempotencyDefaults<TxOptions> = {},
+  options: TxonceOptions<TxOptions> = {},
   hooks: AdapterHooks<TxOptions> = {},
 ): Txonce<Tx, TxOptions> {
-  const tables = [idempotencyKeysTable];
+  const { outbox: outboxOptions, ...idempotencyDefaults } = options;
+  const idempotency = createIdempotency(db, idempotencyDefaults);
+  const { outbox, prunable } = createOutbox(db, idempotency.codec, outboxOptions);
+  const tables = [idempotencyKeysTable, prunable];
   return {
-    ...createIdempotency(db, options),
+    ...idempotency,
+    outbox,
     cleanup: (cleanupOptions) => runCleanup(db, tables, cleanupOptions),
     scheduleCleanup: (scheduleOptions) =>
       scheduleCleanup(db as Database<unknown, TxOptions>, tables, scheduleOptions, hooks.lockTransactionOptions),

@@ -29,8 +29,12 @@ describe("cleanup()", () => {
     await seedKeys(db.pool, { count: 100_000, expired: false, prefix: "live" });
     const batches: number[] = [];
     const result = await txonce(db.prisma).cleanup({ batchSize: 7_000, onBatch: (p) => batches.push(p.batchDeleted) });
-    expect(result).toMatchObject({ deleted: 100_000, batches: 15, finished: true, dryRun: false });
-    expect(result.tables).toEqual({ txonce_idempotency_keys: { deleted: 100_000, batches: 15, finished: true } });
+    expect(result).toMatchObject({ deleted: 100_000, batches: 16, finished: true, dryRun: false });
+    expect(result.tables).toEqual({
+      txonce_idempotency_keys: { deleted: 100_000, batches: 15, finished: true },
+      // The outbox's published messages are the job's other table: nothing to prune here.
+      txonce_outbox_messages: { deleted: 0, batches: 1, finished: true },
+    });
     expect(batches.slice(0, 14).every((n) => n === 7_000)).toBe(true);
     expect(batches[14]).toBe(100_000 - 14 * 7_000);
     expect(await countKeys(db.pool, "key LIKE 'old-%'")).toBe(0);
@@ -51,7 +55,8 @@ describe("cleanup()", () => {
     const result = await txonce(db.prisma).cleanup({ batchSize: 100, maxDuration: 1 });
     expect(result.finished).toBe(false);
     expect(result.batches).toBeGreaterThanOrEqual(1);
-    expect(result.deleted).toBe(result.batches * 100);
+    expect(result.tables.txonce_idempotency_keys!.deleted).toBe(result.tables.txonce_idempotency_keys!.batches * 100);
+    expect(result.tables.txonce_outbox_messages).toEqual({ deleted: 0, batches: 0, finished: false });
     expect(await countKeys(db.pool)).toBe(20_000 - result.deleted);
   });
 
@@ -105,7 +110,7 @@ describe("cleanup()", () => {
     await Promise.all([0, 1, 2, 3].map(worker));
     const result: CleanupResult = await cleanupRun;
     expect(result.finished).toBe(true);
-    expect(result.batches).toBeGreaterThan(40);
+    expect(result.tables.txonce_idempotency_keys!.batches).toBeGreaterThan(40);
     expect(await countKeys(db.pool, "scope = 'traffic' AND key LIKE 't-%' AND expires_at <= now()")).toBe(0);
     const { rows } = await db.pool.query(
       "SELECT count(*)::integer AS n FROM txonce_idempotency_keys WHERE scope = 'traffic' AND key = ANY($1)",

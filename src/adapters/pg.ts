@@ -4,8 +4,7 @@
  */
 import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
-import type { IdempotencyDefaults } from "../idempotency.js";
-import { createTxonce, type Txonce } from "../txonce.js";
+import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 
 /** The subset of a pg `PoolClient` that txonce uses. */
 export interface PgClientLike {
@@ -80,7 +79,7 @@ function isolation(level: PgTransactionOptions["isolationLevel"]): string {
   }
 }
 
-export type TxonceOptions = IdempotencyDefaults<PgTransactionOptions>;
+export type TxonceOptions = TxonceOptionsOver<PgTransactionOptions>;
 
 /**
  * Makes retried operations safe on a node-postgres pool. The operation gets the pool client

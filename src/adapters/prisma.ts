@@ -8,8 +8,7 @@ import type { CustomType } from "../codec.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { toMilliseconds } from "../duration.js";
-import type { IdempotencyDefaults } from "../idempotency.js";
-import { createTxonce, type Txonce as TxonceOver } from "../txonce.js";
+import { createTxonce, type Txonce as TxonceOver, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 
 /** Prisma's interactive transaction options. */
 export interface PrismaTransactionOptions {
@@ -64,7 +63,7 @@ export function prismaDatabase<Client extends PrismaClientLike>(
   };
 }
 
-export type TxonceOptions = IdempotencyDefaults<PrismaTransactionOptions>;
+export type TxonceOptions = TxonceOptionsOver<PrismaTransactionOptions>;
 
 export type Txonce<Client> = TxonceOver<TransactionClientOf<Client>, PrismaTransactionOptions>;
 

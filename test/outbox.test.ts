@@ -1,0 +1,428 @@
+/**
+ * The transactional outbox on a real PostgreSQL, with an in-memory publisher (the broker suites
+ * test the real publishers): enqueue in the business transaction, wake on commit, per-key order,
+ * retries, dead letters, several relays, a crashed relay, and the inbox on the consumer side.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { join } from "node:path";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
+import { InvalidArgumentError, UnencodableValueError, type OutboxMessage } from "../src/index.js";
+import { txonce } from "../src/adapters/prisma.js";
+import { createTestDatabase, type TestDatabase } from "./support/database.js";
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+  await db.pool.query("INSERT INTO accounts (id, balance) VALUES ('acc', 0)");
+  await db.pool.query(
+    "CREATE TABLE publish_log (message_id uuid NOT NULL, relay text NOT NULL, started timestamptz NOT NULL, ended timestamptz NOT NULL)",
+  );
+});
+afterAll(async () => {
+  await db?.drop();
+});
+beforeEach(async () => {
+  await db.pool.query("TRUNCATE txonce_outbox_messages, publish_log");
+});
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await sleep(10);
+  }
+}
+
+/** A broker in memory: records what it got, in order. */
+function memoryBroker() {
+  const received: OutboxMessage[] = [];
+  return { received, publish: async (m: OutboxMessage) => void received.push(m) };
+}
+
+describe("enqueue", () => {
+  test("a message enqueued with the business change is published after commit, payload intact", async () => {
+    const t = txonce(db.prisma);
+    const broker = memoryBroker();
+    const relay = t.outbox.relay({ publisher: broker.publish, pollInterval: 20 });
+    await relay.start();
+    try {
+      const charge = await t.withIdempotency("order-1", async (tx) => {
+        const created = await tx.charge.create({ data: { accountId: "acc", amount: 12.5 } });
+        await t.outbox.enqueue(tx, {
+          topic: "charges.created",
+          key: "acc",
+          payload: { chargeId: created.id, amount: created.amount, at: new Date("2026-01-01T00:00:00Z"), big: 10n },
+          headers: { "x-trace": "t-1" },
+        });
+        return created;
+      });
+      await until(() => broker.received.length === 1);
+      const [message] = broker.received;
+      expect(message).toMatchObject({ topic: "charges.created", key: "acc", headers: { "x-trace": "t-1" }, attempts: 1 });
+      expect(message!.id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-/); // UUID v7
+      expect(message!.payload).toStrictEqual({
+        chargeId: charge.id,
+        amount: charge.amount,
+        at: new Date("2026-01-01T00:00:00Z"),
+        big: 10n,
+      });
+      expect(t.codec.decode(message!.encodedPayload)).toStrictEqual(message!.payload);
+      const { rows } = await db.pool.query("SELECT published_at FROM txonce_outbox_messages WHERE id = $1", [message!.id]);
+      expect(rows[0].published_at).toBeInstanceOf(Date);
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  test("a rolled-back transaction leaves no message and publishes nothing", async () => {
+    const t = txonce(db.prisma);
+    const broker = memoryBroker();
+    const relay = t.outbox.relay({ publisher: broker.publish, pollInterval: 20 });
+    await relay.start();
+    try {
+      await expect(
+        t.withIdempotency("rolled-back", async (tx) => {
+          await t.outbox.enqueueMany(tx, [
+            { topic: "a", payload: 1 },
+            { topic: "a", payload: 2, key: "k" },
+          ]);
+          throw new Error("abort");
+        }),
+      ).rejects.toThrow("abort");
+      await expect(
+        db.prisma.$transaction(async (tx) => {
+          await t.outbox.enqueue(tx, { topic: "b", payload: 3 });
+          throw new Error("abort too");
+        }),
+      ).rejects.toThrow("abort too");
+      // A committed marker message proves the relay was looking.
+      await db.prisma.$transaction((tx) => t.outbox.enqueue(tx, { topic: "marker", payload: null }));
+      await until(() => broker.received.length === 1);
+      await sleep(100);
+      expect(broker.received.map((m) => m.topic)).toEqual(["marker"]);
+      expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages")).rows[0].n).toBe(1);
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  test("bad messages are refused before anything is written", async () => {
+    const t = txonce(db.prisma);
+    const attempt = (message: object) => db.prisma.$transaction((tx) => t.outbox.enqueue(tx, message as never));
+    await expect(attempt({ topic: "", payload: 1 })).rejects.toMatchObject({ argument: "messages[0].topic" });
+    await expect(attempt({ topic: "t", key: 5, payload: 1 })).rejects.toMatchObject({ argument: "messages[0].key" });
+    await expect(attempt({ topic: "t", payload: 1, headers: { n: 1 } })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(attempt({ topic: "t", payload: 1, delay: "later" })).rejects.toMatchObject({ argument: "messages[0].delay" });
+    await expect(attempt({ topic: "t", payload: { f: () => 1 } })).rejects.toBeInstanceOf(UnencodableValueError);
+    expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages")).rows[0].n).toBe(0);
+  });
+
+  test("delay: the message is not published before its time", async () => {
+    const t = txonce(db.prisma);
+    const broker = memoryBroker();
+    const relay = t.outbox.relay({ publisher: broker.publish, pollInterval: 20 });
+    await relay.start();
+    try {
+      const committed = Date.now();
+      await db.prisma.$transaction((tx) => t.outbox.enqueue(tx, { topic: "later", payload: 1, delay: 400 }));
+      await until(() => broker.received.length === 1);
+      expect(Date.now() - committed).toBeGreaterThanOrEqual(380);
+    } finally {
+      await relay.stop();
+    }
+  });
+});
+
+describe("waking", () => {
+  test("LISTEN/NOTIFY wakes the relay on commit, long before its next poll", async () => {
+    const t = txonce(db.prisma);
+    const broker = memoryBroker();
+    const relay = t.outbox.relay({ publisher: broker.publish, pollInterval: "1h", listen: { connectionString: db.url } });
+    await relay.start();
+    try {
+      await sleep(50); // let the first (empty) claim finish: from now on only a notification wakes it
+      for (let i = 0; i < 3; i++) {
+        await db.prisma.$transaction((tx) => t.outbox.enqueue(tx, { topic: "wake", payload: i }));
+        await until(() => broker.received.length === i + 1, 5_000);
+      }
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  test("poll-only mode (no LISTEN) still delivers", async () => {
+    const t = txonce(db.prisma);
+    const broker = memoryBroker();
+    const relay = t.outbox.relay({ publisher: broker.publish, pollInterval: 50 });
+    await relay.start();
+    try {
+      await sleep(80);
+      await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, [1, 2, 3].map((n) => ({ topic: "poll", payload: n }))));
+      await until(() => broker.received.length === 3);
+      expect(broker.received.map((m) => m.payload)).toEqual([1, 2, 3]);
+    } finally {
+      await relay.stop();
+    }
+  });
+});
+
+describe("ordering", () => {
+  test("per key, in commit order under 4 workers and interleaved, late-committing producers", async () => {
+    const t = txonce(db.newPrisma({ max: 12 }));
+    const published: OutboxMessage[] = [];
+    const relay = t.outbox.relay({
+      workers: 4,
+      batchSize: 10,
+      pollInterval: 10,
+      listen: { connectionString: db.url },
+      // Uneven publish times, so a relay that ignored keys would reorder.
+      publisher: async (m) => {
+        await sleep(Math.random() * 4);
+        published.push(m);
+      },
+    });
+    await relay.start();
+    const committed = new Map<string, number[]>(); // key -> payloads in commit order
+    const producer = async (p: number) => {
+      for (let i = 0; i < 15; i++) {
+        const key = `k${(p + i) % 5}`;
+        const payload = p * 1000 + i;
+        await db.prisma.$transaction(
+          async (tx) => {
+            await t.outbox.enqueue(tx, { topic: "ordered", key, payload });
+            await t.outbox.enqueue(tx, { topic: "unordered", payload: -payload });
+            // Some transactions commit late, after others that enqueued later.
+            if (i % 4 === 0) await sleep(30);
+          },
+          { timeout: 10_000, maxWait: 10_000 },
+        );
+        committed.set(key, [...(committed.get(key) ?? []), payload]);
+      }
+    };
+    try {
+      await Promise.all([0, 1, 2, 3, 4, 5].map(producer));
+      await until(() => published.length === 6 * 15 * 2, 30_000);
+    } finally {
+      await relay.stop();
+    }
+    for (const [key, order] of committed) {
+      const got = published.filter((m) => m.key === key).map((m) => m.payload);
+      expect(got, key).toEqual(order);
+    }
+    expect(new Set(published.map((m) => m.id)).size).toBe(published.length);
+  });
+
+  test("a late-committing message is not skipped, with or without a key", async () => {
+    const t = txonce(db.prisma);
+    const broker = memoryBroker();
+    const relay = t.outbox.relay({ publisher: broker.publish, pollInterval: 10 });
+    await relay.start();
+    try {
+      let releaseLate!: () => void;
+      const late = db.prisma.$transaction(async (tx) => {
+        await t.outbox.enqueue(tx, { topic: "late", payload: "late, no key" });
+        await t.outbox.enqueue(tx, { topic: "late", key: "other", payload: "late, keyed" });
+        await new Promise<void>((resolve) => (releaseLate = resolve));
+      });
+      await sleep(50);
+      await db.prisma.$transaction((tx) => t.outbox.enqueue(tx, { topic: "early", payload: "early" }));
+      await until(() => broker.received.length === 1);
+      releaseLate();
+      await late;
+      await until(() => broker.received.length === 3);
+      expect(broker.received.map((m) => m.payload)).toEqual(["early", "late, no key", "late, keyed"]);
+    } finally {
+      await relay.stop();
+    }
+  });
+});
+
+describe("failures", () => {
+  test("retries with backoff, then dead-letters with the last error; a failing key holds back only itself; re-queue", async () => {
+    const t = txonce(db.prisma);
+    const attempts = new Map<string, number[]>();
+    const dead: OutboxMessage[] = [];
+    const failedRetries: number[] = [];
+    let brokerDown = true;
+    const published: unknown[] = [];
+    const relay = t.outbox.relay({
+      pollInterval: 10,
+      maxAttempts: 3,
+      backoff: { initial: 40, max: 1000 },
+      publisher: async (m) => {
+        attempts.set(m.id, [...(attempts.get(m.id) ?? []), Date.now()]);
+        if (m.payload === "poison" && brokerDown) throw new Error("broker said no");
+        published.push(m.payload);
+      },
+      onFailed: (_m, _e, retryInMs) => failedRetries.push(retryInMs),
+      onDead: (m) => dead.push(m),
+    });
+    await relay.start();
+    try {
+      await db.prisma.$transaction((tx) =>
+        t.outbox.enqueueMany(tx, [
+          { topic: "t", key: "bad", payload: "poison" },
+          { topic: "t", key: "bad", payload: "after poison" },
+          { topic: "t", key: "good", payload: "fine 1" },
+          { topic: "t", key: "good", payload: "fine 2" },
+          { topic: "t", payload: "no key" },
+        ]),
+      );
+      await until(() => dead.length === 1);
+      // The other keys flowed; the poisoned key's successor waited while the poison was retried.
+      expect(published.slice(0, 3).sort()).toEqual(["fine 1", "fine 2", "no key"].sort());
+      const poisonAttempts = attempts.get(dead[0]!.id)!;
+      expect(poisonAttempts).toHaveLength(3);
+      expect(poisonAttempts[1]! - poisonAttempts[0]!).toBeGreaterThanOrEqual(18); // backoff 40 ms, jittered down to 20
+      expect(failedRetries).toHaveLength(2);
+      expect(failedRetries[1]).toBeGreaterThanOrEqual(40); // doubled: drawn from [40, 80]
+      const { rows } = await db.pool.query("SELECT attempts, last_error, dead_at FROM txonce_outbox_messages WHERE id = $1", [dead[0]!.id]);
+      expect(rows[0]).toMatchObject({ attempts: 3, last_error: "Error: broker said no" });
+      expect(rows[0].dead_at).toBeInstanceOf(Date);
+      // Once dead, the key moves on.
+      await until(() => published.includes("after poison"));
+      await until(async () => (await t.outbox.backlog()).pending === 0);
+      expect(await t.outbox.backlog()).toEqual({ pending: 0, dead: 1, oldestAgeMs: 0 });
+
+      brokerDown = false;
+      expect(await t.outbox.requeueDead({ topic: "t" })).toBe(1);
+      await until(() => published.includes("poison"));
+      await until(async () => (await t.outbox.backlog()).pending === 0);
+      expect(await t.outbox.backlog()).toEqual({ pending: 0, dead: 0, oldestAgeMs: 0 });
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  test("backlog reports what waits and the age of the oldest", async () => {
+    const t = txonce(db.prisma);
+    await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, [{ topic: "x", payload: 1 }, { topic: "x", payload: 2 }]));
+    await sleep(120);
+    const backlog = await t.outbox.backlog();
+    expect(backlog.pending).toBe(2);
+    expect(backlog.oldestAgeMs).toBeGreaterThanOrEqual(100);
+  });
+
+  test("a relay rejects options that could publish one message twice at once", () => {
+    const t = txonce(db.prisma);
+    expect(() => t.outbox.relay({ publisher: async () => {}, lease: "5s", publishTimeout: "10s" })).toThrow(InvalidArgumentError);
+    expect(() => t.outbox.relay({ publisher: "nope" as never })).toThrow(InvalidArgumentError);
+    expect(() => t.outbox.relay({ publisher: async () => {}, batchSize: 0 })).toThrow(InvalidArgumentError);
+  });
+});
+
+describe("relays in other processes", () => {
+  function startRelay(name: string, env: Record<string, string> = {}) {
+    const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "fixtures", "relay-process.ts")], {
+      env: { ...process.env, DATABASE_URL: db.url, RELAY_NAME: name, ...env },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const ready = new Promise<void>((resolve, reject) => {
+      child.stdout!.on("data", (d: Buffer) => d.toString().includes("started") && resolve());
+      child.on("exit", (code) => reject(new Error(`relay ${name} exited with ${code}`)));
+    });
+    return { child, ready };
+  }
+  const stop = (child: ChildProcess) =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.on("exit", () => resolve());
+      child.kill("SIGTERM");
+    });
+
+  test("two relays in two processes never publish a message concurrently, and together publish each once", async () => {
+    const t = txonce(db.prisma);
+    const a = startRelay("a");
+    const b = startRelay("b");
+    await Promise.all([a.ready, b.ready]);
+    try {
+      for (let i = 0; i < 10; i++) {
+        await db.prisma.$transaction((tx) =>
+          t.outbox.enqueueMany(tx, Array.from({ length: 30 }, (_, j) => ({ topic: "two", payload: i * 100 + j, key: j % 3 ? undefined : `k${j % 7}` }))),
+        );
+      }
+      await until(async () => (await db.pool.query("SELECT count(*)::int AS n FROM publish_log")).rows[0].n >= 300, 30_000);
+      await sleep(200);
+    } finally {
+      await Promise.all([stop(a.child), stop(b.child)]);
+    }
+    const { rows } = await db.pool.query(
+      "SELECT count(*)::int AS publishes, count(DISTINCT message_id)::int AS messages, count(DISTINCT relay)::int AS relays FROM publish_log",
+    );
+    expect(rows[0]).toEqual({ publishes: 300, messages: 300, relays: 2 });
+    const overlaps = await db.pool.query(
+      `SELECT count(*)::int AS n FROM publish_log x JOIN publish_log y
+       ON x.message_id = y.message_id AND x.ctid < y.ctid AND x.started < y.ended AND y.started < x.ended`,
+    );
+    expect(overlaps.rows[0].n).toBe(0);
+  });
+
+  test("a relay killed after publishing and before marking: another publishes it again after the lease; the inbox applies it once", async () => {
+    const t = txonce(db.prisma);
+    const id = await db.prisma.$transaction((tx) => t.outbox.enqueue(tx, { topic: "payments", payload: { chargeId: 7, amount: "9.99" } }));
+    const crashing = startRelay("crashing", { RELAY_CRASH_AFTER_PUBLISH: "1", RELAY_LEASE_MS: "500" });
+    await crashing.ready;
+    await new Promise((resolve) => crashing.child.on("exit", resolve));
+    expect(crashing.child.signalCode).toBe("SIGKILL");
+    const { rows: leased } = await db.pool.query("SELECT published_at, lease_until FROM txonce_outbox_messages WHERE id = $1", [id]);
+    expect(leased[0].published_at).toBeNull(); // published to the broker, never marked
+
+    const survivor = startRelay("survivor", { RELAY_LEASE_MS: "500" });
+    await survivor.ready;
+    try {
+      await until(async () => (await db.pool.query("SELECT count(*)::int AS n FROM publish_log")).rows[0].n === 2);
+    } finally {
+      await stop(survivor.child);
+    }
+    const { rows: deliveries } = await db.pool.query("SELECT message_id, relay FROM publish_log ORDER BY started");
+    expect(deliveries.map((d) => d.relay)).toEqual(["crashing", "survivor"]);
+    expect(deliveries.every((d) => d.message_id === id)).toBe(true);
+
+    // The consumer side: the inbox is withIdempotency keyed by the message id.
+    const consumer = txonce(db.prisma);
+    let applied = 0;
+    for (const delivery of deliveries) {
+      await consumer.withIdempotency(
+        delivery.message_id,
+        async (tx) => {
+          applied++;
+          await tx.account.update({ where: { id: "acc" }, data: { balance: { increment: 9.99 } } });
+        },
+        { scope: "consumer:ledger" },
+      );
+    }
+    expect(applied).toBe(1);
+    const { rows: balance } = await db.pool.query("SELECT balance::text FROM accounts WHERE id = 'acc'");
+    expect(balance[0].balance).toBe("9.99");
+  });
+});
+
+describe("retention of published messages", () => {
+  test("cleanup prunes published messages after their retention, and only those", async () => {
+    const t = txonce(db.prisma, { outbox: { retention: "1d" } });
+    await db.pool.query(`INSERT INTO txonce_outbox_messages (id, topic, payload, published_at)
+      SELECT gen_random_uuid(), 't', 'p', now() - interval '2 days' FROM generate_series(1, 2500)
+      UNION ALL SELECT gen_random_uuid(), 't', 'p', now() - interval '1 hour' FROM generate_series(1, 5)
+      UNION ALL SELECT gen_random_uuid(), 't', 'p', NULL FROM generate_series(1, 3)`);
+    const dry = await t.cleanup({ dryRun: true });
+    expect(dry.tables.txonce_outbox_messages).toEqual({ deleted: 2500, batches: 0, finished: true });
+    const result = await t.cleanup({ batchSize: 1000 });
+    expect(result.tables.txonce_outbox_messages).toEqual({ deleted: 2500, batches: 3, finished: true });
+    expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages")).rows[0].n).toBe(8);
+  });
+
+  test("deleteOnPublish removes messages as they are published", async () => {
+    const t = txonce(db.prisma, { outbox: { deleteOnPublish: true } });
+    const broker = memoryBroker();
+    const relay = t.outbox.relay({ publisher: broker.publish, pollInterval: 10 });
+    await relay.start();
+    try {
+      await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, [{ topic: "d", payload: 1 }, { topic: "d", payload: 2 }]));
+      await until(() => broker.received.length === 2);
+      await until(async () => (await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages")).rows[0].n === 0);
+    } finally {
+      await relay.stop();
+    }
+  });
+});
