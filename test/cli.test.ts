@@ -89,10 +89,22 @@ test("--json prints one JSON object on the last line of stdout", async () => {
   });
 });
 
+test("--outbox-retention sets how long published messages are kept", async () => {
+  await db.pool.query(`INSERT INTO txonce_outbox_messages (id, topic, payload, published_at)
+    SELECT gen_random_uuid(), 't', 'p', now() - interval '2 hours' FROM generate_series(1, 5)
+    UNION ALL SELECT gen_random_uuid(), 't', 'p', now() - interval '10 minutes' FROM generate_series(1, 3)`);
+  const r = await txonceCli(["cleanup", "--json", "--outbox-retention", "1h"], { DATABASE_URL: db.url });
+  expect(r.code, r.stderr).toBe(0);
+  expect(JSON.parse(lastLine(r.stdout)!).tables.txonce_outbox_messages).toEqual({ deleted: 5, batches: 1, finished: true });
+  const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages");
+  expect(rows[0].n).toBe(3);
+  await db.pool.query("TRUNCATE txonce_outbox_messages");
+});
+
 test("--help prints the options and exits 0", async () => {
   const r = await txonceCli(["cleanup", "--help"]);
   expect(r.code).toBe(0);
-  for (const flag of ["--database-url", "--batch-size", "--max-duration", "--dry-run", "--json", "--help"]) {
+  for (const flag of ["--database-url", "--batch-size", "--max-duration", "--outbox-retention", "--dry-run", "--json", "--help"]) {
     expect(r.stdout).toContain(flag);
   }
 });
@@ -102,6 +114,7 @@ test.each([
   [["cleanup", "--batch-size", "lots"], /--batch-size: expected a whole number/],
   [["cleanup", "--batch-size", "0"], /--batch-size: expected an integer from 1/],
   [["cleanup", "--max-duration", "soonish"], /--max-duration: "soonish" is not a duration/],
+  [["cleanup", "--outbox-retention", "a while"], /--outbox-retention: "a while" is not a duration/],
   [["cleanup", "--database-url", "mysql://root@localhost/db"], /must start with postgres:\/\//],
   [["cleanup", "--database-url", "not a url"], /not a URL/],
   [["cleanup"], /no database: pass --database-url or set DATABASE_URL/],

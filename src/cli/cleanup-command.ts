@@ -1,3 +1,4 @@
+import { toMilliseconds } from "../duration.js";
 import { InvalidArgumentError } from "../errors.js";
 import { checkCleanupOptions, type CleanupProgress, type CleanupResult } from "../cleanup/cleanup.js";
 import { txonce } from "../adapters/pg.js";
@@ -7,6 +8,7 @@ export const cleanupOptions = {
   "database-url": { type: "string" },
   "batch-size": { type: "string" },
   "max-duration": { type: "string" },
+  "outbox-retention": { type: "string" },
   "dry-run": { type: "boolean" },
   json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
@@ -14,14 +16,16 @@ export const cleanupOptions = {
 
 export const cleanupUsage = `Usage: txonce cleanup [options]
 
-Deletes expired idempotency records in batches, each its own short transaction, skipping rows
-that live traffic holds. Safe to run from several places at once. Exit code 0 on success,
-1 when the database fails (unreachable, tables missing), 2 on a bad flag.
+Deletes expired idempotency records, then outbox messages published longer ago than their
+retention, in batches, each its own short transaction, skipping rows that live traffic holds.
+Safe to run from several places at once. Exit code 0 on success, 1 when the database fails
+(unreachable, tables missing), 2 on a bad flag.
 
 Options:
   --database-url <url>    PostgreSQL URL (default: $DATABASE_URL)
   --batch-size <n>        rows per batch (default: 1000)
   --max-duration <time>   time budget, e.g. 30s, 5m; no batch starts after it (default: 1m)
+  --outbox-retention <time>  keep published outbox messages this long (default: 7d)
   --dry-run               count what would be deleted, delete nothing
   --json                  print the summary as one JSON object on the last line of stdout
   -h, --help              show this help
@@ -43,6 +47,15 @@ export async function cleanupCommand(values: Values, io: CliIo): Promise<number>
     }
     throw error;
   }
+  const outboxRetention = values["outbox-retention"];
+  if (outboxRetention !== undefined) {
+    try {
+      toMilliseconds(outboxRetention, "outbox-retention");
+    } catch (error) {
+      if (error instanceof InvalidArgumentError) throw new UsageError(`--outbox-retention: ${error.reason}`);
+      throw error;
+    }
+  }
   const url = values["database-url"] ?? io.env.DATABASE_URL;
   if (!url) throw new UsageError("no database: pass --database-url or set DATABASE_URL");
   checkUrl(url);
@@ -62,7 +75,7 @@ export async function cleanupCommand(values: Values, io: CliIo): Promise<number>
   io.signals.once("SIGTERM", onSignal);
   const progress = progressReporter(io, values["dry-run"] ?? false);
   try {
-    const { cleanup } = txonce(pool);
+    const { cleanup } = txonce(pool, { outbox: { retention: outboxRetention } });
     const result = await cleanup({
       batchSize,
       maxDuration,
