@@ -27,14 +27,10 @@
  * DEMO_SEED=<n> picks other requests and faults (default 1).
  */
 import { randomUUID } from "node:crypto";
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { PGlite } from "@electric-sql/pglite";
-import { PrismaPGlite } from "pglite-prisma-adapter";
-import { Prisma, PrismaClient } from "../../generated/prisma/client.js";
+import { Prisma } from "../../generated/prisma/client.js";
 import { txonce } from "../../src/adapters/prisma.js";
-import { schemaSql } from "../../src/sql/schema.js";
+import { startEmbeddedDatabase } from "./pglite.js";
 
 const ACCOUNTS: readonly (readonly [id: string, balance: string])[] = [
   ["acct_ada", "5000.00"],
@@ -100,10 +96,8 @@ const elapsed = () => `${((performance.now() - started) / 1000).toFixed(1)}s`;
 
 // --- The database: PGlite in memory, tables from the shipped DDL and the generated app DDL. ---
 
-const pglite = await PGlite.create();
-await pglite.exec(schemaSql);
-await pglite.exec(await readFile(join(import.meta.dirname, "app-tables.sql"), "utf8"));
-const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) });
+const database = await startEmbeddedDatabase();
+const { prisma } = database;
 // On one connection, transactions queue behind each other: allow a long wait to begin one.
 const { withIdempotencyOutcome } = txonce(prisma, { transaction: { maxWait: 30_000 } });
 await prisma.account.createMany({ data: ACCOUNTS.map(([id, balance]) => ({ id, balance })) });
@@ -290,7 +284,6 @@ else {
   for (const error of stats.unexpected.slice(0, 3)) console.error(error);
 }
 
-await prisma.$disconnect();
-await pglite.close();
+await database.close();
 // After close(): PGlite's Emscripten runtime sets process.exitCode to 0 when it exits.
 process.exitCode = failed.length === 0 ? 0 : 1;

@@ -1,0 +1,42 @@
+/**
+ * The embedded database of the demos: PGlite (PostgreSQL compiled to WebAssembly, in memory)
+ * through pglite-prisma-adapter with this repository's generated Prisma 7 client, so that
+ * `npm run demo` needs no server. The tables come from txonce's shipped DDL (`schemaSql`) and from
+ * app-tables.sql, which `npm run migrations -- --write` generates from prisma/app.prisma.
+ *
+ * PGlite has a single connection, and pglite-prisma-adapter runs Prisma's interactive
+ * transactions one at a time (a transaction waits for the previous one to end; so does a query
+ * outside a transaction). So a concurrent duplicate does not wait on the key's row lock as it
+ * would on a PostgreSQL server: it waits to begin, then finds the key taken and replays. It also
+ * means an operation must only use `tx`: a query on `prisma` inside it would wait for its own
+ * transaction forever.
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import { PrismaPGlite } from "pglite-prisma-adapter";
+import { PrismaClient } from "../../generated/prisma/client.js";
+import { schemaSql } from "../../src/sql/schema.js";
+
+export interface EmbeddedDatabase {
+  readonly pglite: PGlite;
+  readonly prisma: PrismaClient;
+  /** Disconnects Prisma and closes PGlite. PGlite's runtime resets `process.exitCode` to 0 when it exits: set it after this. */
+  close(): Promise<void>;
+}
+
+/** Starts PGlite in memory with txonce's tables and the demo's accounts and charges tables. */
+export async function startEmbeddedDatabase(): Promise<EmbeddedDatabase> {
+  const pglite = await PGlite.create();
+  await pglite.exec(schemaSql);
+  await pglite.exec(await readFile(join(import.meta.dirname, "app-tables.sql"), "utf8"));
+  const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) });
+  return {
+    pglite,
+    prisma,
+    async close() {
+      await prisma.$disconnect();
+      await pglite.close();
+    },
+  };
+}
