@@ -50,7 +50,7 @@ describe("express specifics", () => {
   const errors: unknown[] = [];
 
   beforeAll(async () => {
-    db = await createTestDatabase();
+    db = await createTestDatabase({ prismaPoolSize: 3 });
     await db.prisma.account.create({ data: { id: "acc", balance: 1000 } });
     const idempotent = idempotency(txonce(db.prisma));
     const router = express.Router();

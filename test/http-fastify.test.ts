@@ -58,7 +58,7 @@ describe("fastify plugin", () => {
   let plainCalls = 0;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
+    db = await createTestDatabase({ prismaPoolSize: 3 });
     await db.prisma.account.create({ data: { id: "acc", balance: 1000 } });
     const app = Fastify();
     await app.register(txonceFastify, { txonce: txonce(db.prisma), scope: (request) => request.headers["x-account"] as string });

@@ -181,7 +181,7 @@ export function httpSuite(framework: string, startServer: StartServer): void {
   ];
 
   beforeAll(async () => {
-    db = await createTestDatabase({ prismaPoolSize: 12 });
+    db = await createTestDatabase({ prismaPoolSize: 8 });
     await db.prisma.account.createMany({
       data: [
         { id: "acc_a", balance: 100_000 },
