@@ -1,7 +1,7 @@
 import { runCleanup, idempotencyKeysTable, type CleanupOptions, type CleanupResult } from "./cleanup/cleanup.js";
 import { scheduleCleanup, type CleanupSchedule, type ScheduleCleanupOptions } from "./cleanup/schedule.js";
 import type { Database } from "./executor.js";
-import { createIdempotency, type Idempotency, type IdempotencyDefaults } from "./idempotency.js";
+import { createIdempotency, type Idempotency, type IdempotencyDefaults, type Operation } from "./idempotency.js";
 import { createOutbox, type Outbox, type OutboxOptions } from "./outbox/outbox.js";
 
 /** Options of `txonce(client, options)`: the idempotency defaults, plus the outbox's. */
@@ -24,6 +24,11 @@ export interface Txonce<Tx, TxOptions = unknown> extends Idempotency<Tx, TxOptio
   scheduleCleanup(options?: ScheduleCleanupOptions): CleanupSchedule;
   /** The transactional outbox: enqueue messages in your transactions, relay them to a broker. */
   readonly outbox: Outbox<Tx>;
+  /**
+   * Runs `operation` in a plain transaction of the same client, with no key: for code paths that
+   * share a handler with idempotent ones (e.g. an HTTP route where the key is optional).
+   */
+  transaction<T>(operation: Operation<Tx, T>, options?: { transaction?: TxOptions }): Promise<T>;
 }
 
 /** How an adapter tunes the parts that depend on its client. */
@@ -45,6 +50,8 @@ export function createTxonce<Tx, TxOptions>(
   return {
     ...idempotency,
     outbox,
+    transaction: (operation, transactionOptions) =>
+      db.transaction((tx) => operation(tx), transactionOptions?.transaction ?? idempotencyDefaults.transaction),
     cleanup: (cleanupOptions) => runCleanup(db, tables, cleanupOptions),
     scheduleCleanup: (scheduleOptions) =>
       scheduleCleanup(db as Database<unknown, TxOptions>, tables, scheduleOptions, hooks.lockTransactionOptions),

@@ -22,6 +22,7 @@ export interface IdempotencyRunner<Tx, TxOptions = unknown> {
     operation: Operation<Tx, T>,
     options?: IdempotencyOptions<TxOptions>,
   ): Promise<IdempotencyOutcome<T>>;
+  transaction<T>(operation: Operation<Tx, T>, options?: { transaction?: TxOptions }): Promise<T>;
 }
 
 /** Header values a handler may return: several values (e.g. `Set-Cookie`) as an array. */
@@ -225,13 +226,22 @@ export async function handleIdempotentRequest<Req, Tx, TxOptions>(
   if (options.retention !== undefined) callOptions.retention = options.retention;
   if (options.lockTimeout !== undefined) callOptions.lockTimeout = options.lockTimeout;
   if (options.transaction !== undefined) callOptions.transaction = options.transaction;
-  // A request without a key (allowed by `required: false`) still runs in a transaction: under a
-  // random key that is never used again and expires at once.
-  const key = parsed ? parsed.key : `txonce:no-key:${randomUUID()}`;
+  // A request without a key (allowed by `required: false`) runs in a plain transaction: nothing
+  // is stored, and a 5xx still rolls back.
   if (!parsed) {
-    callOptions.retention = 1;
-    callOptions.fingerprint = undefined;
+    try {
+      const stored = await runner.transaction(async (tx) => {
+        const response = toStoredResponse(await handler(tx), maxBytes);
+        if (response.status >= 500) throw new SendWithoutStoring(toReply(response, false));
+        return response;
+      }, options.transaction === undefined ? undefined : { transaction: options.transaction });
+      return toReply(stored, false);
+    } catch (error) {
+      if (error instanceof SendWithoutStoring) return error.reply;
+      throw error;
+    }
   }
+  const key = parsed.key;
 
   let handlerStarted = false;
   let outcome: IdempotencyOutcome<StoredResponse>;
