@@ -25,7 +25,11 @@ export interface JetStreamClientLike {
   publish(
     subject: string,
     payload: string | Uint8Array,
-    options: { msgID: string; headers: NatsHeadersLike; timeout?: number },
+    /**
+     * `headers` is the library's own `MsgHdrs`, made with its `headers()`; typed `never` here so
+     * that the real client, whose `MsgHdrs` has more members than the publisher uses, matches.
+     */
+    options: { msgID: string; headers: never; timeout?: number },
   ): Promise<{ stream: string; seq: number; duplicate: boolean }>;
 }
 
@@ -109,7 +113,7 @@ export function natsPublisher(options: NatsPublisherOptions): NatsPublisher {
       h.set("content-type", format.contentType);
       await js.publish(subject, body, {
         msgID: message.id,
-        headers: h,
+        headers: h as never,
         ...(options.ackTimeout === undefined ? {} : { timeout: options.ackTimeout }),
       });
     },

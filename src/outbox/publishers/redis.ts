@@ -99,12 +99,22 @@ export function redisPublisher(options: RedisPublisherOptions): RedisPublisher {
     const { createClient } = (await import("redis")) as unknown as {
       createClient(options: Record<string, unknown>): OwnedRedisClient;
     };
-    const client = createClient({ url, disableOfflineQueue: true });
+    let connected = false;
+    const client = createClient({
+      url,
+      disableOfflineQueue: true,
+      socket: {
+        // The first connection fails at once (the relay retries the publish with its backoff);
+        // a lost one is re-established in the background, and publishes fail meanwhile.
+        reconnectStrategy: (retries: number, cause: Error) => (connected ? Math.min(50 * 2 ** retries, 2000) : cause),
+      },
+    });
     // Without an "error" listener a lost connection would crash the process; node-redis
     // reconnects by itself and publishes fail meanwhile.
     client.on("error", () => {});
     try {
       await client.connect();
+      connected = true;
     } catch (error) {
       client.destroy();
       throw error;
