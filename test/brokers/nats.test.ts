@@ -180,8 +180,29 @@ describe.skipIf(!available)("NATS JetStream publisher", () => {
       // The survivor's publish is acknowledged as a duplicate and never delivered again.
       deliveriesAfterCrash: 1,
       consume: async (handle) => {
-        const received: JsMsg[] = [];
-        return consumeInto(name, received, (m) => handle({ id: m.headers!.get("Nats-Msg-Id"), body: m.string() }));
+        // JetStream drops the survivor's republish, so the inbox is proven here by a consumer
+        // that "crashes" after its inbox committed and before it acked: the first delivery is
+        // negatively acknowledged, JetStream delivers it again, and the inbox applies it once.
+        const consumer = await js.consumers.get(name, "test");
+        const messages = await consumer.consume();
+        let naked = false;
+        const loop = (async () => {
+          for await (const m of messages) {
+            await handle({ id: m.headers!.get("Nats-Msg-Id"), body: m.string() });
+            if (!naked) {
+              naked = true;
+              m.nak();
+            } else {
+              m.ack();
+            }
+          }
+        })();
+        return {
+          stop: async () => {
+            await messages.close();
+            await loop;
+          },
+        };
       },
     });
   });
