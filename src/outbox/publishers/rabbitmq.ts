@@ -62,7 +62,8 @@ export interface RabbitMqPublisherOptions {
   /**
    * Use your own amqplib connection instead. The publisher opens a confirm channel of its own on
    * it (again after that channel closes); `close()` closes that channel but never your connection.
-   * (Default: none)
+   * Reconnecting is yours: once that connection is gone, publishes fail (and the relay retries)
+   * until you start a relay with a publisher on a new one. (Default: none)
    */
   connection?: AmqpConnectionLike;
   /**

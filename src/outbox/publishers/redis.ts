@@ -36,7 +36,11 @@ export interface RedisPublisherOptions {
    * `close()` closes it. (Default: none; one of `url` and `client` is required)
    */
   url?: string;
-  /** Use your own connected node-redis client instead; `close()` leaves it alone. (Default: none) */
+  /**
+   * Use your own connected node-redis client instead; `close()` leaves it alone. With its offline
+   * queue on (node-redis' default), a publish during an outage waits for the reconnect, up to the
+   * relay's `publishTimeout`. (Default: none)
+   */
   client?: RedisStreamClientLike;
   /** The stream key of a message. (Default: its `topic`) */
   stream?: (message: OutboxMessage) => string;
