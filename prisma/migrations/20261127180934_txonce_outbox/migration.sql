@@ -22,5 +22,5 @@ CREATE TABLE "txonce_outbox_messages" (
 CREATE INDEX "txonce_outbox_messages_published_at_dead_at_seq_idx" ON "txonce_outbox_messages"("published_at", "dead_at", "seq");
 
 -- CreateIndex
-CREATE INDEX "txonce_outbox_messages_key_seq_idx" ON "txonce_outbox_messages"("key", "seq");
+CREATE INDEX "txonce_outbox_messages_key_published_at_dead_at_seq_idx" ON "txonce_outbox_messages"("key", "published_at", "dead_at", "seq");
 
