@@ -295,6 +295,31 @@ describe("failures", () => {
     }
   });
 
+  test("a publish error marked permanent dead-letters the message at once", async () => {
+    const t = txonce(db.prisma);
+    const dead: OutboxMessage[] = [];
+    let calls = 0;
+    const relay = t.outbox.relay({
+      pollInterval: 10,
+      maxAttempts: 5,
+      publisher: async () => {
+        calls++;
+        throw Object.assign(new Error("410 Gone"), { permanent: true });
+      },
+      onDead: (m) => dead.push(m),
+    });
+    await relay.start();
+    try {
+      await db.prisma.$transaction((tx) => t.outbox.enqueue(tx, { topic: "gone", payload: 1 }));
+      await until(() => dead.length === 1);
+      await sleep(50);
+      expect(calls).toBe(1);
+      expect(await t.outbox.backlog()).toEqual({ pending: 0, dead: 1, oldestAgeMs: 0 });
+    } finally {
+      await relay.stop();
+    }
+  });
+
   test("backlog reports what waits and the age of the oldest", async () => {
     const t = txonce(db.prisma);
     await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, [{ topic: "x", payload: 1 }, { topic: "x", payload: 2 }]));

@@ -135,7 +135,7 @@ describe("webhook publisher", () => {
     }
   });
 
-  test("4xx other than 408 and 429 is marked permanent (still retried by the relay), 408/429/5xx transient; redirects are not followed", async () => {
+  test("4xx other than 408 and 429 is marked permanent (the relay dead-letters it at once), 408/429/5xx transient; redirects are not followed", async () => {
     const statuses = [400, 401, 404, 409, 422, 408, 429, 500, 502, 301];
     const server = await endpoint((r) => Number(r.path.slice(1)));
     try {

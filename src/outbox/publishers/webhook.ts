@@ -6,8 +6,8 @@
  * Outcomes: a 2xx response is success. Anything else fails the publish, so the relay retries it
  * with its backoff and dead-letters it after `maxAttempts`: 5xx, 408 and 429 are transient;
  * other 4xx (and 3xx: redirects are not followed) are marked `permanent` on the
- * {@link PublishRejectedError} for `onFailed` hooks, but are retried all the same (the relay has
- * no way to dead-letter early; a receiver that was misconfigured gets the chance to be fixed).
+ * {@link PublishRejectedError}, and the relay dead-letters them at once: fix the receiver, then
+ * `outbox.requeueDead()`.
  * A `Retry-After` header is not honoured: the relay's backoff decides.
  *
  * @example
