@@ -31,6 +31,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Prisma } from "../../generated/prisma/client.js";
 import { txonce } from "../../src/adapters/prisma.js";
 import { startEmbeddedDatabase } from "./pglite.js";
+import { seededRandom } from "./random.js";
 
 const ACCOUNTS: readonly (readonly [id: string, balance: string])[] = [
   ["acct_ada", "5000.00"],
@@ -63,17 +64,6 @@ class ResponseLost extends Error {
   override name = "ResponseLost";
 }
 
-/** mulberry32, a small seeded PRNG: a seed fixes the requests; the faults also depend on timing. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const random = seededRandom(SEED);
 
 const stats = {

@@ -28,6 +28,7 @@ import express, { type Request, type Response } from "express";
 import { Prisma } from "../../generated/prisma/client.js";
 import { startEmbeddedDatabase } from "../demo/pglite.js";
 import { createPaymentsApp } from "./app.js";
+import { seededRandom } from "../demo/random.js";
 
 const ACCOUNTS: readonly (readonly [id: string, balance: string])[] = [
   ["acct_ada", "5000.00"],
@@ -49,17 +50,6 @@ const TIMEOUT_MS = 5;
 const MAX_ATTEMPTS = 30;
 const SEED = Number(process.env.DEMO_SEED ?? 1);
 
-/** mulberry32, a small seeded PRNG: a seed fixes the requests; the faults also depend on timing. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const random = seededRandom(SEED);
 
 const stats = {
