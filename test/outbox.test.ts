@@ -213,6 +213,62 @@ describe("ordering", () => {
     expect(new Set(published.map((m) => m.id)).size).toBe(published.length);
   });
 
+  test("one hot key: whole runs per claim, published in order by several workers", async () => {
+    const t = txonce(db.newPrisma({ max: 6 }));
+    const published: OutboxMessage[] = [];
+    const relay = t.outbox.relay({
+      workers: 3,
+      batchSize: 50,
+      pollInterval: 10,
+      publisher: async (m) => {
+        await sleep(Math.random() < 0.05 ? 3 : 0);
+        published.push(m);
+      },
+    });
+    for (let i = 0; i < 6; i++) {
+      await db.prisma.$transaction((tx) =>
+        t.outbox.enqueueMany(tx, Array.from({ length: 100 }, (_, j) => ({ topic: "hot", key: "the-one", payload: i * 100 + j }))),
+      );
+    }
+    await relay.start();
+    try {
+      await until(() => published.length === 600, 20_000);
+    } finally {
+      await relay.stop();
+    }
+    expect(published.map((m) => m.payload)).toEqual(Array.from({ length: 600 }, (_, n) => n));
+  });
+
+  test("a failure inside a key's run hands the rest back unattempted; the key resumes in order", async () => {
+    const t = txonce(db.prisma);
+    const published: unknown[] = [];
+    let failOnce = true;
+    const relay = t.outbox.relay({
+      pollInterval: 10,
+      backoff: { initial: 20, max: 20 },
+      publisher: async (m) => {
+        if (m.payload === 2 && failOnce) {
+          failOnce = false;
+          throw new Error("hiccup");
+        }
+        published.push(m.payload);
+      },
+    });
+    const ids = await db.prisma.$transaction((tx) =>
+      t.outbox.enqueueMany(tx, [1, 2, 3, 4].map((n) => ({ topic: "run", key: "k", payload: n }))),
+    );
+    await relay.start();
+    try {
+      await until(() => published.length === 4);
+    } finally {
+      await relay.stop();
+    }
+    expect(published).toEqual([1, 2, 3, 4]);
+    const { rows } = await db.pool.query("SELECT id::text, attempts FROM txonce_outbox_messages WHERE id = ANY($1::uuid[])", [ids]);
+    const attempts = Object.fromEntries(rows.map((r) => [r.id, r.attempts]));
+    expect(ids.map((id) => attempts[id])).toEqual([1, 2, 1, 1]);
+  });
+
   test("a late-committing message is not skipped, with or without a key", async () => {
     const t = txonce(db.prisma);
     const broker = memoryBroker();

@@ -13,7 +13,10 @@ import type { OutboxMessage, Publisher } from "./message.js";
 export interface RelayOptions {
   /** Sends one message; resolve = the broker has it, reject = try again later. A {@link Publisher} or its `publish`. */
   publisher: Publisher | Publisher["publish"];
-  /** Messages claimed per round trip; all of a batch are published concurrently. (Default: `100`) */
+  /**
+   * Messages claimed per round trip. Unkeyed messages of a batch are published concurrently; the
+   * messages of one key one after the other, in order. (Default: `100`)
+   */
   batchSize?: number;
   /** Claim loops in this process; each claims its own batches. (Default: `1`) */
   workers?: number;
@@ -158,33 +161,66 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
     }
   };
 
+  type Failure = { message: OutboxMessage | { id: string }; error: unknown; dead: boolean; backoffMs: number };
+
+  /** Publishes one message; returns the failure to record, or undefined on success. */
+  const attempt = async (row: Row, published: OutboxMessage[]): Promise<Failure | undefined> => {
+    let message: OutboxMessage | undefined;
+    try {
+      message = toMessage(row);
+      await publishOne(message);
+      published.push(message);
+      return undefined;
+    } catch (error) {
+      const attempts = Number(row.attempts);
+      // A publisher marks failures that no retry can fix (e.g. a webhook's 4xx) `permanent`.
+      const permanent = (error as { permanent?: unknown } | null)?.permanent === true;
+      return {
+        message: message ?? { id: row.id as string },
+        error,
+        dead: permanent || attempts >= config.maxAttempts,
+        backoffMs: config.backoff(attempts),
+      };
+    }
+  };
+
+  /**
+   * Publishes a claim: unkeyed messages all at once, and each key's run one message at a time in
+   * seq order, runs of different keys in parallel. After a failure, the rest of that key's run is
+   * handed back unattempted, so the key stays in order behind the failed message.
+   */
   const runBatch = async (rows: Row[], token: string) => {
     const published: OutboxMessage[] = [];
-    const failed: { message: OutboxMessage | { id: string }; error: unknown; dead: boolean; backoffMs: number }[] = [];
-    await Promise.all(
-      rows.map(async (row) => {
-        let message: OutboxMessage | undefined;
-        try {
-          message = toMessage(row);
-          await publishOne(message);
-          published.push(message);
-        } catch (error) {
-          const attempts = Number(row.attempts);
-          // A publisher marks failures that no retry can fix (e.g. a webhook's 4xx) `permanent`.
-          const permanent = (error as { permanent?: unknown } | null)?.permanent === true;
-          failed.push({
-            message: message ?? { id: row.id as string },
-            error,
-            dead: permanent || attempts >= config.maxAttempts,
-            backoffMs: config.backoff(attempts),
-          });
+    const failed: Failure[] = [];
+    const released: string[] = [];
+    const runs = new Map<string, Row[]>();
+    const unkeyed: Row[] = [];
+    for (const row of rows) {
+      if (row.key === null || row.key === undefined) unkeyed.push(row);
+      else runs.set(row.key as string, [...(runs.get(row.key as string) ?? []), row]);
+    }
+    await Promise.all([
+      ...unkeyed.map(async (row) => {
+        const failure = await attempt(row, published);
+        if (failure) failed.push(failure);
+      }),
+      ...[...runs.values()].map(async (run) => {
+        run.sort((a, b) => (BigInt(a.seq as string) < BigInt(b.seq as string) ? -1 : 1));
+        for (let i = 0; i < run.length; i++) {
+          const failure = await attempt(run[i]!, published);
+          if (failure) {
+            failed.push(failure);
+            released.push(...run.slice(i + 1).map((r) => r.id as string));
+            return;
+          }
         }
       }),
-    );
+    ]);
     if (published.length > 0) {
       await db.query(deleteOnPublish ? sql.deletePublished : sql.markPublished, [published.map((m) => m.id), token]);
       options.onPublished?.(published);
     }
+    if (released.length > 0) await db.query(sql.releaseClaimed, [released, token]);
     if (failed.length > 0) {
       await db.query(sql.markFailed, [
         failed.map((f) => f.message.id),

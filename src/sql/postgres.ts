@@ -115,30 +115,53 @@ SELECT enqueued FROM (SELECT count(*)::integer AS enqueued FROM inserted) AS c,
   LATERAL (SELECT pg_notify('${OUTBOX_CHANNEL}', '')) AS notify`;
 
 /**
- * Claims up to $1 due messages for $2 ms under lease token $3, in one short transaction. A
- * message is due when it is unpublished, not dead, available, not leased (or its lease ran out:
- * its relay crashed), and no earlier message with its key is still unpublished and alive. Rows
- * another relay is claiming right now are skipped, not waited for.
+ * Claims due messages for $2 ms under lease token $3, in one short transaction.
+ *
+ * `candidates` takes the first $1 messages in seq order that are unpublished, alive, available
+ * and not leased (or whose lease ran out: their relay crashed), skipping rows another relay is
+ * claiming right now instead of waiting for them. A keyed candidate is then claimed only if every
+ * earlier pending message of its key is a candidate too: `first_outside` is, per key, the lowest
+ * seq of a pending message this claim did not take (leased elsewhere, backing off, locked). So a
+ * claim holds whole runs of a key from its head on, which the relay publishes in seq order, one
+ * at a time; runs of different keys and unkeyed messages go in parallel. Each key costs one index
+ * probe that stops at its first message outside the claim.
  */
 export const claimMessages = `
-WITH due AS (
-  SELECT m.id FROM ${OUTBOX_TABLE} m
+WITH candidates AS MATERIALIZED (
+  SELECT m.id, m.key, m.seq FROM ${OUTBOX_TABLE} m
   WHERE m.published_at IS NULL AND m.dead_at IS NULL AND m.available_at <= now()
     AND (m.lease_until IS NULL OR m.lease_until < now())
-    AND (m.key IS NULL OR NOT EXISTS (
-      SELECT 1 FROM ${OUTBOX_TABLE} p
-      WHERE p.key = m.key AND p.published_at IS NULL AND p.dead_at IS NULL AND p.seq < m.seq))
-  -- Same order as seq under the IS NULL filters, but lets the (published_at, dead_at, seq) index
-  -- deliver it: ORDER BY seq alone made PostgreSQL sort every pending row on every claim.
+  -- The (published_at, dead_at, seq) index's order: seq order under the IS NULL filters, without
+  -- a sort of the whole backlog.
   ORDER BY m.published_at, m.dead_at, m.seq
   LIMIT $1::integer
   FOR UPDATE SKIP LOCKED
+), blocked AS (
+  SELECT k.key, (
+    SELECT p.seq FROM ${OUTBOX_TABLE} p
+    WHERE p.key = k.key AND p.published_at IS NULL AND p.dead_at IS NULL
+      AND p.id NOT IN (SELECT id FROM candidates)
+    ORDER BY p.key, p.published_at, p.dead_at, p.seq
+    LIMIT 1
+  ) AS first_outside
+  FROM (SELECT DISTINCT key FROM candidates WHERE key IS NOT NULL) AS k
+), claimable AS (
+  SELECT c.id FROM candidates c LEFT JOIN blocked b ON b.key = c.key
+  WHERE c.key IS NULL OR b.first_outside IS NULL OR c.seq < b.first_outside
 )
 UPDATE ${OUTBOX_TABLE} m
 SET lease_until = now() + $2::double precision * interval '1 millisecond', lease_token = $3::uuid, attempts = m.attempts + 1
-FROM due WHERE m.id = due.id
+FROM claimable WHERE m.id = claimable.id
 RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
   m.created_at, m.attempts`;
+
+/**
+ * Hands back claimed messages that were not attempted (they followed a failed message of their
+ * key in the same claim), undoing the attempt the claim counted. $1 ids, $2 lease token.
+ */
+export const releaseClaimed = `
+UPDATE ${OUTBOX_TABLE} SET lease_until = NULL, lease_token = NULL, attempts = attempts - 1
+WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid`;
 
 /** Marks claimed messages published, if this claim still holds them. $1 ids, $2 lease token. */
 export const markPublished = `
