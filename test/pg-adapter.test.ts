@@ -13,6 +13,7 @@ let pool: pg.Pool;
 beforeAll(async () => {
   db = await createTestDatabase();
   pool = new pg.Pool({ connectionString: db.url, max: 12 });
+  pool.on("error", () => {}); // idle connections terminated by the final DROP DATABASE ... WITH (FORCE)
   await pool.query("INSERT INTO accounts (id, balance) VALUES ('acc', 100)");
 });
 afterAll(async () => {
