@@ -14,7 +14,8 @@ export interface RelayOptions {
   /** Sends one message; resolve = the broker has it, reject = try again later. A {@link Publisher} or its `publish`. */
   publisher: Publisher | Publisher["publish"];
   /**
-   * Messages claimed per round trip. Unkeyed messages of a batch are published concurrently; the
+   * Messages claimed per round trip, plus, for each key whose head a claim takes, up to as many
+   * of the messages that follow it. Unkeyed messages of a batch are published concurrently; the
    * messages of one key one after the other, in order. (Default: `100`)
    */
   batchSize?: number;
@@ -247,6 +248,9 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
           await idle(seen);
           continue;
         }
+        // The claim took at most the head of each key; take what follows those heads too.
+        const keys = [...new Set(rows.flatMap((row) => (row.key === null || row.key === undefined ? [] : [row.key as string])))];
+        if (keys.length > 0) rows.push(...(await db.query(sql.claimRuns, [keys, config.batchSize, config.leaseMs, token])));
         await runBatch(rows, token);
       } catch (error) {
         onError(error);

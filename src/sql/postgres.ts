@@ -115,43 +115,53 @@ SELECT enqueued FROM (SELECT count(*)::integer AS enqueued FROM inserted) AS c,
   LATERAL (SELECT pg_notify('${OUTBOX_CHANNEL}', '')) AS notify`;
 
 /**
- * Claims due messages for $2 ms under lease token $3, in one short transaction.
- *
- * `candidates` takes the first $1 messages in seq order that are unpublished, alive, available
- * and not leased (or whose lease ran out: their relay crashed), skipping rows another relay is
- * claiming right now instead of waiting for them. A keyed candidate is then claimed only if every
- * earlier pending message of its key is a candidate too: `first_outside` is, per key, the lowest
- * seq of a pending message this claim did not take (leased elsewhere, backing off, locked). So a
- * claim holds whole runs of a key from its head on, which the relay publishes in seq order, one
- * at a time; runs of different keys and unkeyed messages go in parallel. Each key costs one index
- * probe that stops at its first message outside the claim.
+ * Claims up to $1 due messages for $2 ms under lease token $3, in one short transaction. A
+ * message is due when it is unpublished, not dead, available, not leased (or its lease ran out:
+ * its relay crashed), and no earlier message with its key is still unpublished and alive. Rows
+ * another relay is claiming right now are skipped, not waited for.
  */
 export const claimMessages = `
-WITH candidates AS MATERIALIZED (
-  SELECT m.id, m.key, m.seq FROM ${OUTBOX_TABLE} m
+WITH due AS (
+  SELECT m.id FROM ${OUTBOX_TABLE} m
   WHERE m.published_at IS NULL AND m.dead_at IS NULL AND m.available_at <= now()
     AND (m.lease_until IS NULL OR m.lease_until < now())
-  -- The (published_at, dead_at, seq) index's order: seq order under the IS NULL filters, without
-  -- a sort of the whole backlog.
+    AND (m.key IS NULL OR NOT EXISTS (
+      SELECT 1 FROM ${OUTBOX_TABLE} p
+      WHERE p.key = m.key AND p.published_at IS NULL AND p.dead_at IS NULL AND p.seq < m.seq))
+  -- Same order as seq under the IS NULL filters, but lets the (published_at, dead_at, seq) index
+  -- deliver it: ORDER BY seq alone made PostgreSQL sort every pending row on every claim.
   ORDER BY m.published_at, m.dead_at, m.seq
   LIMIT $1::integer
   FOR UPDATE SKIP LOCKED
-), blocked AS (
-  SELECT k.key, (
-    SELECT p.seq FROM ${OUTBOX_TABLE} p
-    WHERE p.key = k.key AND p.published_at IS NULL AND p.dead_at IS NULL
-      AND p.id NOT IN (SELECT id FROM candidates)
-    ORDER BY p.key, p.published_at, p.dead_at, p.seq
-    LIMIT 1
-  ) AS first_outside
-  FROM (SELECT DISTINCT key FROM candidates WHERE key IS NOT NULL) AS k
-), claimable AS (
-  SELECT c.id FROM candidates c LEFT JOIN blocked b ON b.key = c.key
-  WHERE c.key IS NULL OR b.first_outside IS NULL OR c.seq < b.first_outside
 )
 UPDATE ${OUTBOX_TABLE} m
 SET lease_until = now() + $2::double precision * interval '1 millisecond', lease_token = $3::uuid, attempts = m.attempts + 1
-FROM claimable WHERE m.id = claimable.id
+FROM due WHERE m.id = due.id
+RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
+  m.created_at, m.attempts`;
+
+/**
+ * Extends a claim along the keys whose heads it took: for each key in $1, the pending messages
+ * that follow the head ($2 of them at most), in seq order and up to the first one that is not
+ * available yet, leased under the same token $4 for $3 ms (a lease that ran out counts as free). Nobody else can claim them: their
+ * head, unpublished and leased by this claim, holds them back. The relay then publishes each key's
+ * run in order, so a hot key costs one claim per run instead of one per message.
+ */
+export const claimRuns = `
+WITH runs AS (
+  SELECT next.id, bool_and(next.available_at <= now() AND (next.lease_until IS NULL OR next.lease_until < now()))
+    OVER (PARTITION BY heads.key ORDER BY next.seq) AS unbroken
+  FROM unnest($1::text[]) AS heads(key),
+  LATERAL (
+    SELECT p.id, p.seq, p.available_at, p.lease_until FROM ${OUTBOX_TABLE} p
+    WHERE p.key = heads.key AND p.published_at IS NULL AND p.dead_at IS NULL
+    ORDER BY p.key, p.published_at, p.dead_at, p.seq
+    OFFSET 1 LIMIT $2::integer
+  ) AS next
+)
+UPDATE ${OUTBOX_TABLE} m
+SET lease_until = now() + $3::double precision * interval '1 millisecond', lease_token = $4::uuid, attempts = m.attempts + 1
+FROM runs WHERE m.id = runs.id AND runs.unbroken
 RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
   m.created_at, m.attempts`;
 
