@@ -37,6 +37,7 @@ import pg from "pg";
 import { PrismaClient } from "../generated/prisma/client.js";
 import { migrationSqlFor } from "../scripts/prisma6/migration-sql.js";
 import { txonce } from "../src/adapters/prisma.js";
+import { env, fmt, hostCpu, loadavg, log, lpad, median, pad, percentile } from "./common.js";
 import { txonce as txoncePg } from "../src/adapters/pg.js";
 import * as sql from "../src/sql/postgres.js";
 import { schemaSql } from "../src/sql/schema.js";
@@ -54,12 +55,6 @@ for (const r of requested) {
 }
 const selected = (name: (typeof SECTIONS)[number]) => requested.length === 0 || requested.includes(name);
 
-const env = (name: string, fallback: number) => {
-  const raw = process.env[name];
-  const value = raw === undefined || raw === "" ? fallback : Number(raw);
-  if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a number, got ${raw}`);
-  return value;
-};
 const SECONDS = env("BENCH_SECONDS", 1.5);
 const ROUNDS = Math.max(1, Math.round(env("BENCH_ROUNDS", 5)));
 const WARMUP_SECONDS = env("BENCH_WARMUP_SECONDS", 0.5);
@@ -74,8 +69,6 @@ const POOL_MAX = MAX_CONCURRENCY * STORM_CALLERS + 8;
 const BENCH_ACCOUNT = "bench";
 const STORM_ACCOUNT = "storm";
 
-const log = (line = "") => process.stdout.write(`${line}\n`);
-const loadavg = () => os.loadavg().map((l) => l.toFixed(2)).join(" / ");
 
 // ---------------------------------------------------------------------------------------------
 // Measurement
@@ -92,18 +85,6 @@ interface Sample {
   firstError?: string;
 }
 
-/** Busy fraction of the whole machine between two reads of /proc/stat (Linux only). */
-function hostCpu(): { busy: number; total: number } | undefined {
-  try {
-    const line = readFileSync("/proc/stat", "utf8").split("\n")[0]!;
-    const fields = line.trim().split(/\s+/).slice(1).map(Number);
-    const idle = (fields[3] ?? 0) + (fields[4] ?? 0);
-    const total = fields.reduce((a, b) => a + b, 0);
-    return { busy: total - idle, total };
-  } catch {
-    return undefined;
-  }
-}
 
 /** `concurrency` workers each calling `op` back to back until `seconds` have passed. */
 async function closedLoop(concurrency: number, seconds: number, op: () => Promise<unknown>): Promise<Sample> {
@@ -143,13 +124,6 @@ async function closedLoop(concurrency: number, seconds: number, op: () => Promis
   };
 }
 
-const percentile = (sorted: number[], p: number) =>
-  sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-const median = (values: number[]) => {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-};
 
 // ---------------------------------------------------------------------------------------------
 // Set-up
@@ -564,9 +538,6 @@ function summarize(samples: Sample[]): Cell {
   };
 }
 
-const pad = (s: string, n: number) => s.padEnd(n);
-const lpad = (s: string, n: number) => s.padStart(n);
-const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toFixed(digits) : "-");
 
 /** Median over rounds of (this case's rate / the bare case's rate in the same round). */
 function ratioOf(samples: Map<string, Sample[]>, bareName: string, name: string, concurrency: number, units = false): number {
