@@ -269,6 +269,34 @@ describe("ordering", () => {
     expect(ids.map((id) => attempts[id])).toEqual([1, 2, 1, 1]);
   });
 
+  test("a key's run never publishes past its lease: the rest is handed back and published later, in order, once each", async () => {
+    const t = txonce(db.prisma);
+    const published: unknown[] = [];
+    const relay = t.outbox.relay({
+      workers: 2, // the second worker would take the run's head again once its lease ran out
+      pollInterval: 10,
+      lease: 600,
+      publishTimeout: 200,
+      publisher: async (m) => {
+        await sleep(100);
+        published.push(m.payload);
+      },
+    });
+    const ids = await db.prisma.$transaction((tx) =>
+      t.outbox.enqueueMany(tx, Array.from({ length: 10 }, (_, n) => ({ topic: "slow", key: "k", payload: n }))),
+    );
+    await relay.start();
+    try {
+      await until(() => published.length === 10);
+      await sleep(100);
+    } finally {
+      await relay.stop();
+    }
+    expect(published).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    const { rows } = await db.pool.query("SELECT max(attempts)::int AS max FROM txonce_outbox_messages WHERE id = ANY($1::uuid[])", [ids]);
+    expect(rows[0].max).toBe(1);
+  });
+
   test("a late-committing message is not skipped, with or without a key", async () => {
     const t = txonce(db.prisma);
     const broker = memoryBroker();

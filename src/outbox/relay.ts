@@ -188,9 +188,13 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
   /**
    * Publishes a claim: unkeyed messages all at once, and each key's run one message at a time in
    * seq order, runs of different keys in parallel. After a failure, the rest of that key's run is
-   * handed back unattempted, so the key stays in order behind the failed message.
+   * handed back unattempted, so the key stays in order behind the failed message; so is the rest
+   * of a run that would otherwise go on publishing past its lease.
    */
-  const runBatch = async (rows: Row[], token: string) => {
+  const runBatch = async (rows: Row[], token: string, claimedAt: number) => {
+    // A key's run is published one message after the other: no publish may start so late that
+    // it could outlast the lease (another relay could then take the message too).
+    const lastStart = claimedAt + config.leaseMs - config.publishTimeoutMs;
     const published: OutboxMessage[] = [];
     const failed: Failure[] = [];
     const released: string[] = [];
@@ -208,6 +212,10 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
       ...[...runs.values()].map(async (run) => {
         run.sort((a, b) => (BigInt(a.seq as string) < BigInt(b.seq as string) ? -1 : 1));
         for (let i = 0; i < run.length; i++) {
+          if (performance.now() > lastStart) {
+            released.push(...run.slice(i).map((r) => r.id as string));
+            return;
+          }
           const failure = await attempt(run[i]!, published);
           if (failure) {
             failed.push(failure);
@@ -243,6 +251,7 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
       const seen = generation;
       try {
         const token = randomUUID();
+        const claimedAt = performance.now();
         const rows = await withSchemaCheck(db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token]));
         if (rows.length === 0) {
           await idle(seen);
@@ -251,7 +260,7 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
         // The claim took at most the head of each key; take what follows those heads too.
         const keys = [...new Set(rows.flatMap((row) => (row.key === null || row.key === undefined ? [] : [row.key as string])))];
         if (keys.length > 0) rows.push(...(await db.query(sql.claimRuns, [keys, config.batchSize, config.leaseMs, token])));
-        await runBatch(rows, token);
+        await runBatch(rows, token, claimedAt);
       } catch (error) {
         onError(error);
         await idle(generation);
