@@ -1,5 +1,5 @@
 /**
- * The embedded database of the demos: PGlite (PostgreSQL compiled to WebAssembly, in memory)
+ * The embedded database of the demo (examples/payments/demo.ts): PGlite (PostgreSQL compiled to WebAssembly, in memory)
  * through pglite-prisma-adapter with this repository's generated Prisma 7 client, so that
  * `npm run demo` needs no server. The tables come from txonce's shipped DDL (`schemaSql`) and from
  * app-tables.sql, which `npm run migrations -- --write` generates from prisma/app.prisma.

@@ -1,4 +1,4 @@
-/** mulberry32, a small seeded PRNG: a seed fixes the demos' requests; the faults also depend on timing. */
+/** mulberry32, a small seeded PRNG: a seed fixes the demo's requests; the faults also depend on timing. */
 export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
