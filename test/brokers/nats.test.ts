@@ -10,7 +10,7 @@ import { txonce } from "../../src/adapters/prisma.js";
 import type { OutboxMessage } from "../../src/index.js";
 import { jsonFormat, natsPublisher, type JetStreamClientLike } from "../../src/outbox/publishers/nats.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
-import { brokerAvailable, endToEnd, uniqueName, until } from "./support.js";
+import { brokerAvailable, endToEnd, expectRetriedWhileUnreachable, uniqueName, until } from "./support.js";
 
 const url = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const available = await brokerAvailable("NATS JetStream", "NATS_URL", url, async () => {
@@ -150,25 +150,8 @@ describe.skipIf(!available)("NATS JetStream publisher", () => {
     }
   });
 
-  test("an unreachable server: every message's publish fails and is retried; nothing is marked", async () => {
-    const t = txonce(db.prisma);
-    await db.pool.query("TRUNCATE txonce_outbox_messages");
-    const publisher = natsPublisher({ servers: "nats://127.0.0.1:1" });
-    const failed = new Map<string, number>();
-    const relay = t.outbox.relay({ publisher, pollInterval: 20, backoff: { initial: 30, max: 60 }, onFailed: (m) => failed.set(m.id, (failed.get(m.id) ?? 0) + 1) });
-    await relay.start();
-    try {
-      const ids = await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, [1, 2, 3].map((n) => ({ topic: "down", payload: n }))));
-      await until(() => ids.every((id) => (failed.get(id) ?? 0) >= 2));
-      expect((await t.outbox.backlog()).pending).toBe(3);
-      const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE published_at IS NULL AND last_error IS NOT NULL");
-      expect(rows[0].n).toBe(3);
-    } finally {
-      await relay.stop();
-      await publisher.close();
-      await db.pool.query("TRUNCATE txonce_outbox_messages");
-    }
-  });
+  test("an unreachable server: every message's publish fails and is retried; nothing is marked", () =>
+    expectRetriedWhileUnreachable(db, natsPublisher({ servers: "nats://127.0.0.1:1" })));
 
   test("end to end: every change has exactly one effect at the consumer, also when the relay is killed after publishing", async () => {
     const { name, prefix } = await streamWithConsumer();

@@ -1,6 +1,6 @@
 /**
  * What the broker suites share: finding the broker (an environment variable or the default
- * address), the skip-or-fail switch, and the end-to-end scenario each broker runs.
+ * address), the skip-or-fail switch, and the scenarios each broker runs (unreachable broker, end to end).
  *
  * A suite that cannot reach its broker warns loudly (with the URL) and is skipped, so `npm test`
  * stays green on a machine without brokers; with TXONCE_REQUIRE_BROKERS=1 (as in .ci/run) it
@@ -211,5 +211,37 @@ export async function endToEnd(options: EndToEndOptions) {
     expect(sums[0].consumed).toBe(sums[0].produced);
   } finally {
     await consumer.stop();
+  }
+}
+
+/**
+ * The unreachable-broker scenario every publisher runs: three messages whose publishes all fail
+ * (each attempted at least twice, with the failure reported per message), none marked published,
+ * each keeping an error matching `lastErrorLike` (a SQL LIKE pattern).
+ */
+export async function expectRetriedWhileUnreachable(db: TestDatabase, publisher: Publisher & { close(): Promise<void> }, lastErrorLike = "%") {
+  const t = txonce(db.prisma);
+  await db.pool.query("TRUNCATE txonce_outbox_messages");
+  const failed = new Map<string, number>();
+  const relay = t.outbox.relay({
+    publisher,
+    pollInterval: 20,
+    backoff: { initial: 30, max: 60 },
+    onFailed: (m) => failed.set(m.id, (failed.get(m.id) ?? 0) + 1),
+  });
+  await relay.start();
+  try {
+    const ids = await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, [1, 2, 3].map((n) => ({ topic: "down", payload: n }))));
+    await until(() => ids.every((id) => (failed.get(id) ?? 0) >= 2));
+    const { rows } = await db.pool.query(
+      "SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE published_at IS NULL AND last_error LIKE $1",
+      [lastErrorLike],
+    );
+    expect(rows[0].n).toBe(3);
+    expect((await t.outbox.backlog()).pending).toBe(3);
+  } finally {
+    await relay.stop();
+    await publisher.close();
+    await db.pool.query("TRUNCATE txonce_outbox_messages");
   }
 }
