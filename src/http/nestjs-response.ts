@@ -32,7 +32,7 @@ export interface HeldResponse {
   send(reply: HttpReply): void;
 }
 
-/** Header names that the connection, not the response, owns; never stored. */
+/** Header names that the connection, not the response, owns: not sent again with a reply. */
 const CONNECTION_HEADERS = new Set(["content-length", "transfer-encoding", "connection", "keep-alive", "date"]);
 
 function lowerCaseHeaders(headers: OutgoingHttpHeaders | readonly unknown[] | undefined): Record<string, string | string[]> {
@@ -52,22 +52,6 @@ function toBuffer(chunk: unknown, encoding: unknown): Buffer {
   if (Buffer.isBuffer(chunk)) return chunk;
   if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
   return Buffer.from(String(chunk), typeof encoding === "string" ? (encoding as BufferEncoding) : "utf8");
-}
-
-/** The headers of `rendered` that the route set: not on the response before it ran, or changed since. */
-export function routeHeaders(
-  rendered: RenderedResponse,
-  before: Readonly<Record<string, string | string[]>>,
-): Record<string, string | string[]> {
-  const result: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(rendered.headers)) {
-    if (CONNECTION_HEADERS.has(name)) continue;
-    // Set before the route ran (by middleware, or `@Header()`): set again for every request. The
-    // content type describes the body, so it always goes with it.
-    if (name !== "content-type" && name in before && String(before[name]) === String(value)) continue;
-    result[name] = value;
-  }
-  return result;
 }
 
 /**

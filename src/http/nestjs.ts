@@ -49,13 +49,14 @@ import { InvalidArgumentError } from "../errors.js";
 import {
   checkHttpOptions,
   handleIdempotentRequest,
+  headersSetByRoute,
   type HttpIdempotencyOptions,
   type HttpReply,
   type HttpRequestInfo,
   type IdempotencyRunner,
   type IdempotentResponse,
 } from "./core.js";
-import { holdResponse, routeHeaders, type HeldResponse } from "./nestjs-response.js";
+import { holdResponse, type HeldResponse } from "./nestjs-response.js";
 import { currentTransaction, idempotentContext, TxonceTransaction, type IdempotentContext } from "./nestjs-transaction.js";
 
 export {
@@ -246,7 +247,7 @@ export class TxonceInterceptor implements NestInterceptor {
         const rendered = await held.rendered;
         return {
           status: rendered.status,
-          headers: routeHeaders(rendered, before),
+          headers: headersSetByRoute(rendered.headers, before),
           body: rendered.body.length > 0 ? rendered.body : undefined,
         };
       };

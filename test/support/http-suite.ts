@@ -256,7 +256,8 @@ export function httpSuite(framework: string, startServer: StartServer, traits: S
       const first = await post("/charges", { key: quoted(key), body: { amount: "12.34" } });
       expect(first.status).toBe(201);
       expect(first.headers.get("idempotent-replayed")).toBeNull();
-      expect(first.headers.get("content-type")).toBe("application/json; charset=utf-8");
+      // txonce's default for JSON bodies; Hono's c.json() sends it without the charset.
+      expect(first.headers.get("content-type")).toMatch(/^application\/json(; charset=utf-8)?$/);
       expect(first.headers.get("location")).toBe(`/charges/${first.json.id}`);
       expect(first.headers.get("x-charge-id")).toBe(String(first.json.id));
       expect(first.headers.getSetCookie()).toEqual(["a=1", "b=2"]);
