@@ -73,7 +73,8 @@ function runOrThrow(command: string, args: string[], cwd: string): string {
 
 /** Installed version of a package in this repository, for installing the same one as a peer. */
 function localVersion(name: string): string {
-  return (JSON.parse(readFileSync(require.resolve(`${name}/package.json`), "utf8")) as { version: string }).version;
+  // Read from node_modules: some packages (reflect-metadata) do not export their package.json.
+  return (JSON.parse(readFileSync(join(root, "node_modules", name, "package.json"), "utf8")) as { version: string }).version;
 }
 
 const subpaths = Object.keys(pkg.exports).filter((subpath) => !subpath.endsWith(".json"));
@@ -183,15 +184,31 @@ try {
   const node = (script: string, kind: "esm" | "cjs") =>
     run(process.execPath, kind === "esm" ? ["--input-type=module", "-e", script] : ["--input-type=commonjs", "-e", script], project);
 
-  // Without peers: the core and the pg adapter must not need @prisma/client or pg (nor express, whose
-  // types only txonce/express uses); txonce/fastify needs fastify-plugin, like txonce/prisma @prisma/client.
-  for (const subpath of subpaths.filter((subpath) => subpath !== "./prisma" && subpath !== "./fastify")) {
+  // Without peers: the core and the pg adapter must not need @prisma/client or pg (nor express or koa,
+  // whose types only txonce/express and txonce/koa use); txonce/fastify needs fastify-plugin,
+  // txonce/nestjs @nestjs/common, @nestjs/core and rxjs, txonce/hono hono, like txonce/prisma @prisma/client.
+  const needPeers = new Set(["./prisma", "./fastify", "./nestjs", "./hono"]);
+  for (const subpath of subpaths.filter((subpath) => !needPeers.has(subpath))) {
     const result = node(`await import(${JSON.stringify(specifierOf(subpath))})`, "esm");
     check(result.status === 0, `${specifierOf(subpath)} loads with no peer dependency installed`, result.stderr);
   }
 
   // The peers, plus the types a TypeScript user of them has, at the versions this repository uses.
-  const peers = ["@prisma/client", "pg", "@types/pg", "@types/node", "express", "fastify", "fastify-plugin"].map((name) => `${name}@${localVersion(name)}`);
+  const peers = [
+    "@prisma/client",
+    "pg",
+    "@types/pg",
+    "@types/node",
+    "express",
+    "fastify",
+    "fastify-plugin",
+    "@nestjs/common",
+    "@nestjs/core",
+    "reflect-metadata",
+    "rxjs",
+    "hono",
+    "koa",
+  ].map((name) => `${name}@${localVersion(name)}`);
   runOrThrow("npm", [...npmInstall, tarball, ...peers], project);
   check(true, `npm install ${peers.join(" ")} (the versions this repository tests with)`);
 
