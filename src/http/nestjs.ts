@@ -70,6 +70,7 @@ export { ResponseNotStorableError } from "./errors.js";
 export { parseIdempotencyKey, type KeyParseResult, type ParseIdempotencyKeyOptions } from "./idempotency-key.js";
 export { DEFAULT_PROBLEM_TYPE_BASE, problemTypes, type ProblemDetails, type ProblemType } from "./problem.js";
 export { currentTransaction, NoIdempotentTransactionError, TxonceTransaction } from "./nestjs-transaction.js";
+export { joinIdempotentTransaction, type TransactionalAdapterLike } from "./nestjs-cls.js";
 
 /**
  * The request as the platform gives it: an Express `Request` (platform-express) or a
