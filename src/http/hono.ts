@@ -183,7 +183,12 @@ export function idempotency<Tx, TxOptions>(
         async (tx): Promise<IdempotentResponse> => {
           c.set("tx", tx);
           const streamed = watchForStreams(c);
-          await next();
+          try {
+            await next();
+          } finally {
+            // Past the commit the client is no longer usable: middleware around this one must not reach it.
+            c.set("tx", undefined as never);
+          }
           // Hono hands a thrown error to `onError` before control comes back here: `c.res` is its answer.
           if (c.error !== undefined && !isClientError(c.error)) throw new HandlerFailed(c.error);
           const response = c.res;
