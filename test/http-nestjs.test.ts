@@ -176,6 +176,15 @@ class ChargesController {
     return { accountId: body.accountId };
   }
 
+  @Post("raw")
+  @Idempotent()
+  async raw(@Res() res: any) {
+    // Writes the response itself (@Res() without passthrough): Nest sends nothing after it.
+    const body = JSON.stringify({ n: ++calls.charges });
+    if (typeof res.code === "function") res.code(201).header("content-type", "application/json").send(body);
+    else res.status(201).type("application/json").send(body);
+  }
+
   @Put("accepted")
   @HttpCode(202)
   @Header("cache-control", "no-store")
@@ -334,6 +343,16 @@ describe.each(["express", "fastify"] as const)("nestjs (%s) specifics", (platfor
     expect(otherTenant.headers.get("idempotent-replayed")).toBeNull();
     expect(otherTenant.headers.get("x-job")).not.toBe(first.headers.get("x-job"));
     expect((await keyRows(key)).map((row) => row.scope).sort()).toEqual(["PUT /v1/accepted @t1", "PUT /v1/accepted @t2"]);
+  });
+
+  test("a handler that writes the response itself (@Res()) is stored and replayed", async () => {
+    const key = newKey();
+    const first = await send("/v1/raw", key);
+    const second = await send("/v1/raw", key);
+    expect([first.status, second.status]).toEqual([201, 201]);
+    expect(second.headers.get("idempotent-replayed")).toBe("true");
+    expect(second.text).toBe(first.text);
+    expect(second.headers.get("content-type")).toBe(first.headers.get("content-type"));
   });
 
   test("txonce's own answers (missing key) are problem+json, not the filter's", async () => {
