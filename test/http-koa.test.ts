@@ -1,5 +1,5 @@
 /**
- * txonce/koa on Koa 3 with @koa/router and @koa/bodyparser: the shared HTTP suite
+ * txonce/koa on Koa 3 (also run on Koa 2.16) with @koa/router and @koa/bodyparser: the shared HTTP suite
  * (test/support/http-suite.ts) over real HTTP on a real PostgreSQL, plus what is specific to Koa:
  * the forms of `ctx.body` (string, HTML string, Buffer, JSON value, none), `ctx.state.tx`, router
  * prefixes, and thrown errors (`ctx.throw()`), which roll back and reach the app's error handling.
@@ -50,10 +50,11 @@ const startServer: StartServer = async ({ txonce: instance, defaults, routes }) 
         ctx.state.tx,
       );
       ctx.status = reply.status ?? 200;
+      // The body first: Koa 2 sets the type of a JSON body over one set before it.
+      ctx.body = reply.body ?? null;
       for (const [name, value] of Object.entries(reply.headers ?? {})) {
         if (value !== undefined) ctx.set(name, Array.isArray(value) ? [...value] : String(value));
       }
-      ctx.body = reply.body ?? null;
     });
   }
   app.use(router.routes());
