@@ -10,7 +10,8 @@
  *     `txonce` and `txonce/pg` load without any peer installed; with the peers, every subpath
  *     loads with `import` and with `require()` (Node >= 20.19), as the same module; `instanceof`
  *     on the error classes holds across `txonce`, `txonce/prisma` and `txonce/pg`; a TypeScript
- *     consumer (module nodenext) type-checks against the shipped declarations;
+ *     consumer (module nodenext, no decorator options) type-checks against the shipped
+ *     declarations, the HTTP entry points included;
  *   - `attw --profile esm-only` (Are the types wrong?) on the tarball.
  * Leaves the temporary folder in place when a check fails, and prints where it is.
  */
@@ -208,6 +209,7 @@ try {
     "rxjs",
     "hono",
     "koa",
+    "@types/koa",
   ].map((name) => `${name}@${localVersion(name)}`);
   runOrThrow("npm", [...npmInstall, tarball, ...peers], project);
   check(true, `npm install ${peers.join(" ")} (the versions this repository tests with)`);
@@ -287,7 +289,18 @@ const id: Promise<number> = withIdempotency("key", async (client: pg.PoolClient)
 });
 const outcome: Promise<IdempotencyOutcome<string>> = txoncePrisma(prismaClient).withIdempotencyOutcome("key", async () => "ok");
 const isTxonceError = (error: unknown): error is TxonceError => error instanceof TxonceError;
-export { createIdempotency, id, outcome, isTxonceError };
+
+// The HTTP entry points of NestJS, Hono and Koa, in a build without experimentalDecorators or
+// emitDecoratorMetadata: txonce's own declarations need neither.
+import { idempotency as honoIdempotency } from "txonce/hono";
+import { idempotency as koaIdempotency } from "txonce/koa";
+import { Idempotent, TxonceModule, TxonceTransaction } from "txonce/nestjs";
+const honoRoute = honoIdempotency(txoncePg(pool))();
+const koaRoute = koaIdempotency(txoncePg(pool))();
+const nestModule = TxonceModule.forRoot({ txonce: txoncePg(pool), scope: (req) => req.headers["x-account"] });
+const idempotent: MethodDecorator = Idempotent({ lockTimeout: "1s" });
+const client: pg.PoolClient | undefined = new TxonceTransaction<pg.PoolClient>().optionalTx;
+export { createIdempotency, id, outcome, isTxonceError, honoRoute, koaRoute, nestModule, idempotent, client };
 `,
   );
   const tsc = join(dirname(require.resolve("typescript/package.json")), "bin", "tsc");
