@@ -386,6 +386,18 @@ function toStoredResponse(response: IdempotentResponse, maxBytes: number): Store
   return { v: 1, status, headers, body: bytes };
 }
 
+/**
+ * Response headers as Node (`getHeaders()`), Koa (`ctx.response.headers`) or a `writeHead()`
+ * argument hold them, with lower-case names and string values; `undefined` values are skipped.
+ */
+export function headerRecord(headers: Readonly<Record<string, unknown>>): Record<string, string | string[]> {
+  const result: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined) result[name.toLowerCase()] = Array.isArray(value) ? value.map(String) : String(value);
+  }
+  return result;
+}
+
 /** Header names that the connection, not the response, owns: never stored or replayed. */
 const CONNECTION_HEADERS = new Set([...RESERVED_HEADERS, "date"]);
 

@@ -22,6 +22,7 @@ import { InvalidArgumentError } from "../errors.js";
 import {
   checkHttpOptions,
   handleIdempotentRequest,
+  headerRecord,
   headersSetByRoute,
   type HttpIdempotencyOptions,
   type HttpReply,
@@ -54,18 +55,10 @@ export type Idempotent<Tx, TxOptions = unknown> = (routeOptions?: KoaIdempotency
 /** Statuses that Koa sends without a body. */
 const EMPTY_STATUSES = new Set([204, 205, 304]);
 
-function headersOf(headers: Record<string, unknown>): Record<string, string | string[]> {
-  const result: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(headers)) {
-    if (value !== undefined) result[name.toLowerCase()] = Array.isArray(value) ? value.map(String) : String(value);
-  }
-  return result;
-}
-
 /** The response the route made, as Koa would send it: `ctx.body` as a string, Buffer, JSON value or stream. */
 async function renderedResponse(ctx: ParameterizedContext, before: Record<string, string | string[]>): Promise<IdempotentResponse> {
   const status = ctx.status;
-  const headers = headersSetByRoute(headersOf(ctx.response.headers), before);
+  const headers = headersSetByRoute(headerRecord(ctx.response.headers), before);
   let body: unknown = ctx.body;
   if (body === null || body === undefined) {
     // Koa sends the status message for a body-less response that is not a 204, 205 or 304.
@@ -116,7 +109,7 @@ export function idempotency<Tx, TxOptions>(
     const merged: KoaIdempotencyOptions<TxOptions> = { ...options, ...routeOptions };
     if (routeOptions) checkHttpOptions(merged);
     return async (ctx, next) => {
-      const before = headersOf(ctx.response.headers);
+      const before = headerRecord(ctx.response.headers);
       const reply = await handleIdempotentRequest(
         runner,
         merged,

@@ -9,7 +9,7 @@
  * this one response, by recorders, and put back before txonce writes the final response.
  */
 import type { OutgoingHttpHeaders, ServerResponse } from "node:http";
-import type { HttpReply } from "./core.js";
+import { headerRecord, type HttpReply } from "./core.js";
 
 /** A response as Nest (or a filter) wrote it. Header names lower-case. */
 export interface RenderedResponse {
@@ -35,16 +35,11 @@ export interface HeldResponse {
 /** Header names that the connection, not the response, owns: not sent again with a reply. */
 const CONNECTION_HEADERS = new Set(["content-length", "transfer-encoding", "connection", "keep-alive", "date"]);
 
-function lowerCaseHeaders(headers: OutgoingHttpHeaders | readonly unknown[] | undefined): Record<string, string | string[]> {
+/** The headers of a `writeHead()` call: an object, or a flat array of names and values. */
+function writeHeadHeaders(headers: OutgoingHttpHeaders | readonly unknown[] | undefined): Record<string, string | string[]> {
+  if (!Array.isArray(headers)) return headerRecord((headers ?? {}) as Record<string, unknown>);
   const result: Record<string, string | string[]> = {};
-  if (Array.isArray(headers)) {
-    for (let i = 0; i + 1 < headers.length; i += 2) result[String(headers[i]).toLowerCase()] = String(headers[i + 1]);
-    return result;
-  }
-  for (const [name, value] of Object.entries(headers ?? {})) {
-    if (value === undefined) continue;
-    result[name.toLowerCase()] = Array.isArray(value) ? value.map(String) : String(value);
-  }
+  for (let i = 0; i + 1 < headers.length; i += 2) result[String(headers[i]).toLowerCase()] = String(headers[i + 1]);
   return result;
 }
 
@@ -82,7 +77,7 @@ export function holdResponse(res: ServerResponse, before: Readonly<Record<string
   res.writeHead = function writeHead(this: ServerResponse, statusCode: number, ...rest: unknown[]) {
     status = statusCode;
     const headers = rest.find((arg) => typeof arg === "object" && arg !== null) as OutgoingHttpHeaders | unknown[] | undefined;
-    headArgument = { ...headArgument, ...lowerCaseHeaders(headers) };
+    headArgument = { ...headArgument, ...writeHeadHeaders(headers) };
     return this;
   } as ServerResponse["writeHead"];
   res.write = function write(this: ServerResponse, chunk: unknown, encoding?: unknown, callback?: unknown) {
@@ -98,7 +93,7 @@ export function holdResponse(res: ServerResponse, before: Readonly<Record<string
       rendered = true;
       resolve({
         status: status ?? this.statusCode,
-        headers: { ...lowerCaseHeaders(this.getHeaders()), ...headArgument },
+        headers: { ...headerRecord(this.getHeaders()), ...headArgument },
         body: Buffer.concat(chunks),
       });
     }

@@ -42,6 +42,7 @@ import {
   type FactoryProvider,
   type ModuleMetadata,
   type NestInterceptor,
+  type Provider,
 } from "@nestjs/common";
 import { Reflector } from "@nestjs/core";
 import { Observable } from "rxjs";
@@ -49,6 +50,7 @@ import { InvalidArgumentError } from "../errors.js";
 import {
   checkHttpOptions,
   handleIdempotentRequest,
+  headerRecord,
   headersSetByRoute,
   type HttpIdempotencyOptions,
   type HttpReply,
@@ -122,14 +124,6 @@ function checkRunner(runner: unknown): void {
   if (candidate === null || typeof candidate !== "object" || typeof candidate.withIdempotencyOutcome !== "function") {
     throw new InvalidArgumentError("txonce", "expected the object that txonce(prisma) or txonce(pool) returns");
   }
-}
-
-function lowerCaseHeaders(headers: Record<string, unknown>): Record<string, string | string[]> {
-  const result: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(headers)) {
-    if (value !== undefined) result[name.toLowerCase()] = Array.isArray(value) ? value.map(String) : String(value);
-  }
-  return result;
 }
 
 /** The parts of an Express or Fastify request that the core reads. */
@@ -223,7 +217,7 @@ export class TxonceInterceptor implements NestInterceptor {
     const selfResponding = respondsItself(context);
 
     return new Observable<unknown>((subscriber) => {
-      const before = lowerCaseHeaders(response.getHeaders());
+      const before = headerRecord(response.getHeaders());
       const held: HeldResponse = holdResponse(raw, before);
       /** Set once Nest has been handed the handler's outcome, and so writes (or wrote) the response. */
       let forwarded = false;
@@ -239,7 +233,9 @@ export class TxonceInterceptor implements NestInterceptor {
         } else {
           // Refused before Nest writes anything: rolls back, and Nest's filters answer the error.
           if (isStreamBody(outcome.value)) {
-            return { body: outcome.value instanceof StreamableFile ? outcome.value.getStream() : outcome.value };
+            const stream = outcome.value instanceof StreamableFile ? outcome.value.getStream() : outcome.value;
+            (stream as { destroy?: () => void }).destroy?.(); // nobody reads it: release what it holds (a file)
+            return { body: stream };
           }
           forwarded = true;
           subscriber.next(outcome.value);
@@ -347,7 +343,7 @@ export class TxonceModule {
     return { ...module, imports: options.imports ?? [] };
   }
 
-  private static withOptionsProvider(provider: DynamicModule["providers"] extends (infer P)[] | undefined ? P : never): DynamicModule {
+  private static withOptionsProvider(provider: Provider): DynamicModule {
     return {
       module: TxonceModule,
       global: true,
