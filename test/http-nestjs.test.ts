@@ -23,6 +23,7 @@ import {
   Req,
   Res,
   ServiceUnavailableException,
+  StreamableFile,
   ValidationPipe,
   type ArgumentsHost,
   type ExceptionFilter,
@@ -183,6 +184,13 @@ class ChargesController {
     const body = JSON.stringify({ n: ++calls.charges });
     if (typeof res.code === "function") res.code(201).header("content-type", "application/json").send(body);
     else res.status(201).type("application/json").send(body);
+  }
+
+  @Post("file")
+  @Idempotent()
+  async file(@TxParam() tx: Tx) {
+    await tx.charge.create({ data: { accountId: "acc", amount: "0.03" } });
+    return new StreamableFile(Buffer.from("a file"));
   }
 
   @Put("accepted")
@@ -353,6 +361,16 @@ describe.each(["express", "fastify"] as const)("nestjs (%s) specifics", (platfor
     expect(second.headers.get("idempotent-replayed")).toBe("true");
     expect(second.text).toBe(first.text);
     expect(second.headers.get("content-type")).toBe(first.headers.get("content-type"));
+  });
+
+  test("a StreamableFile is refused before Nest sends it: the app's filter answers 500, nothing is stored", async () => {
+    const key = newKey();
+    const before = await chargeCount();
+    const response = await send("/v1/file", key);
+    expect(response.status).toBe(500);
+    expect(JSON.parse(response.text)).toMatchObject({ code: "TXONCE_RESPONSE_NOT_STORABLE", message: expect.stringContaining("stream") });
+    expect(await keyRows(key)).toEqual([]);
+    expect(await chargeCount()).toBe(before);
   });
 
   test("txonce's own answers (missing key) are problem+json, not the filter's", async () => {
