@@ -68,7 +68,7 @@ export async function initCommand(values: Values, io: CliIo): Promise<number> {
     after = BLOCK.test(before) ? before.replace(BLOCK, block) : `${before}${before.endsWith("\n") || before === "" ? "" : "\n"}\n${block}`;
   }
 
-  const from = schema.source === "the default location" ? "the default location" : `from ${schema.source}`;
+  const from = schema.source === "the default location" ? "found at Prisma's default location" : `from ${schema.source}`;
   if (before === after) {
     io.stdout.write(`txonce init: txonce's models in ${shown(target)} are up to date (schema ${shown(schema.path)}, ${from}); nothing changed.\n`);
   } else {
