@@ -15,7 +15,6 @@
  *   6. `txonce cleanup` as cron runs it: a bare environment, DATABASE_URL from .env, Prisma's
  *      `?schema=` picking the schema; and `txonce --version`.
  */
-import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
