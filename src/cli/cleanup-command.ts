@@ -33,8 +33,8 @@ Options:
   --json                  print the summary as one JSON object on the last line of stdout
   -h, --help              show this help
 
-Example crontab line (every 15 minutes):
-  */15 * * * *  DATABASE_URL=postgres://... npx txonce cleanup --max-duration 5m
+Example crontab line (every 15 minutes; DATABASE_URL from /srv/app/.env):
+  */15 * * * *  cd /srv/app && npx txonce cleanup --max-duration 5m
 `;
 
 type Values = { [K in keyof typeof cleanupOptions]?: (typeof cleanupOptions)[K]["type"] extends "boolean" ? boolean : string };
