@@ -12,7 +12,12 @@
  *     on the error classes holds across `txonce`, `txonce/prisma` and `txonce/pg`; a TypeScript
  *     consumer (module nodenext, no decorator options) type-checks against the shipped
  *     declarations, the HTTP entry points included;
- *   - `attw --profile esm-only` (Are the types wrong?) on the tarball.
+ *   - `attw --profile esm-only` (Are the types wrong?) on the tarball;
+ *   - the README's path, as a new user walks it (scripts/readme-path.ts): install with Prisma 7,
+ *     `prisma init`, `txonce init`, generate, the tables, the README's samples as written, and
+ *     `txonce cleanup` from cron's point of view;
+ *   - LICENSE in the tarball, `repository`, `homepage` and `bugs` set, and no link in the README
+ *     that only works inside the repository (the npm page shows the README alone).
  * Leaves the temporary folder in place when a check fails, and prints where it is.
  */
 import { execFileSync, spawnSync } from "node:child_process";
@@ -21,6 +26,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkReadmePath } from "./readme-path.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const require = createRequire(import.meta.url);
@@ -34,6 +40,9 @@ interface PackageJson {
   peerDependenciesMeta?: Record<string, { optional?: boolean }>;
   devDependencies?: Record<string, string>;
   sideEffects?: boolean;
+  repository?: unknown;
+  homepage?: string;
+  bugs?: unknown;
   bin?: string | Record<string, string>;
   engines?: Record<string, string>;
 }
@@ -54,11 +63,14 @@ function section(title: string): void {
   console.log(`\n${title}`);
 }
 
-function run(command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = {}) {
+/** Runs a command; with `bare`, in an environment of PATH (this Node first) and `env` only, as cron gives. */
+function run(command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = {}, { bare = false } = {}) {
   const result = spawnSync(command, args, {
     cwd,
     encoding: "utf8",
-    env: { ...process.env, NODE_NO_WARNINGS: "1", npm_config_update_notifier: "false", ...env },
+    env: bare
+      ? { PATH: `${dirname(process.execPath)}:/usr/bin:/bin`, ...env }
+      : { ...process.env, NODE_NO_WARNINGS: "1", npm_config_update_notifier: "false", ...env },
   });
   if (result.error) throw result.error;
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
@@ -143,6 +155,11 @@ try {
   }
   check(pkg.sideEffects === false, "sideEffects: false");
   check(Boolean(pkg.engines?.node), `engines.node is set (${pkg.engines?.node})`);
+  check(has("LICENSE"), "LICENSE is in the tarball");
+  for (const field of ["repository", "homepage", "bugs"] as const) check(Boolean(pkg[field]), `${field} is set`);
+  const readme = readFileSync(join(root, "README.md"), "utf8");
+  const relativeLinks = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1]!).filter((href) => !/^(https?:|mailto:|#)/.test(href));
+  check(relativeLinks.length === 0, "README links are absolute (they work on the npm page)", relativeLinks.join("\n"));
   for (const peer of ["@prisma/client", "pg"]) {
     check(Boolean(pkg.peerDependencies?.[peer]), `${peer} is a peer dependency (${pkg.peerDependencies?.[peer]})`);
     check(pkg.peerDependenciesMeta?.[peer]?.optional === true, `${peer} is an optional peer`);
@@ -331,6 +348,11 @@ export { createIdempotency, id, outcome, isTxonceError, honoRoute, koaRoute, nes
   const attw = run(process.execPath, [join(dirname(attwPackage), attwBin), tarball, "--profile", "esm-only"], work, { FORCE_COLOR: "0" });
   console.log(attw.stdout.replace(/^/gm, "  ").trimEnd());
   check(attw.status === 0, "attw --profile esm-only", attw.stderr);
+
+  section("the README's path: a new user's steps on the tarball, its samples as written (scripts/readme-path.ts)");
+  const newUser = join(work, "new-user");
+  mkdirSync(newUser);
+  await checkReadmePath({ root, tarball, project: newUser, check, run });
 } catch (error) {
   failures.push(String(error));
   console.error(error);

@@ -109,8 +109,9 @@ export class SchemaNotInstalledError extends TxonceError {
   readonly code = "TXONCE_SCHEMA_NOT_INSTALLED";
   constructor(options?: { cause?: unknown }) {
     super(
-      "The txonce tables are not in this database: add the models from txonce/prisma/txonce.prisma " +
-        "to your schema and run `prisma migrate dev`, or apply txonce's migration SQL",
+      "The txonce tables are not in this database. With Prisma: `npx txonce init` adds txonce's models " +
+        "to your schema, then `npx prisma migrate dev --name txonce` creates them. Without Prisma: apply " +
+        "node_modules/txonce/prisma/migrations/*/migration.sql in order",
       options,
     );
   }

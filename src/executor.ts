@@ -23,4 +23,10 @@ export interface Database<Tx, TxOptions = unknown> extends SqlExecutor {
   transaction<T>(work: (tx: Tx, sql: SqlExecutor) => Promise<T>, options?: TxOptions): Promise<T>;
   /** Runs statements on a transaction the caller opened (e.g. to enqueue outbox messages in it). */
   sqlFor(tx: Tx): SqlExecutor;
+  /**
+   * Why `tx` is not a handle on an open transaction (e.g. it is the root client, whose statements
+   * commit on their own), or `undefined` when it is one or the adapter cannot tell. The outbox
+   * refuses to enqueue outside a transaction with this reason. (Default: never refuses)
+   */
+  outsideTransaction?(tx: Tx): string | undefined;
 }

@@ -1,4 +1,4 @@
-// The README's example, compiled by `npm run typecheck` so that it cannot rot.
+// Linked from the README ("Use it"): a charge with the errors mapped to HTTP status codes. Compiled by `npm run typecheck`.
 import { PrismaPg } from "@prisma/adapter-pg";
 import { IdempotencyKeyInUseError, IdempotencyKeyReusedError, InvalidArgumentError } from "txonce";
 import { txonce } from "txonce/prisma";

@@ -60,6 +60,13 @@ export function prismaDatabase<Client extends PrismaClientLike>(
     query: (sql, params) => prisma.$queryRawUnsafe<Row[]>(sql, ...params),
     transaction: (work, options) => prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options),
     sqlFor,
+    // A transaction client lacks the root client's `$connect` (Prisma's ITXClientDenyList); it
+    // has `$transaction` since Prisma 7, so that cannot tell them apart.
+    outsideTransaction: (tx) =>
+      typeof (tx as { $connect?: unknown }).$connect === "function"
+        ? "this is the root Prisma client, not a transaction client: pass the `tx` that withIdempotency or " +
+          "prisma.$transaction(async (tx) => ...) gives you, so the message commits or rolls back with your change"
+        : undefined,
   };
 }
 

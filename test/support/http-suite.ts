@@ -142,6 +142,16 @@ export function httpSuite(framework: string, startServer: StartServer, traits: S
     },
     {
       method: "POST",
+      path: "/circular",
+      handler: async (_ctx, tx) => {
+        await charge(tx, "acc_a", "1.00");
+        const body: Record<string, unknown> = { id: 1 };
+        body.self = body;
+        return { status: 201, body };
+      },
+    },
+    {
+      method: "POST",
       path: "/stream",
       handler: async (_ctx, tx) => {
         await charge(tx, "acc_a", "1.00");
@@ -213,9 +223,11 @@ export function httpSuite(framework: string, startServer: StartServer, traits: S
     await db?.drop();
   });
 
-  async function post(path: string, { key, body = {}, account = "acc_a", method = "POST", headers = {} }: {
+  /** Sends `body` as JSON, or `form` as `application/x-www-form-urlencoded` (parsed by the framework's form parser). */
+  async function post(path: string, { key, body = {}, form, account = "acc_a", method = "POST", headers = {} }: {
     key?: string;
     body?: unknown;
+    form?: string;
     account?: string;
     method?: string;
     headers?: Record<string, string>;
@@ -223,12 +235,12 @@ export function httpSuite(framework: string, startServer: StartServer, traits: S
     const response = await fetch(server.url + path, {
       method,
       headers: {
-        "content-type": "application/json",
+        "content-type": form === undefined ? "application/json" : "application/x-www-form-urlencoded",
         "x-account": account,
         ...(key === undefined ? {} : { "idempotency-key": key }),
         ...headers,
       },
-      body: JSON.stringify(body),
+      body: form ?? JSON.stringify(body),
     });
     const bytes = Buffer.from(await response.arrayBuffer());
     const text = bytes.toString("utf8");
@@ -380,6 +392,18 @@ export function httpSuite(framework: string, startServer: StartServer, traits: S
       await post("/charges", { key: quoted(sameKey), body: { amount: "2.00", note: "x" } });
       const reordered = await post("/charges", { key: quoted(sameKey), body: { note: "x", amount: "2.00" } });
       expect(reordered.headers.get("idempotent-replayed")).toBe("true");
+    });
+
+    test("a form-encoded body, as the framework's form parser gives it: stored and replayed; another form is a 422", async () => {
+      const key = newKey();
+      const first = await post("/charges", { key: quoted(key), form: "amount=4.56&note=first+order&tag=a&tag=b" });
+      expect(first.status, first.text).toBe(201);
+      expect(first.json).toMatchObject({ amount: "4.56" });
+      const replay = await post("/charges", { key: quoted(key), form: "tag=a&tag=b&note=first+order&amount=4.56" });
+      expect(replay.headers.get("idempotent-replayed")).toBe("true");
+      expect(replay.bytes.equals(first.bytes)).toBe(true);
+      const other = await post("/charges", { key: quoted(key), form: "amount=4.57&note=first+order&tag=a&tag=b" });
+      expect(other.status).toBe(422);
     });
 
     test("the fingerprint covers the URL, not just the route pattern: another account id is a 422", async () => {
@@ -554,6 +578,16 @@ export function httpSuite(framework: string, startServer: StartServer, traits: S
       const response = await post("/stream", { key: quoted(key) });
       expect(response.status).toBe(500);
       expect(response.json).toMatchObject({ code: "TXONCE_RESPONSE_NOT_STORABLE", message: expect.stringContaining("stream") });
+      expect(await keyRow(key)).toEqual([]);
+      expect((await chargeRows()).length).toBe(before);
+    });
+
+    test("a circular body is refused with a clear error, like a circular result: nothing stored, rolled back", async () => {
+      const key = newKey();
+      const before = (await chargeRows()).length;
+      const response = await post("/circular", { key: quoted(key) });
+      expect(response.status).toBe(500);
+      expect(response.json).toMatchObject({ code: "TXONCE_RESPONSE_NOT_STORABLE", message: expect.stringMatching(/circular/) });
       expect(await keyRow(key)).toEqual([]);
       expect((await chargeRows()).length).toBe(before);
     });
