@@ -46,7 +46,12 @@ const startServer: StartServer = async ({ txonce: instance, defaults, routes }) 
   });
   for (const route of routes) {
     app.on(route.method, route.path, idempotent(route.options), async (c) => {
-      const body = c.req.header("content-type")?.includes("json") ? await c.req.json() : undefined;
+      const type = c.req.header("content-type") ?? "";
+      const body = type.includes("json")
+        ? await c.req.json()
+        : type.includes("form")
+          ? await c.req.parseBody({ all: true }) // the fields of a form, repeated ones as arrays
+          : undefined;
       const reply = await route.handler({ body, params: c.req.param(), header: (name) => c.req.header(name) }, c.var.tx);
       const status = (reply.status ?? 200) as 200;
       const headers = new Headers();

@@ -36,7 +36,8 @@ export {
   type HttpIdempotencyOptions,
   type IdempotencyRunner,
 } from "./core.js";
-export { ResponseNotStorableError } from "./errors.js";
+import { ResponseNotStorableError } from "./errors.js";
+export { ResponseNotStorableError };
 export { parseIdempotencyKey, type KeyParseResult, type ParseIdempotencyKeyOptions } from "./idempotency-key.js";
 export { DEFAULT_PROBLEM_TYPE_BASE, problemTypes, type ProblemDetails, type ProblemType } from "./problem.js";
 
@@ -68,6 +69,23 @@ function watchForStreams(c: Context): () => boolean {
   c.body = watch(c.body);
   c.newResponse = watch(c.newResponse);
   return () => streamed;
+}
+
+/**
+ * Makes `c.json()` refuse a value it cannot serialize (a circular value, a `BigInt`) with
+ * {@link ResponseNotStorableError}, as the other frameworks' routes do, instead of the
+ * `TypeError` that `JSON.stringify` throws; the handler's writes roll back with it.
+ */
+function refuseUnsendableJson(c: Context): void {
+  const json = c.json;
+  c.json = ((...args: Parameters<typeof json>) => {
+    try {
+      return json.apply(c, args);
+    } catch (error) {
+      if (!(error instanceof TypeError)) throw error;
+      throw new ResponseNotStorableError(`the body cannot be sent as JSON: ${error.message}`);
+    }
+  }) as typeof json;
 }
 
 /** Response headers that mark a streamed response (`streamText()`, `streamSSE()`), also from a `new Response(stream)`. */
@@ -183,6 +201,7 @@ export function idempotency<Tx, TxOptions>(
         async (tx): Promise<IdempotentResponse> => {
           c.set("tx", tx);
           const streamed = watchForStreams(c);
+          refuseUnsendableJson(c);
           try {
             await next();
           } finally {

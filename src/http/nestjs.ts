@@ -156,6 +156,17 @@ function respondsItself(context: ExecutionContext): boolean {
   return usesResponse && !Reflect.getMetadata(RESPONSE_PASSTHROUGH_METADATA, controller, method);
 }
 
+/** Whether Nest can serialize the handler's value (`JSON.stringify` throws on a circular value or a `BigInt`). */
+function sendableAsJson(value: unknown): boolean {
+  if (value === null || typeof value !== "object" || Buffer.isBuffer(value)) return typeof value !== "bigint";
+  try {
+    JSON.stringify(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function isStreamBody(value: unknown): boolean {
   if (value instanceof StreamableFile) return true;
   if (value === null || typeof value !== "object") return false;
@@ -237,6 +248,8 @@ export class TxonceInterceptor implements NestInterceptor {
             (stream as { destroy?: () => void }).destroy?.(); // nobody reads it: release what it holds (a file)
             return { body: stream };
           }
+          // Refused before Nest renders it, like a stream: the core names what cannot be sent as JSON.
+          if (!sendableAsJson(outcome.value)) return { body: outcome.value };
           forwarded = true;
           subscriber.next(outcome.value);
           subscriber.complete();
