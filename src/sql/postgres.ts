@@ -9,48 +9,90 @@
 export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
 
 /**
- * The stored record of a key, if it is live (not expired). Rows only become visible when the
- * transaction that claimed them commits, and that transaction writes the result before it commits,
- * so a visible live row always holds a result.
- *
+ * The advisory lock of one (scope, key), for the transaction (or the single statement, outside a
+ * transaction) that takes it: a 64-bit hash of the pair, the scope's length first so that no two
+ * pairs encode alike, under a prefix of its own (the outbox's locks use `txonce.outbox:`).
+ * A collision with another key only makes a call wait for a call it did not need to wait for.
  * $1 scope, $2 key.
  */
-export const findLiveRecord = `
-SELECT fingerprint, result, created_at, expires_at
-FROM ${IDEMPOTENCY_TABLE}
-WHERE scope = $1::text AND key = $2::text AND expires_at > now()`;
+const keyLock = `hashtextextended('txonce.key:' || length($1::text) || ':' || $1::text || $2::text, 0)`;
 
 /**
- * Claims a key: the first statement of the idempotent transaction. Inserts the key row, or
- * replaces an expired one, and returns it; returns no row when a live record exists. The row it
- * writes is the lock: a concurrent claim of the same key waits for this transaction to end.
+ * The key's live record, if one is committed: a row only becomes visible when the transaction
+ * that claimed it commits, and that transaction writes the result before it commits, so a
+ * visible live row always holds a result. $1 scope, $2 key.
+ */
+const liveRecord = `
+  SELECT fingerprint, result, created_at, expires_at FROM ${IDEMPOTENCY_TABLE}
+  WHERE scope = $1::text AND key = $2::text AND expires_at > now()`;
+
+/**
+ * Claims a key: the first statement of the idempotent transaction, and the only one it needs
+ * before the operation. It never waits for another call. Returns one row whose `state` is
  *
- * That wait is bounded by `lock_timeout`, set for this statement only: `bounded` sets it before
- * the insert runs and the final select restores the previous value once the row is claimed, so
- * the caller's own statements in the transaction keep their usual setting.
+ * - `stored`: the key has a live record (its fingerprint, result, created_at, expires_at):
+ *   replay it. Nothing was written or locked.
+ * - `busy`: another transaction holds the key's advisory lock (a call running the operation, or
+ *   one replacing an expired record): roll back, wait outside any transaction, poll.
+ * - `claimed`: this transaction took the key's lock and inserted the key row (or replaced an
+ *   expired one); `created_at`, `expires_at`, and `xact`, the transaction's id, with which the
+ *   outcome of a failed COMMIT can be looked up later (`transactionStatus`).
  *
- * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms, $5 lock_timeout (e.g. '2000ms').
+ * and no row in a narrow race (the record committed between this statement's snapshot and its
+ * lock): roll back and claim again. `db_now` is the database's clock, for the in-process cache.
+ *
+ * The only row lock the insert can wait for is held by someone who does not take the key's
+ * advisory lock: the cleanup's batch DELETE of expired rows (one batch, milliseconds), or a manual
+ * change of the row.
+ *
+ * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms.
  */
 export const claimKey = `
-WITH previous AS MATERIALIZED (
-  SELECT current_setting('lock_timeout') AS lock_timeout
-), bounded AS MATERIALIZED (
-  SELECT set_config('lock_timeout', $5::text, true) FROM previous
+WITH live AS MATERIALIZED (${liveRecord}
+), lock AS MATERIALIZED (
+  SELECT pg_try_advisory_xact_lock(${keyLock}) AS taken WHERE NOT EXISTS (SELECT FROM live)
 ), claimed AS (
   INSERT INTO ${IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
   SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
-  FROM bounded
+  FROM lock WHERE lock.taken
   ON CONFLICT (scope, key) DO UPDATE
     SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
     WHERE k.expires_at <= now()
   RETURNING k.created_at, k.expires_at
 )
-SELECT claimed.created_at, claimed.expires_at, set_config('lock_timeout', previous.lock_timeout, true) AS lock_timeout
-FROM claimed, previous`;
+SELECT 'stored' AS state, fingerprint, result, created_at, expires_at, now() AS db_now, NULL::text AS xact FROM live
+UNION ALL
+SELECT 'busy', NULL, NULL, NULL, NULL, now(), NULL FROM lock WHERE NOT lock.taken
+UNION ALL
+SELECT 'claimed', NULL, NULL, created_at, expires_at, now(), pg_current_xact_id()::text FROM claimed`;
+
+/**
+ * Where a key that was busy stands now, in one statement outside any transaction: its live
+ * record if one is committed (`free` is then null), else whether its advisory lock is free at
+ * this instant (taken and, the statement being its own transaction, released at once). $1 scope,
+ * $2 key.
+ */
+export const pollKey = `
+WITH live AS MATERIALIZED (${liveRecord}
+)
+SELECT live.fingerprint, live.result, live.created_at, live.expires_at, now() AS db_now,
+  (SELECT pg_try_advisory_xact_lock(${keyLock}) WHERE NOT EXISTS (SELECT FROM live)) AS free
+FROM (SELECT) AS one LEFT JOIN live ON true`;
 
 /** Stores the encoded result on the claimed row. $1 scope, $2 key, $3 encoded result. */
 export const saveResult = `
 UPDATE ${IDEMPOTENCY_TABLE} SET result = $3::text WHERE scope = $1::text AND key = $2::text`;
+
+/**
+ * Whether the transaction that claimed a key committed, after its COMMIT failed without an answer
+ * (PostgreSQL's `pg_xact_status`: `committed`, `aborted` or `in progress`), and whether the row it
+ * wrote is still there, so that a transaction id reused after a failover is not mistaken for it.
+ * $1 transaction id (xid8 as text), $2 scope, $3 key, $4 created_at of the claim.
+ */
+export const transactionStatus = `
+SELECT pg_xact_status($1::xid8) AS status, EXISTS (
+  SELECT FROM ${IDEMPOTENCY_TABLE} WHERE scope = $2::text AND key = $3::text AND created_at = $4::timestamptz
+) AS row_exists`;
 
 /**
  * Deletes one batch of expired keys and returns how many went. Rows that live traffic holds
