@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { Codec, type CustomType } from "./codec.js";
 import { toMilliseconds, type Duration } from "./duration.js";
 import {
@@ -132,17 +133,13 @@ const DEFAULT_CACHE_AGE = "1m";
  */
 const pollDelay = backoffPolicy({ initial: 4, max: 50 });
 
-/** What one transaction attempt found. */
+/** What one transaction attempt did: ran the operation and committed, or found the key taken. */
 type Attempt<T> =
   | { readonly kind: "ran"; readonly outcome: IdempotencyOutcome<T>; readonly record: StoredRecord }
-  | { readonly kind: "stored"; readonly record: StoredRecord }
-  | { readonly kind: "busy" }
-  | { readonly kind: "again" };
+  | { readonly kind: "taken" };
 
-/** Thrown inside the transaction to roll it back with what the claim found. */
-class RollBack {
-  constructor(readonly attempt: Attempt<never>) {}
-}
+/** Thrown inside the transaction to roll it back when the claim finds the key taken. */
+class KeyTaken {}
 
 /** Everything one call needs, fixed once its arguments are checked. */
 interface Call<Tx, TxOptions, T> {
@@ -155,6 +152,9 @@ interface Call<Tx, TxOptions, T> {
   /** `Date.now()` when the call started, and the latest moment it may still be waiting. */
   readonly startedAt: number;
   readonly deadline: number;
+  readonly lockTimeoutMs: number;
+  /** The key's advisory lock id, see {@link keyLockId}. */
+  readonly lockId: string;
 }
 
 /** Concurrent calls on one (scope, key) in this process share one attempt: the first one's. */
@@ -231,6 +231,8 @@ export function createIdempotency<Tx, TxOptions>(
       transactionOptions: options.transaction ?? defaults.transaction,
       startedAt,
       deadline: startedAt + lockTimeoutMs,
+      lockTimeoutMs,
+      lockId: keyLockId(scope, key),
     };
     const id = cacheId(call);
     for (;;) {
@@ -251,24 +253,20 @@ export function createIdempotency<Tx, TxOptions>(
     flights.set(id, { done: new Promise((resolve) => (end = resolve)) });
     let record: StoredRecord | undefined;
     try {
+      const polls = { count: 0 };
       for (;;) {
         const attempt = await attemptOnce(call);
         if (attempt.kind === "ran") {
           record = attempt.record;
           return attempt.outcome;
         }
-        if (attempt.kind === "stored") {
-          record = attempt.record;
+        // Taken: by a live record (a replay, found by the first poll, at once) or by a call in
+        // another process (polled until it ends). Free again without a record: claim again.
+        const polled = await pollUntilDone(call, polls);
+        if (polled) {
+          record = polled;
           return replay(call, record);
         }
-        if (attempt.kind === "busy") {
-          const polled = await pollUntilDone(call);
-          if (polled) {
-            record = polled;
-            return replay(call, record);
-          }
-        }
-        if (Date.now() >= call.deadline) throw inUse(call);
       }
     } finally {
       flights.delete(id);
@@ -296,27 +294,25 @@ export function createIdempotency<Tx, TxOptions>(
     try {
       await db.transaction(async (tx, inTransaction) => {
         began = true;
-        const claimArgs = [scope, key, call.fingerprint, call.retentionMs];
         let rows: Row[];
         try {
-          rows = await withSchemaCheck(inTransaction.query(sql.claimKey, claimArgs));
+          rows = await withSchemaCheck(
+            inTransaction.query(sql.claimKey, [scope, key, call.fingerprint, call.retentionMs, call.lockId]),
+          );
         } catch (error) {
           // Under REPEATABLE READ or SERIALIZABLE, a record committed after this transaction's
-          // snapshot is a serialization failure: roll back, the next attempt sees it.
-          if (sqlStateOf(error) === SqlState.serializationFailure) throw new RollBack({ kind: "again" });
+          // snapshot is a serialization failure: the key is taken.
+          if (sqlStateOf(error) === SqlState.serializationFailure) throw new KeyTaken();
           throw classified(error, call, "claim");
         }
-        const answeredAt = performance.now();
         const row = rows[0];
-        if (!row) throw new RollBack({ kind: "again" });
-        if (row.state === "stored") throw new RollBack({ kind: "stored", record: fromDatabase(call, row, answeredAt) });
-        if (row.state === "busy") throw new RollBack({ kind: "busy" });
+        if (!row) throw new KeyTaken();
         claimed = {
           firstSeenAt: toDate(row.created_at),
           expiresAt: toDate(row.expires_at),
           xact: String(row.xact),
           databaseNow: toDate(row.db_now),
-          answeredAt,
+          answeredAt: performance.now(),
         };
         const value = await call.operation(tx);
         const encoded = codec.encode(value, "result");
@@ -329,7 +325,7 @@ export function createIdempotency<Tx, TxOptions>(
       }, call.transactionOptions);
       return ran();
     } catch (error) {
-      if (error instanceof RollBack) return error.attempt;
+      if (error instanceof KeyTaken) return { kind: "taken" };
       if (!began) throw classified(error, call, "begin", "unavailable");
       if (!produced || error instanceof TxonceError) throw error;
       // The operation ran and its result was saved: the failure is COMMIT's.
@@ -344,13 +340,13 @@ export function createIdempotency<Tx, TxOptions>(
 
   /**
    * After a COMMIT that got no answer: asks the database, on another connection, whether the
-   * transaction committed. `unknown` when it cannot say for sure before the call's deadline.
+   * transaction committed. `unknown` when it cannot say for sure within `lockTimeout`.
    */
   async function commitOutcome(
     call: Call<Tx, TxOptions, unknown>,
     claimed: { firstSeenAt: Date; xact: string },
   ): Promise<"committed" | "aborted" | "unknown"> {
-    const deadline = Math.max(call.deadline, Date.now() + 1000);
+    const deadline = Date.now() + call.lockTimeoutMs;
     for (let attempt = 1; ; attempt++) {
       let row: Row | undefined;
       try {
@@ -368,18 +364,23 @@ export function createIdempotency<Tx, TxOptions>(
   }
 
   /**
-   * Waits, holding no connection, while another process holds the key: polls until its record
-   * is committed (returned), or its lock is free without a record (`undefined`: that attempt
-   * rolled back, claim again), or the call's deadline passes ({@link IdempotencyKeyInUseError}).
+   * Finds out, holding no connection, what holds a taken key: returns its live record as soon as
+   * one is committed, or `undefined` when its lock is free without one (that attempt rolled back:
+   * claim again). Polls with backoff while another process holds the lock, until the call's
+   * deadline ({@link IdempotencyKeyInUseError}). The first poll of a call is immediate (a key is
+   * most often taken by a completed record); `polls` counts on across the call's claims.
    */
-  async function pollUntilDone(call: Call<Tx, TxOptions, unknown>): Promise<StoredRecord | undefined> {
-    for (let poll = 1; ; poll++) {
-      const left = call.deadline - Date.now();
-      if (left <= 0) throw inUse(call);
-      await sleep(Math.min(pollDelay(poll), left));
+  async function pollUntilDone(call: Call<Tx, TxOptions, unknown>, polls: { count: number }): Promise<StoredRecord | undefined> {
+    for (;;) {
+      const poll = polls.count++;
+      if (poll > 0) {
+        const left = call.deadline - Date.now();
+        if (left <= 0) throw inUse(call);
+        await sleep(Math.min(pollDelay(poll), left));
+      }
       let rows: Row[];
       try {
-        rows = await withSchemaCheck(db.query(sql.pollKey, [call.scope, call.key]));
+        rows = await withSchemaCheck(db.query(sql.pollKey, [call.scope, call.key, call.lockId]));
       } catch (error) {
         throw classified(error, call, "poll", "unavailable");
       }
@@ -490,6 +491,18 @@ function classified(
 }
 
 const toDate = (value: unknown) => new Date(value as Date | string);
+
+/**
+ * The id of the transaction-level advisory lock that a claim of (scope, key) takes: the first 64
+ * bits of a SHA-256 of the pair, the scope's length first so that no two pairs encode alike,
+ * under a prefix of txonce's keys (the outbox's locks hash `txonce.outbox:` keys). Computed here
+ * rather than in SQL to keep the claim statement cheap to parse. A collision with another lock
+ * only makes a call wait for a call it did not need to wait for.
+ */
+function keyLockId(scope: string, key: string): string {
+  const digest = createHash("sha256").update(`txonce.key:${scope.length}:${scope}${key}`).digest();
+  return digest.readBigInt64BE(0).toString();
+}
 
 /** Names a (scope, key) pair unambiguously: neither may contain NUL (see checkIdentifier). */
 const cacheId = (call: { scope: string; key: string }) => `${call.scope}\u0000${call.key}`;

@@ -9,74 +9,50 @@
 export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
 
 /**
- * The advisory lock of one (scope, key), for the transaction (or the single statement, outside a
- * transaction) that takes it: a 64-bit hash of the pair, the scope's length first so that no two
- * pairs encode alike, under a prefix of its own (the outbox's locks use `txonce.outbox:`).
- * A collision with another key only makes a call wait for a call it did not need to wait for.
- * $1 scope, $2 key.
- */
-const keyLock = `hashtextextended('txonce.key:' || length($1::text) || ':' || $1::text || $2::text, 0)`;
-
-/**
- * The key's live record, if one is committed: a row only becomes visible when the transaction
- * that claimed it commits, and that transaction writes the result before it commits, so a
- * visible live row always holds a result. $1 scope, $2 key.
- */
-const liveRecord = `
-  SELECT fingerprint, result, created_at, expires_at FROM ${IDEMPOTENCY_TABLE}
-  WHERE scope = $1::text AND key = $2::text AND expires_at > now()`;
-
-/**
  * Claims a key: the first statement of the idempotent transaction, and the only one it needs
- * before the operation. It never waits for another call. Returns one row whose `state` is
- *
- * - `stored`: the key has a live record (its fingerprint, result, created_at, expires_at):
- *   replay it. Nothing was written or locked.
- * - `busy`: another transaction holds the key's advisory lock (a call running the operation, or
- *   one replacing an expired record): roll back, wait outside any transaction, poll.
- * - `claimed`: this transaction took the key's lock and inserted the key row (or replaced an
- *   expired one); `created_at`, `expires_at`, and `xact`, the transaction's id, with which the
- *   outcome of a failed COMMIT can be looked up later (`transactionStatus`).
- *
- * and no row in a narrow race (the record committed between this statement's snapshot and its
- * lock): roll back and claim again. `db_now` is the database's clock, for the in-process cache.
+ * before the operation. It never waits for another call: it takes the key's transaction-level
+ * advisory lock only if it is free at once, and only then inserts the key row, or replaces an
+ * expired one. Returns the row's `created_at` and `expires_at`, with `xact`, the transaction's
+ * id, with which the outcome of a COMMIT that got no answer can be looked up afterwards
+ * ({@link transactionStatus}). Returns no row when the key is taken: another transaction holds its
+ * lock (a call running the operation, or one replacing an expired record), or a live record
+ * exists; the caller rolls back and asks {@link pollKey} which, outside any transaction.
  *
  * The only row lock the insert can wait for is held by someone who does not take the key's
- * advisory lock: the cleanup's batch DELETE of expired rows (one batch, milliseconds), or a manual
- * change of the row.
+ * advisory lock: the cleanup's batch DELETE of expired rows (one batch, milliseconds), or a
+ * change of the row by hand.
  *
- * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms.
+ * Kept to one plain INSERT on purpose: parsing and planning dominate this statement's server
+ * time (bench/claim-sql.ts: a version that also returned the live record in the same statement,
+ * through CTEs and a UNION, cost about three times the server CPU).
+ *
+ * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms, $5 the key's advisory lock
+ * id (a bigint, see `keyLockId` in idempotency.ts).
  */
 export const claimKey = `
-WITH live AS MATERIALIZED (${liveRecord}
-), lock AS MATERIALIZED (
-  SELECT pg_try_advisory_xact_lock(${keyLock}) AS taken WHERE NOT EXISTS (SELECT FROM live)
-), claimed AS (
-  INSERT INTO ${IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
-  SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
-  FROM lock WHERE lock.taken
-  ON CONFLICT (scope, key) DO UPDATE
-    SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
-    WHERE k.expires_at <= now()
-  RETURNING k.created_at, k.expires_at
-)
-SELECT 'stored' AS state, fingerprint, result, created_at, expires_at, now() AS db_now, NULL::text AS xact FROM live
-UNION ALL
-SELECT 'busy', NULL, NULL, NULL, NULL, now(), NULL FROM lock WHERE NOT lock.taken
-UNION ALL
-SELECT 'claimed', NULL, NULL, created_at, expires_at, now(), pg_current_xact_id()::text FROM claimed`;
+INSERT INTO ${IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
+SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
+WHERE pg_try_advisory_xact_lock($5::bigint)
+ON CONFLICT (scope, key) DO UPDATE
+  SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
+  WHERE k.expires_at <= now()
+RETURNING k.created_at, k.expires_at, now() AS db_now, pg_current_xact_id()::text AS xact`;
 
 /**
- * Where a key that was busy stands now, in one statement outside any transaction: its live
- * record if one is committed (`free` is then null), else whether its advisory lock is free at
- * this instant (taken and, the statement being its own transaction, released at once). $1 scope,
- * $2 key.
+ * Where a taken key stands, in one statement outside any transaction: its live record if one is
+ * committed (`free` is then null), else whether its advisory lock is free at this instant (taken
+ * and, the statement being its own transaction, released at once). A row only becomes visible
+ * when the transaction that claimed it commits, and that transaction writes the result before it
+ * commits, so a visible live row always holds a result. `db_now` is the database's clock, for
+ * the in-process cache. $1 scope, $2 key, $3 the key's advisory lock id.
  */
 export const pollKey = `
-WITH live AS MATERIALIZED (${liveRecord}
+WITH live AS MATERIALIZED (
+  SELECT fingerprint, result, created_at, expires_at FROM ${IDEMPOTENCY_TABLE}
+  WHERE scope = $1::text AND key = $2::text AND expires_at > now()
 )
 SELECT live.fingerprint, live.result, live.created_at, live.expires_at, now() AS db_now,
-  (SELECT pg_try_advisory_xact_lock(${keyLock}) WHERE NOT EXISTS (SELECT FROM live)) AS free
+  (SELECT pg_try_advisory_xact_lock($3::bigint) WHERE NOT EXISTS (SELECT FROM live)) AS free
 FROM (SELECT) AS one LEFT JOIN live ON true`;
 
 /** Stores the encoded result on the claimed row. $1 scope, $2 key, $3 encoded result. */
