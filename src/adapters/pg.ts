@@ -10,6 +10,9 @@ import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } fr
 export interface PgClientLike {
   query(text: string, values?: unknown[]): Promise<{ rows: any[] }>;
   release(error?: Error | boolean): void;
+  /** Listens for the connection's errors while the transaction holds it (pg's `EventEmitter`). */
+  on?(event: "error", listener: (error: Error) => void): unknown;
+  removeListener?(event: "error", listener: (error: Error) => void): unknown;
 }
 
 /** The subset of a pg `Pool` that txonce uses. */
@@ -47,6 +50,13 @@ export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>):
     async transaction(work, options) {
       const client = await pool.connect();
       let broken: Error | undefined;
+      // A connection that fails between statements (the backend terminated, the socket cut)
+      // emits "error" on the client; unheard, that would crash the process. Heard, the next
+      // statement rejects, and the client is released as broken so the pool discards it.
+      const onError = (error: Error) => {
+        broken = error;
+      };
+      client.on?.("error", onError);
       try {
         await client.query(options?.isolationLevel ? `BEGIN ISOLATION LEVEL ${isolation(options.isolationLevel)}` : "BEGIN");
         try {
@@ -60,6 +70,7 @@ export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>):
           throw error;
         }
       } finally {
+        client.removeListener?.("error", onError);
         client.release(broken);
       }
     },
