@@ -200,7 +200,7 @@ export function createIdempotency<Tx, TxOptions>(
     // Code points never outnumber UTF-16 units: count them only when the units exceed the limit.
     const length = value.length > maxKeyLength ? codePointCount(value) : value.length;
     if (length > maxKeyLength) {
-      throw new InvalidArgumentError(argument, `is ${length} characters (Unicode code points) long, the limit is ${maxKeyLength}`);
+      throw new InvalidArgumentError(argument, `is ${length} characters long, the limit is ${maxKeyLength} (counted in Unicode code points)`);
     }
     if (value.includes("\u0000")) throw new InvalidArgumentError(argument, "must not contain NUL characters");
     return value;

@@ -469,7 +469,7 @@ describe("bad input is refused before anything is written", () => {
     expect(key.length).toBe(510);
     await expect(txonce(db.prisma).withIdempotency(key, async () => "ok", { scope: "emoji" })).resolves.toBe("ok");
     const error = await txonce(db.prisma).withIdempotency(thumbs.repeat(256), async () => 1).catch((e: unknown) => e);
-    expect(error).toMatchObject({ argument: "key", reason: "is 256 characters (Unicode code points) long, the limit is 255" });
+    expect(error).toMatchObject({ argument: "key", reason: "is 256 characters long, the limit is 255 (counted in Unicode code points)" });
     await expect(txonce(db.prisma, { maxKeyLength: 3 }).withIdempotency("é\u{1F44D}x", async () => 3, { scope: "é" })).resolves.toBe(3);
   });
 
