@@ -282,13 +282,14 @@ export function createIdempotency<Tx, TxOptions>(
   async function attemptOnce<T>(call: Call<Tx, TxOptions, T>): Promise<Attempt<T>> {
     const { scope, key } = call;
     let began = false;
-    let claimed: { firstSeenAt: Date; expiresAt: Date; xact: string; databaseNow: Date; answeredAt: number } | undefined;
+    let claimed: { firstSeenAt: Date; expiresAt: Date; xact: string; answeredAt: number } | undefined;
     let produced: { value: T; encoded: string } | undefined;
     /** The attempt committed: the caller's outcome, and the record for the cache and the calls waiting. */
     const ran = (): Attempt<T> => {
-      const { firstSeenAt, expiresAt, databaseNow, answeredAt } = claimed!;
+      const { firstSeenAt, expiresAt, answeredAt } = claimed!;
       const record: StoredRecord = { fingerprint: call.fingerprint, result: produced!.encoded, firstSeenAt, expiresAt };
-      cache?.set(cacheId(call), record, databaseNow, answeredAt);
+      // created_at is the claim's now(): the database's clock when it answered, or a little before.
+      cache?.set(cacheId(call), record, firstSeenAt, answeredAt);
       return { kind: "ran", outcome: { value: produced!.value, replayed: false, scope, key, firstSeenAt, expiresAt }, record };
     };
     try {
@@ -311,7 +312,6 @@ export function createIdempotency<Tx, TxOptions>(
           firstSeenAt: toDate(row.created_at),
           expiresAt: toDate(row.expires_at),
           xact: String(row.xact),
-          databaseNow: toDate(row.db_now),
           answeredAt: performance.now(),
         };
         const value = await call.operation(tx);

@@ -36,7 +36,7 @@ WHERE pg_try_advisory_xact_lock($5::bigint)
 ON CONFLICT (scope, key) DO UPDATE
   SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
   WHERE k.expires_at <= now()
-RETURNING k.created_at, k.expires_at, now() AS db_now, pg_current_xact_id()::text AS xact`;
+RETURNING k.created_at, k.expires_at, pg_current_xact_id()::text AS xact`;
 
 /**
  * Where a taken key stands, in one statement outside any transaction: its live record if one is
