@@ -1,6 +1,7 @@
 /**
  * What txonce's idempotency statements cost on the server, over plain pg (one connection, one call
- * at a time), next to the claim that waited on the row lock (before issue 8) and simpler SQL; the
+ * at a time), next to the claim that waited on the row lock (before issue 8), a claim that also
+ * returned the live record (the first design of issue 8, not shipped) and simpler SQL; the
  * WAL each path writes, with the table's default fillfactor and with a lower one (does the result
  * UPDATE stay HOT?); and what EXPLAIN ANALYZE says about the claim. A side measurement for
  * docs/benchmarks.md:
@@ -10,6 +11,7 @@
  * Knobs: CLAIM_SQL_CALLS (per statement, default 3000), CLAIM_SQL_ROUNDS (interleaved rounds, 3).
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import pg from "pg";
 import * as sql from "../src/sql/postgres.js";
 import { schemaSql } from "../src/sql/schema.js";
@@ -40,6 +42,30 @@ WITH previous AS MATERIALIZED (
 )
 SELECT claimed.created_at, claimed.expires_at, set_config('lock_timeout', previous.lock_timeout, true) AS lock_timeout
 FROM claimed, previous`;
+/**
+ * The first design of the new claim (not shipped): it also returned the key's live record, or
+ * "busy", in the same statement, through CTEs and a UNION. $5 is the lock id here too.
+ */
+const claimReturningRecord = `
+WITH live AS MATERIALIZED (
+  SELECT fingerprint, result, created_at, expires_at FROM ${sql.IDEMPOTENCY_TABLE}
+  WHERE scope = $1::text AND key = $2::text AND expires_at > now()
+), lock AS MATERIALIZED (
+  SELECT pg_try_advisory_xact_lock($5::bigint) AS taken WHERE NOT EXISTS (SELECT FROM live)
+), claimed AS (
+  INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
+  SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
+  FROM lock WHERE lock.taken
+  ON CONFLICT (scope, key) DO UPDATE
+    SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
+    WHERE k.expires_at <= now()
+  RETURNING k.created_at, k.expires_at
+)
+SELECT 'stored' AS state, fingerprint, result, created_at, expires_at, now() AS db_now, NULL::text AS xact FROM live
+UNION ALL
+SELECT 'busy', NULL, NULL, NULL, NULL, now(), NULL FROM lock WHERE NOT lock.taken
+UNION ALL
+SELECT 'claimed', NULL, NULL, created_at, expires_at, now(), pg_current_xact_id()::text FROM claimed`;
 const plainUpsert = `
 INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
 VALUES ($1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond')
@@ -63,12 +89,24 @@ try {
 
   let tag = 0;
   const k = (p: string, i: number) => `${p}${tag}.${i}`;
+  /** A lock id per key (any bigint will do here; the core hashes the scope and key). */
+  const lockId = (key: string) => String(BigInt.asIntN(64, BigInt("0x" + Buffer.from(key).toString("hex").slice(-15))));
+  // The backend's CPU time, from /proc (when the server runs on this machine and it is readable).
+  const pid = (await c.query<{ p: number }>("SELECT pg_backend_pid() AS p")).rows[0]!.p;
+  const serverTicks = () => {
+    try {
+      const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+      return Number(fields[11]) + Number(fields[12]);
+    } catch {
+      return undefined;
+    }
+  };
   const tx = async (q: () => Promise<unknown>, end = "COMMIT") => {
     await c.query("BEGIN");
     await q();
     await c.query(end);
   };
-  const claim = (key: string) => c.query(sql.claimKey, ["", key, null, RETENTION]);
+  const claim = (key: string) => c.query(sql.claimKey, ["", key, null, RETENTION, lockId(key)]);
   // Keys that are completed, for the replay paths.
   for (let i = 0; i < 1000; i++) await tx(async () => { await claim(`done.${i}`); await c.query(sql.saveResult, ["", `done.${i}`, RESULT]); });
 
@@ -79,32 +117,41 @@ try {
     ["tx: plain upsert (no lock, no live record)", (i) => tx(() => c.query(plainUpsert, ["", k("u", i), null, RETENTION]), "ROLLBACK")],
     ["tx: claimKey, new key", (i) => tx(() => claim(k("a", i)), "ROLLBACK")],
     ["tx: claimKey, named (prepared) statement", (i) =>
-      tx(() => c.query({ name: "claim", text: sql.claimKey, values: ["", k("p", i), null, RETENTION] }), "ROLLBACK")],
+      tx(() => c.query({ name: "claim", text: sql.claimKey, values: ["", k("p", i), null, RETENTION, lockId(k("p", i))] }), "ROLLBACK")],
+    ["tx: claim returning the live record (CTEs, UNION; not shipped)", (i) =>
+      tx(() => c.query(claimReturningRecord, ["", k("r", i), null, RETENTION, lockId(k("r", i))]), "ROLLBACK")],
+    ["tx: the same, named (prepared) statement", (i) =>
+      tx(() => c.query({ name: "claimr", text: claimReturningRecord, values: ["", k("n", i), null, RETENTION, lockId(k("n", i))] }), "ROLLBACK")],
     ["tx: claimKey, saveResult", (i) => tx(async () => { await claim(k("s", i)); await c.query(sql.saveResult, ["", k("s", i), RESULT]); }, "ROLLBACK")],
     ["tx: claimKey on a completed key (cold replay)", (i) => tx(() => claim(`done.${i % 1000}`), "ROLLBACK")],
     ["tx: first execution, committed (claimKey, saveResult, COMMIT)", (i) => tx(async () => { await claim(k("f", i)); await c.query(sql.saveResult, ["", k("f", i), RESULT]); })],
     ["findLiveRecord (no tx; the replay before issue 8)", (i) => c.query(findLive, ["", `done.${i % 1000}`])],
-    ["pollKey, completed key (no tx)", (i) => c.query(sql.pollKey, ["", `done.${i % 1000}`])],
-    ["pollKey, unknown key (no tx)", (i) => c.query(sql.pollKey, ["", k("none", i)])],
+    ["pollKey, completed key (no tx)", (i) => c.query(sql.pollKey, ["", `done.${i % 1000}`, lockId(`done.${i % 1000}`)])],
+    ["pollKey, unknown key (no tx)", (i) => c.query(sql.pollKey, ["", k("none", i), lockId(k("none", i))])],
   ];
   const timings = new Map<string, number[]>();
+  const cpu = new Map<string, number[]>();
   for (let round = 0; round < ROUNDS; round++) {
     for (const [label, f] of rows) {
       tag++;
       for (let i = 0; i < 200; i++) await f(-i - 1);
+      const ticks0 = serverTicks();
       const t0 = performance.now();
       for (let i = 0; i < CALLS; i++) await f(i);
       timings.set(label, [...(timings.get(label) ?? []), ((performance.now() - t0) / CALLS) * 1000]);
+      const ticks1 = serverTicks();
+      // Linux counts CPU time in ticks of 10 ms (USER_HZ 100).
+      if (ticks0 !== undefined && ticks1 !== undefined) cpu.set(label, [...(cpu.get(label) ?? []), ((ticks1 - ticks0) * 10_000) / CALLS]);
     }
   }
   log();
-  log("Server round trip per call, plain pg, one connection (µs, median of rounds):");
-  table(["call", "µs"], rows.map(([label]) => [label, fmt(median(timings.get(label)!))]));
+  log("Per call, plain pg, one connection (µs, median of rounds): round trip, and the backend's CPU time (/proc)");
+  table(["call", "wall µs", "server CPU µs"], rows.map(([label]) => [label, fmt(median(timings.get(label)!)), cpu.has(label) ? fmt(median(cpu.get(label)!)) : "-"]));
 
   log();
   log("EXPLAIN ANALYZE of claimKey (new key, then a completed key), 20 runs each, median ms:");
   const explainOf = async (key: string) => {
-    const plan = await c.query(`EXPLAIN (ANALYZE, TIMING OFF) ${sql.claimKey}`, ["", key, null, RETENTION]);
+    const plan = await c.query(`EXPLAIN (ANALYZE, TIMING OFF) ${sql.claimKey}`, ["", key, null, RETENTION, lockId(key)]);
     const text = plan.rows.map((r) => r["QUERY PLAN"] as string).join("\n");
     return { planning: Number(/Planning Time: ([\d.]+)/.exec(text)?.[1]), execution: Number(/Execution Time: ([\d.]+)/.exec(text)?.[1]) };
   };
@@ -119,7 +166,7 @@ try {
   }
 
   log();
-  log("WAL bytes per first execution (claimKey + saveResult, COMMIT), and HOT updates, by fillfactor:");
+  log("WAL bytes per first execution (claimKey + saveResult, COMMIT, no business row), and HOT updates, by fillfactor:");
   const walRows: string[][] = [];
   for (const [fillfactor, result] of [100, 90, 80].flatMap((f) => [[f, RESULT], [f, "x".repeat(1500)]] as const)) {
     await c.query(`ALTER TABLE ${sql.IDEMPOTENCY_TABLE} SET (fillfactor = ${fillfactor})`);
@@ -129,21 +176,24 @@ try {
       `SELECT n_tup_upd AS upd, n_tup_hot_upd AS hot FROM pg_stat_user_tables WHERE relname = $1`, [sql.IDEMPOTENCY_TABLE])).rows[0]!;
     await c.query("SELECT pg_stat_clear_snapshot()");
     const before = await stats();
-    const lsn0 = (await c.query<{ l: string }>("SELECT pg_current_wal_insert_lsn() AS l")).rows[0]!.l;
-    const n = 5000;
+    const n = 2000;
     tag++;
-    for (let i = 0; i < n; i++) await tx(async () => { await claim(k("wal", i)); await c.query(sql.saveResult, ["", k("wal", i), result]); });
-    const wal = Number((await c.query<{ b: string }>("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1) AS b", [lsn0])).rows[0]!.b);
+    const wal: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const lsn0 = (await c.query<{ l: string }>("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0]!.l;
+      await tx(async () => { await claim(k("wal", i)); await c.query(sql.saveResult, ["", k("wal", i), result]); });
+      wal.push(Number((await c.query<{ b: string }>("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn) AS b", [lsn0])).rows[0]!.b));
+    }
     // The statistics collector lags: wait for the counters of this backend to be flushed.
     await new Promise((r) => setTimeout(r, 1500));
     await c.query("SELECT pg_stat_clear_snapshot()");
     const after = await stats();
     const updates = Number(after.upd) - Number(before.upd);
     const hot = Number(after.hot) - Number(before.hot);
-    walRows.push([String(fillfactor), String(result.length), fmt(wal / n), `${fmt((100 * hot) / Math.max(1, updates))}%`]);
+    walRows.push([String(fillfactor), String(result.length), fmt(Math.min(...wal)), fmt(median(wal)), `${fmt((100 * hot) / Math.max(1, updates))}%`]);
   }
-  table(["fillfactor", "result chars", "WAL bytes/call", "HOT updates"], walRows);
-  log("(pg_current_wal_insert_lsn over 5000 calls, one connection, after TRUNCATE and CHECKPOINT)");
+  table(["fillfactor", "result chars", "WAL bytes/call min", "median", "HOT updates"], walRows);
+  log("(2000 calls after TRUNCATE and CHECKPOINT; WAL is the whole server's, so the least per-call difference is the call's own)");
   log(`load average after: ${loadavg()}`);
 } finally {
   await c.end();
