@@ -119,17 +119,16 @@ export interface Idempotency<Tx, TxOptions = unknown> {
   readonly codec: Codec;
 }
 
-
 const DEFAULT_RETENTION = "48h";
 const DEFAULT_LOCK_TIMEOUT = "2s";
 const DEFAULT_MAX_KEY_LENGTH = 255;
 const DEFAULT_CACHE_BYTES = 4 * 1024 * 1024;
 const DEFAULT_CACHE_AGE = "1m";
 /**
- * Polls of a key that another process holds: the first after ~2-4 ms, doubling up to 25-50 ms
+ * Polls of a key that another process holds: the first after 2-4 ms, doubling up to 25-50 ms
  * (uniform jitter in [d/2, d]). One poller per key per process (the others share its attempt),
- * so a hot key costs at most ~40 single-row queries per second per process, and a waiter learns
- * of the commit within ~50 ms. See docs/benchmarks.md for the wake-up latency measured.
+ * so a hot key costs ~30 one-row queries per second per process, and a waiter learns of the
+ * commit ~20 ms after it (p50; p95 ~45 ms): docs/benchmarks.md, "Waiting for another process".
  */
 const pollDelay = backoffPolicy({ initial: 4, max: 50 });
 
@@ -152,6 +151,7 @@ interface Call<Tx, TxOptions, T> {
   /** `Date.now()` when the call started, and the latest moment it may still be waiting. */
   readonly startedAt: number;
   readonly deadline: number;
+  /** Also bounds the look-up of a COMMIT that got no answer. */
   readonly lockTimeoutMs: number;
   /** The key's advisory lock id, see {@link keyLockId}. */
   readonly lockId: string;
