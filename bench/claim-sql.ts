@@ -116,6 +116,7 @@ try {
     ["tx: claim as before issue 8 (lock_timeout CTEs)", (i) => tx(() => c.query(waitingClaim, ["", k("w", i), null, RETENTION, "2000ms"]), "ROLLBACK")],
     ["tx: plain upsert (no lock, no live record)", (i) => tx(() => c.query(plainUpsert, ["", k("u", i), null, RETENTION]), "ROLLBACK")],
     ["tx: claimKey, new key", (i) => tx(() => claim(k("a", i)), "ROLLBACK")],
+    ["tx: claimExpiredKey, new key", (i) => tx(() => c.query(sql.claimExpiredKey, ["", k("x", i), null, RETENTION, lockId(k("x", i))]), "ROLLBACK")],
     ["tx: claimKey, named (prepared) statement", (i) =>
       tx(() => c.query({ name: "claim", text: sql.claimKey, values: ["", k("p", i), null, RETENTION, lockId(k("p", i))] }), "ROLLBACK")],
     ["tx: claim returning the live record (CTEs, UNION; not shipped)", (i) =>

@@ -119,6 +119,7 @@ class CountingClient extends pg.Client {
 
 function shortSql(text: string): string {
   const t = text.replace(/\s+/g, " ").trim();
+  if (t.startsWith(`INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k`)) return "claimExpiredKey";
   if (t.startsWith(`INSERT INTO ${sql.IDEMPOTENCY_TABLE}`)) return "claimKey";
   if (t.startsWith("WITH live AS")) return "pollKey";
   if (t.startsWith(`UPDATE ${sql.IDEMPOTENCY_TABLE} SET result`)) return "saveResult";

@@ -254,14 +254,15 @@ export function createIdempotency<Tx, TxOptions>(
     let record: StoredRecord | undefined;
     try {
       const polls = { count: 0 };
-      for (;;) {
-        const attempt = await attemptOnce(call);
+      for (let replaceExpired = false; ; replaceExpired = true) {
+        const attempt = await attemptOnce(call, replaceExpired);
         if (attempt.kind === "ran") {
           record = attempt.record;
           return attempt.outcome;
         }
         // Taken: by a live record (a replay, found by the first poll, at once) or by a call in
-        // another process (polled until it ends). Free again without a record: claim again.
+        // another process (polled until it ends). Free without a live record: claim again, this
+        // time replacing the key's row if it has expired.
         const polled = await pollUntilDone(call, polls);
         if (polled) {
           record = polled;
@@ -279,7 +280,7 @@ export function createIdempotency<Tx, TxOptions>(
    * of the operation reach the caller unchanged; errors of txonce's own statements are
    * classified; a COMMIT that fails without an answer is looked up.
    */
-  async function attemptOnce<T>(call: Call<Tx, TxOptions, T>): Promise<Attempt<T>> {
+  async function attemptOnce<T>(call: Call<Tx, TxOptions, T>, replaceExpired: boolean): Promise<Attempt<T>> {
     const { scope, key } = call;
     let began = false;
     let claimed: { firstSeenAt: Date; expiresAt: Date; xact: string; answeredAt: number } | undefined;
@@ -298,7 +299,13 @@ export function createIdempotency<Tx, TxOptions>(
         let rows: Row[];
         try {
           rows = await withSchemaCheck(
-            inTransaction.query(sql.claimKey, [scope, key, call.fingerprint, call.retentionMs, call.lockId]),
+            inTransaction.query(replaceExpired ? sql.claimExpiredKey : sql.claimKey, [
+              scope,
+              key,
+              call.fingerprint,
+              call.retentionMs,
+              call.lockId,
+            ]),
           );
         } catch (error) {
           // Under REPEATABLE READ or SERIALIZABLE, a record committed after this transaction's

@@ -11,16 +11,18 @@ export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
 /**
  * Claims a key: the first statement of the idempotent transaction, and the only one it needs
  * before the operation. It never waits for another call: it takes the key's transaction-level
- * advisory lock only if it is free at once, and only then inserts the key row, or replaces an
- * expired one. Returns the row's `created_at` and `expires_at`, with `xact`, the transaction's
- * id, with which the outcome of a COMMIT that got no answer can be looked up afterwards
- * ({@link transactionStatus}). Returns no row when the key is taken: another transaction holds its
- * lock (a call running the operation, or one replacing an expired record), or a live record
- * exists; the caller rolls back and asks {@link pollKey} which, outside any transaction.
+ * advisory lock only if it is free at once, and only then inserts the key row. Returns the row's
+ * `created_at` and `expires_at`, with `xact`, the transaction's id, with which the outcome of a
+ * COMMIT that got no answer can be looked up afterwards ({@link transactionStatus}). Returns no
+ * row when the key is taken: another transaction holds its lock (a call running the operation,
+ * or one replacing an expired record), or a row exists; the caller rolls back and asks
+ * {@link pollKey} which, outside any transaction. A live record is left alone (no row lock, no
+ * transaction id, no WAL: a replay writes nothing); an expired one is replaced by
+ * {@link claimExpiredKey}, which the caller sends once the poll found no live record.
  *
- * The only row lock the insert can wait for is held by someone who does not take the key's
- * advisory lock: the cleanup's batch DELETE of expired rows (one batch, milliseconds), or a
- * change of the row by hand.
+ * The only lock the insert can wait for is held by someone who does not take the key's advisory
+ * lock: the cleanup's batch DELETE of expired rows (one batch, milliseconds), or a change of the
+ * row by hand.
  *
  * Kept to one plain INSERT on purpose: parsing and planning dominate this statement's server
  * time (bench/claim-sql.ts: a version that also returned the live record in the same statement,
@@ -30,6 +32,17 @@ export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
  * id (a bigint, see `keyLockId` in idempotency.ts).
  */
 export const claimKey = `
+INSERT INTO ${IDEMPOTENCY_TABLE} (scope, key, fingerprint, expires_at)
+SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
+WHERE pg_try_advisory_xact_lock($5::bigint)
+ON CONFLICT (scope, key) DO NOTHING
+RETURNING created_at, expires_at, pg_current_xact_id()::text AS xact`;
+
+/**
+ * {@link claimKey} that also replaces the key's row if it has expired (the conflicting row is
+ * locked, then replaced only if `expires_at` has passed). Same parameters and result.
+ */
+export const claimExpiredKey = `
 INSERT INTO ${IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
 SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
 WHERE pg_try_advisory_xact_lock($5::bigint)
