@@ -96,6 +96,30 @@ describe("one key, many callers at once", () => {
     expect(await countCharges(20.01)).toBe(1);
   });
 
+  test("calls in one process share one attempt; the others get the value decoded from what was stored, not the first call's object", async () => {
+    const { withIdempotencyOutcome } = txonce(replicas[0]!);
+    let runs = 0;
+    const outcomes = await Promise.all(
+      Array.from({ length: 30 }, () =>
+        withIdempotencyOutcome("shared-attempt", async () => {
+          runs++;
+          await sleep(200);
+          return { at: new Date("2026-01-01T00:00:00Z"), n: 10n, tags: new Set(["a"]) };
+        }),
+      ),
+    );
+    expect(runs).toBe(1);
+    const first = outcomes.find((o) => !o.replayed)!;
+    const others = outcomes.filter((o) => o.replayed);
+    expect(others).toHaveLength(29);
+    for (const o of others) {
+      expect(o.value).toStrictEqual(first.value);
+      expect(o.value).not.toBe(first.value);
+      expect(o).toMatchObject({ firstSeenAt: first.firstSeenAt, expiresAt: first.expiresAt });
+    }
+    expect(new Set(others.map((o) => o.value)).size).toBe(29);
+  });
+
   test.each([
     ["in one process (the calls share its attempt)", () => txonce(replicas[0]!)],
     ["across 4 replicas (the calls poll)", (i: number) => txonce(replicas[i % replicas.length]!)],
