@@ -136,6 +136,8 @@ const STEP: Record<IdempotencyStep, string> = {
  * call). This call committed nothing: retrying it with the same key is safe, and runs the
  * operation afresh unless another call has completed the key meanwhile. The original error is the
  * `cause`. Maps to HTTP 503 Service Unavailable. Match the subclasses, or this class for all.
+ * With `during: "commit"`, COMMIT got no answer and txonce looked up the transaction on another
+ * connection: it had rolled back (had it committed, the call would have returned its value).
  */
 export abstract class DatabaseUnavailableError extends TxonceError {
   constructor(
