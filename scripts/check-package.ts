@@ -269,7 +269,7 @@ try {
     const thrown = (f) => { try { f(); } catch (error) { return error; } throw new Error("did not throw"); };
     const fakePrisma = { $queryRawUnsafe: async () => [], $transaction: async (fn) => fn({}) };
     const fakePool = { query: async () => ({ rows: [] }), connect: async () => ({ query: async () => ({ rows: [] }), release() {} }) };
-    const fromPrisma = thrown(() => prisma.txonce(fakePrisma, { lockTimeout: "10s" }));
+    const fromPrisma = thrown(() => prisma.txonce(fakePrisma, { retention: "soon" }));
     const fromPg = thrown(() => pg.txonce(fakePool, { maxKeyLength: 0 }));
     const fromCore = thrown(() => core.createIdempotency({}, { maxKeyLength: -1 }));
     for (const [name, error] of Object.entries({ fromPrisma, fromPg, fromCore })) {

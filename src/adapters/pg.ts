@@ -12,6 +12,9 @@ export interface PgClientLike {
   release(error?: Error | boolean): void;
   /** In recent pg 8 releases: `"I"` idle, `"T"` in a transaction, `"E"` in a failed one (the outbox checks it). */
   getTransactionStatus?(): string | null;
+  /** Listens for the connection's errors while the transaction holds it (pg's `EventEmitter`). */
+  on?(event: "error", listener: (error: Error) => void): unknown;
+  removeListener?(event: "error", listener: (error: Error) => void): unknown;
 }
 
 /** The subset of a pg `Pool` that txonce uses. */
@@ -59,6 +62,13 @@ export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>):
     async transaction(work, options) {
       const client = await pool.connect();
       let broken: Error | undefined;
+      // A connection that fails between statements (the backend terminated, the socket cut)
+      // emits "error" on the client; unheard, that would crash the process. Heard, the next
+      // statement rejects, and the client is released as broken so the pool discards it.
+      const onError = (error: Error) => {
+        broken = error;
+      };
+      client.on?.("error", onError);
       try {
         await client.query(options?.isolationLevel ? `BEGIN ISOLATION LEVEL ${isolation(options.isolationLevel)}` : "BEGIN");
         try {
@@ -72,6 +82,7 @@ export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>):
           throw error;
         }
       } finally {
+        client.removeListener?.("error", onError);
         client.release(broken);
       }
     },

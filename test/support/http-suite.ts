@@ -212,7 +212,9 @@ export function httpSuite(framework: string, startServer: StartServer, traits: S
       ],
     });
     server = await startServer({
-      txonce: txonce(db.prisma, { lockTimeout: "4s", transaction: { maxWait: 10_000, timeout: 10_000 } }),
+      // No replay cache: a test below expires a record by changing expires_at in the database,
+      // which a process that kept the record in memory would not see (its copy expires by the clock).
+      txonce: txonce(db.prisma, { lockTimeout: "4s", transaction: { maxWait: 10_000, timeout: 10_000 }, replayCache: false }),
       // The authenticated account (here simply a header) owns the keys.
       defaults: { scope: (req: { headers: Record<string, unknown> }) => req.headers["x-account"] as string | undefined },
       routes,
