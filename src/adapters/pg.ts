@@ -5,6 +5,7 @@
 import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
+import { describeValue } from "./describe-value.js";
 
 /** The subset of a pg `PoolClient` that txonce uses. */
 export interface PgClientLike {
@@ -43,6 +44,13 @@ export interface PgTransactionOptions {
 
 /** A {@link Database} over a pg pool; the transaction handle is the checked-out client. */
 export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>): Database<Client, PgTransactionOptions> {
+  const shape = pool as Partial<PgPoolLike> & { release?: unknown };
+  if (typeof pool !== "object" || pool === null || typeof shape.connect !== "function" || typeof shape.query !== "function") {
+    throw new InvalidArgumentError("pool", `expected a pg Pool (new pg.Pool(...)), got ${describeValue(pool)}`);
+  }
+  if (typeof shape.release === "function") {
+    throw new InvalidArgumentError("pool", "expected a pg Pool (new pg.Pool(...)), got a client checked out of one: give txonce the pool, and join a transaction with withIdempotencyIn(client, ...)");
+  }
   const sqlFor = (client: Client): SqlExecutor => ({
     query: async (sql, params) => (await client.query(sql, params as unknown[])).rows as Row[],
   });
