@@ -1,6 +1,5 @@
 import { runCleanup, idempotencyKeysTable, type CleanupOptions, type CleanupResult } from "./cleanup/cleanup.js";
 import { scheduleCleanup, type CleanupSchedule, type ScheduleCleanupOptions } from "./cleanup/schedule.js";
-import { refusingEndedTransactions } from "./ended-transactions.js";
 import type { Database } from "./executor.js";
 import { createIdempotency, type Idempotency, type IdempotencyDefaults, type Operation } from "./idempotency.js";
 import { createOutbox, type Outbox, type OutboxOptions } from "./outbox/outbox.js";
@@ -40,11 +39,10 @@ export interface AdapterHooks<TxOptions> {
 
 /** Assembles txonce over a {@link Database}. Adapters call this; users call `txonce(...)`. */
 export function createTxonce<Tx, TxOptions>(
-  database: Database<Tx, TxOptions>,
+  db: Database<Tx, TxOptions>,
   options: TxonceOptions<TxOptions> = {},
   hooks: AdapterHooks<TxOptions> = {},
 ): Txonce<Tx, TxOptions> {
-  const db = refusingEndedTransactions(database);
   const { outbox: outboxOptions, ...idempotencyDefaults } = options;
   const idempotency = createIdempotency(db, idempotencyDefaults);
   const { outbox, prunable } = createOutbox(db, idempotency.codec, outboxOptions);

@@ -34,7 +34,7 @@ afterAll(async () => {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 let amountSeq = 0;
 /** A charge amount no other case uses, so that counting charges of an amount counts one case's. */
-const newAmount = () => 1 + ++amountSeq / 100;
+const newAmount = () => 100 + ++amountSeq;
 const charges = async (amount: number) =>
   (await db.pool.query("SELECT count(*)::int AS n FROM charges WHERE amount = $1", [amount])).rows[0].n as number;
 const keyRows = async (scope: string, key: string) =>
@@ -337,7 +337,11 @@ describe.each(adapterRows)("$name", (row) => {
       const deadline = Date.now() + 10_000;
       while (received.length < 2 && Date.now() < deadline) await sleep(20);
       await sleep(60);
-      expect(received.map((m) => m.payload)).toEqual([{ chargeId: charge.id, at: new Date(0) }, "in the library's own transaction"]);
+      // Messages without a common key are published in any order.
+      expect(received.map((m) => m.payload)).toHaveLength(2);
+      expect(received.map((m) => m.payload)).toEqual(
+        expect.arrayContaining([{ chargeId: charge.id, at: new Date(0) }, "in the library's own transaction"]),
+      );
     } finally {
       await relay.stop();
     }

@@ -11,6 +11,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { refusingEndedTransactions } from "./ended-transactions.js";
 
 /** Drizzle's `PgTransactionConfig`: what `db.transaction(fn, config)` takes. */
 export interface DrizzleTransactionOptions {
@@ -77,7 +78,7 @@ export function drizzleDatabase<Tx extends DrizzleTransactionLike>(
   const executorOf = (handle: DrizzleTransactionLike): SqlExecutor => ({
     query: async (text, params) => rowsOf(await unwrapped(handle.execute(toDrizzle(text, params)))),
   });
-  return {
+  return refusingEndedTransactions<Tx, DrizzleTransactionOptions>({
     query: executorOf(db).query,
     sqlFor: executorOf,
     outsideTransaction(tx) {
@@ -93,7 +94,7 @@ export function drizzleDatabase<Tx extends DrizzleTransactionLike>(
       return undefined;
     },
     transaction: (work, options) => db.transaction((tx) => work(tx, executorOf(tx)), options),
-  };
+  });
 }
 
 export type TxonceOptions = TxonceOptionsOver<DrizzleTransactionOptions>;

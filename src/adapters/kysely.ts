@@ -6,6 +6,7 @@
 import { CompiledQuery } from "kysely";
 import { InvalidArgumentError } from "../errors.js";
 import { describeValue } from "./describe-value.js";
+import { refusingEndedTransactions } from "./ended-transactions.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 
@@ -62,7 +63,7 @@ export function kyselyDatabase<Tx extends KyselyTransactionLike>(
     return { query: async (sql, params) => (await plain.executeQuery<Row>(CompiledQuery.raw(sql, [...params]))).rows };
   };
   const root = executorOf(db);
-  return {
+  return refusingEndedTransactions<Tx, KyselyTransactionOptions>({
     query: root.query,
     sqlFor: executorOf,
     outsideTransaction(tx) {
@@ -83,7 +84,7 @@ export function kyselyDatabase<Tx extends KyselyTransactionLike>(
       if (options?.accessMode !== undefined) builder = builder.setAccessMode(options.accessMode);
       return builder.execute((trx) => work(trx, executorOf(trx)));
     },
-  };
+  });
 }
 
 export type TxonceOptions = TxonceOptionsOver<KyselyTransactionOptions>;

@@ -7,6 +7,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { refusingEndedTransactions } from "./ended-transactions.js";
 
 /** The transaction modes `sql.begin(options, ...)` takes, as fields. */
 export interface PostgresTransactionOptions {
@@ -72,7 +73,7 @@ export function postgresDatabase<Tx extends PostgresTransactionLike>(sql: Postgr
   const executorOf = (handle: PostgresTransactionLike): SqlExecutor => ({
     query: async (text, params) => (await handle.unsafe(text, [...params])) as Row[],
   });
-  return {
+  return refusingEndedTransactions<Tx, PostgresTransactionOptions>({
     query: executorOf(sql).query,
     sqlFor: executorOf,
     outsideTransaction(tx) {
@@ -85,7 +86,7 @@ export function postgresDatabase<Tx extends PostgresTransactionLike>(sql: Postgr
     // postgres.js: txonce refuses the handles of the transactions it opened (createTxonce), but
     // cannot tell for one the application opened with sql.begin.
     transaction: async (work, options) => (await sql.begin(beginMode(options), (tx) => work(tx, executorOf(tx)))) as Awaited<ReturnType<typeof work>>,
-  };
+  });
 }
 
 export type TxonceOptions = TxonceOptionsOver<PostgresTransactionOptions>;

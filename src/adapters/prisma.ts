@@ -9,6 +9,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce as TxonceOver, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { refusingEndedTransactions } from "./ended-transactions.js";
 
 /** Prisma's interactive transaction options. */
 export interface PrismaTransactionOptions {
@@ -83,7 +84,7 @@ export function prismaDatabase<Client extends PrismaClientLike>(
     const raw: PrismaTransactionLike = tx;
     return { query: (sql, params) => raw.$queryRawUnsafe<Row[]>(sql, ...params) };
   };
-  return {
+  return refusingEndedTransactions({
     query: (sql, params) => primary.$queryRawUnsafe<Row[]>(sql, ...params),
     transaction: (work, options) => prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options),
     sqlFor,
@@ -94,7 +95,7 @@ export function prismaDatabase<Client extends PrismaClientLike>(
         ? "this is the root Prisma client, not a transaction client: pass the `tx` that withIdempotency or " +
           "prisma.$transaction(async (tx) => ...) gives you, so the message commits or rolls back with your change"
         : undefined,
-  };
+  });
 }
 
 export type TxonceOptions = TxonceOptionsOver<PrismaTransactionOptions>;

@@ -1,10 +1,13 @@
-import type { Database } from "./executor.js";
+import type { Database } from "../executor.js";
 
 /**
  * The database with one more refusal for {@link Database.outsideTransaction}: a handle of a
  * transaction that txonce opened and that has ended (a `tx` kept after `withIdempotency`
- * returned). Some drivers would run its statements outside any transaction (postgres.js), others
- * fail them; either way the outbox and `withIdempotencyIn` refuse it before anything is written.
+ * returned). For adapters whose client makes a new handle for every transaction and cannot say
+ * whether one has ended: postgres.js would run its statements outside any transaction, Prisma
+ * and Kysely fail them with errors of their own; either way the outbox and `withIdempotencyIn`
+ * refuse it before anything is sent. (Not for node-postgres, whose pool hands the same client
+ * object to many transactions: it asks the client instead.)
  */
 export function refusingEndedTransactions<Tx, TxOptions>(db: Database<Tx, TxOptions>): Database<Tx, TxOptions> {
   const ended = new WeakSet<object>();
