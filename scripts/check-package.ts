@@ -347,7 +347,7 @@ import { txonceExtension } from "txonce/prisma";
 interface Db { charges: { id: number } }
 const kysely = new Kysely<Db>({ dialect: new PostgresDialect({ pool }) });
 const fromKysely: Promise<number> = txonceKysely(kysely).withIdempotency("key", async (trx: Transaction<Db>) => 1);
-const fromDrizzle: Promise<number> = txonceDrizzle(drizzle({ client: pool })).withIdempotency("key", async (tx) => (tx.rollback ? 1 : 0));
+const fromDrizzle: Promise<number> = txonceDrizzle(drizzle({ client: pool })).withIdempotency("key", async (tx) => (typeof tx.rollback === "function" ? 1 : 0));
 const fromKnex: Promise<number> = txonceKnex(knexFactory({ client: "pg" })).withIdempotency("key", async (trx: Knex.Transaction) => 1);
 const fromTypeorm: Promise<number> = txonceTypeorm(new DataSource({ type: "postgres" })).withIdempotency("key", async (manager: EntityManager) => 1);
 const fromPostgres: Promise<number> = txoncePostgres(postgres()).withIdempotency("key", async (sql: postgres.TransactionSql) => 1);
