@@ -76,13 +76,19 @@ const POSTGRES_JS_CODES: Record<string, ConnectionFailure> = {
   CONNECT_TIMEOUT: "unavailable", // no connection within connect_timeout
 };
 
+/** Error classes of query builders that mean the pool had no connection for us (`error.name`). */
+const POOL_TIMEOUT_ERRORS: Record<string, ConnectionFailure> = {
+  KnexTimeoutError: "unavailable", // Knex: no connection from its pool within acquireConnectionTimeout
+};
+
 /**
  * Whether an error says the database connection failed, and how, from codes only (never the
  * message): SQLSTATE class 08 (connection exception) is `lost`; `57P01`/`57P02` (terminated by
  * an administrator, crash recovery) `terminated`; `57P03` (cannot connect now) and `53300` (too
  * many connections) `unavailable`; Prisma's `P1001`, `P1008`, `P1017`, `P2024`, `P2037`; the
  * `kind` of a Prisma driver adapter error (`ConnectionClosed`, ...); a socket error's `code`
- * (`ECONNRESET`, `ECONNREFUSED`, ...); postgres.js' `CONNECTION_CLOSED`, `CONNECT_TIMEOUT`, .... Looks through `cause`, `meta` and `driverAdapterError`.
+ * (`ECONNRESET`, `ECONNREFUSED`, ...); postgres.js' `CONNECTION_CLOSED`, `CONNECT_TIMEOUT`, ...;
+ * Knex's `KnexTimeoutError` (its pool had no connection in time). Looks through `cause`, `meta` and `driverAdapterError`.
  */
 export function connectionFailureOf(error: unknown): ConnectionFailure | undefined {
   const state = sqlStateOf(error);
@@ -98,6 +104,8 @@ export function connectionFailureOf(error: unknown): ConnectionFailure | undefin
       if (failure) return failure;
     }
     if (typeof kind === "string" && ADAPTER_KINDS[kind]) return ADAPTER_KINDS[kind];
+    const { name } = e as { name?: unknown };
+    if (typeof name === "string" && Object.hasOwn(POOL_TIMEOUT_ERRORS, name)) return POOL_TIMEOUT_ERRORS[name];
   }
   return undefined;
 }

@@ -11,6 +11,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { keepingWorkError } from "./work-error.js";
 import { refusingEndedTransactions } from "./ended-transactions.js";
 
 /** Drizzle's `PgTransactionConfig`: what `db.transaction(fn, config)` takes. */
@@ -58,12 +59,15 @@ function toDrizzle(text: string, params: readonly unknown[]): SQL {
 /** Rows of a Drizzle `execute` result: node-postgres' `{ rows }`, or postgres.js' array of rows. */
 const rowsOf = (result: unknown): Row[] => (Array.isArray(result) ? result : (result as { rows: Row[] }).rows);
 
-/** txonce's own statements fail with the driver's error, which txonce classifies, not Drizzle's wrapper. */
+/** The driver's error under Drizzle's `DrizzleQueryError`: txonce classifies the driver's. */
+const driverError = (error: unknown) => (error instanceof DrizzleQueryError && error.cause !== undefined ? error.cause : error);
+
+/** txonce's own statements fail with the driver's error, not Drizzle's wrapper. */
 async function unwrapped<T>(query: PromiseLike<T>): Promise<T> {
   try {
     return await query;
   } catch (error) {
-    throw error instanceof DrizzleQueryError && error.cause !== undefined ? error.cause : error;
+    throw driverError(error);
   }
 }
 
@@ -93,7 +97,8 @@ export function drizzleDatabase<Tx extends DrizzleTransactionLike>(
       }
       return undefined;
     },
-    transaction: (work, options) => db.transaction((tx) => work(tx, executorOf(tx)), options),
+    transaction: (work, options) =>
+      keepingWorkError((guard) => db.transaction((tx) => guard(() => work(tx, executorOf(tx))), options), driverError),
   });
 }
 

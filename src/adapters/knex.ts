@@ -7,6 +7,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { keepingWorkError } from "./work-error.js";
 
 /** Knex's `TransactionConfig`, the part that shapes the transaction. */
 export interface KnexTransactionOptions {
@@ -81,7 +82,8 @@ export function knexDatabase<Tx extends KnexTransactionLike>(knex: KnexLike<Tx>)
       }
       return undefined;
     },
-    transaction: (work, options) => knex.transaction((trx) => work(trx, executorOf(trx)), options),
+    transaction: (work, options) =>
+      keepingWorkError((guard) => knex.transaction((trx) => guard(() => work(trx, executorOf(trx))), options)),
   };
 }
 

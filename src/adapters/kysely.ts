@@ -6,6 +6,7 @@
 import { CompiledQuery } from "kysely";
 import { InvalidArgumentError } from "../errors.js";
 import { describeValue } from "./describe-value.js";
+import { keepingWorkError } from "./work-error.js";
 import { refusingEndedTransactions } from "./ended-transactions.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
@@ -82,7 +83,7 @@ export function kyselyDatabase<Tx extends KyselyTransactionLike>(
       let builder = db.transaction();
       if (options?.isolationLevel !== undefined) builder = builder.setIsolationLevel(options.isolationLevel);
       if (options?.accessMode !== undefined) builder = builder.setAccessMode(options.accessMode);
-      return builder.execute((trx) => work(trx, executorOf(trx)));
+      return keepingWorkError((guard) => builder.execute((trx) => guard(() => work(trx, executorOf(trx)))));
     },
   });
 }

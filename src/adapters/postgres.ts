@@ -7,6 +7,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { keepingWorkError } from "./work-error.js";
 import { refusingEndedTransactions } from "./ended-transactions.js";
 
 /** The transaction modes `sql.begin(options, ...)` takes, as fields. */
@@ -85,7 +86,8 @@ export function postgresDatabase<Tx extends PostgresTransactionLike>(sql: Postgr
     // A transaction handle used after its end runs its statements outside any transaction in
     // postgres.js: txonce refuses the handles of the transactions it opened (createTxonce), but
     // cannot tell for one the application opened with sql.begin.
-    transaction: async (work, options) => (await sql.begin(beginMode(options), (tx) => work(tx, executorOf(tx)))) as Awaited<ReturnType<typeof work>>,
+    transaction: (work, options) =>
+      keepingWorkError(async (guard) => (await sql.begin(beginMode(options), (tx) => guard(() => work(tx, executorOf(tx))))) as Awaited<ReturnType<typeof work>>),
   });
 }
 

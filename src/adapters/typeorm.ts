@@ -7,6 +7,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { keepingWorkError } from "./work-error.js";
 
 /** TypeORM's transaction options. */
 export interface TypeormTransactionOptions {
@@ -44,13 +45,18 @@ export type TypeormEntityManagerOf<Client> = Client extends {
 
 const KIND = "a TypeORM DataSource on PostgreSQL (new DataSource({ type: \"postgres\", ... }))";
 
-/** txonce's own statements fail with the driver's error, which txonce classifies, not TypeORM's `QueryFailedError`. */
+/** The driver's error under TypeORM's `QueryFailedError`: txonce classifies the driver's. */
+function driverErrorOf(error: unknown): unknown {
+  const driverError = (error as { driverError?: unknown } | null)?.driverError;
+  return driverError !== undefined ? driverError : error;
+}
+
+/** txonce's own statements fail with the driver's error, not TypeORM's `QueryFailedError`. */
 async function unwrapped<T>(query: Promise<T>): Promise<T> {
   try {
     return await query;
   } catch (error) {
-    const driverError = (error as { driverError?: unknown } | null)?.driverError;
-    throw driverError !== undefined ? driverError : error;
+    throw driverErrorOf(error);
   }
 }
 
@@ -91,10 +97,15 @@ export function typeormDatabase<Tx extends TypeormEntityManagerLike>(
       }
       return undefined;
     },
+    // TypeORM keeps the error of `work` when its ROLLBACK fails; a failed COMMIT comes wrapped.
     transaction: (work, options) =>
-      options?.isolationLevel === undefined
-        ? dataSource.transaction((manager) => work(manager, sqlFor(manager)))
-        : dataSource.transaction(options.isolationLevel, (manager) => work(manager, sqlFor(manager))),
+      keepingWorkError(
+        (guard) =>
+          options?.isolationLevel === undefined
+            ? dataSource.transaction((manager) => guard(() => work(manager, sqlFor(manager))))
+            : dataSource.transaction(options.isolationLevel, (manager) => guard(() => work(manager, sqlFor(manager)))),
+        driverErrorOf,
+      ),
   };
 }
 
