@@ -4,7 +4,7 @@
  * "10000,100000"; "10000,100000,1000000" for the docs: 1M takes a few minutes on 2 cores), for
  * three shapes of backlog: unkeyed, 10 hot keys, and many keys (size / 10 keys of 10 messages).
  *
- * Each case fills the table with INSERT ... generate_series (payloads of 120 bytes), VACUUM
+ * Each case fills the table with INSERT ... generate_series (codec text of 130 bytes), VACUUM
  * ANALYZEs it, then runs claim rounds like a relay with a no-op publisher: the claim (timed, over
  * plain pg), then the relay's recordProgress marking what it leased published. Before each
  * claim, the same claim under EXPLAIN (ANALYZE, BUFFERS) in a rolled-back transaction gives its
@@ -158,7 +158,7 @@ export async function claimBench(pool: pg.Pool) {
           await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
           await pool.query(
             `INSERT INTO ${sql.OUTBOX_TABLE} (id, topic, key, payload)
-             SELECT gen_random_uuid(), 'bench', CASE WHEN $2::integer = 0 THEN NULL ELSE 'key-' || (i % $2::integer) END, repeat('x', 120)
+             SELECT gen_random_uuid(), 'bench', CASE WHEN $2::integer = 0 THEN NULL ELSE 'key-' || (i % $2::integer) END, '{"json":"' || repeat('x', 120) || '"}'
              FROM generate_series(1, $1::integer) AS i`,
             [size, keys],
           );

@@ -1,5 +1,5 @@
 /**
- * Drain throughput while relays are killed: OUTBOX_KILL_MESSAGES (20,000) messages on
+ * Drain throughput while relays are killed: OUTBOX_KILL_MESSAGES (100,000) messages on
  * OUTBOX_KILL_KEYS (200) keys, inserted as a backlog, drained by OUTBOX_KILL_RELAYS (3) relay
  * processes (bench/relay-process.ts: txonce/pg, a publisher that only logs the hand-off, batchSize
  * OUTBOX_KILL_BATCH (100), 1 worker, lease OUTBOX_KILL_LEASE_MS (5,000)); every
@@ -17,7 +17,7 @@ import type pg from "pg";
 import { env, fmt, loadavg, log, num, sleep, table } from "./common.js";
 
 const TABLE = "txonce_outbox_messages";
-const MESSAGES = Math.round(env("OUTBOX_KILL_MESSAGES", 20_000));
+const MESSAGES = Math.round(env("OUTBOX_KILL_MESSAGES", 100_000));
 const KEYS = Math.round(env("OUTBOX_KILL_KEYS", 200));
 const RELAYS = Math.round(env("OUTBOX_KILL_RELAYS", 3));
 const BATCH = Math.round(env("OUTBOX_KILL_BATCH", 100));
@@ -42,7 +42,7 @@ async function drain(pool: pg.Pool, url: string, kill: boolean) {
   await pool.query(`TRUNCATE ${TABLE}`);
   await pool.query(
     `INSERT INTO ${TABLE} (id, topic, key, payload)
-     SELECT gen_random_uuid(), 'bench', 'key-' || (i % $2::integer), repeat('x', 120) FROM generate_series(1, $1::integer) AS i`,
+     SELECT gen_random_uuid(), 'bench', 'key-' || (i % $2::integer), '{"json":"' || repeat('x', 120) || '"}' FROM generate_series(1, $1::integer) AS i`,
     [MESSAGES, KEYS],
   );
   await pool.query(`VACUUM ANALYZE ${TABLE}`);
@@ -58,7 +58,7 @@ async function drain(pool: pg.Pool, url: string, kill: boolean) {
     let lastKill = t0;
     for (;;) {
       const { rows } = await pool.query(
-        `SELECT count(*) FILTER (WHERE published_at IS NULL)::int AS pending, count(*) FILTER (WHERE lease_token IS NOT NULL)::int AS leased,
+        `SELECT count(*) FILTER (WHERE published_at IS NULL AND dead_at IS NULL)::int AS pending, count(*) FILTER (WHERE lease_token IS NOT NULL)::int AS leased,
            (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = $1)::int AS dead FROM ${TABLE}`,
         [TABLE],
       );

@@ -44,6 +44,9 @@ export interface ProgressOptions {
   retryMs: number;
 }
 
+/** How soon entries skipped because a claim had their rows locked are written again. */
+const BUSY_RETRY_MS = 10;
+
 export function progressWriter(db: SqlExecutor, options: ProgressOptions): ProgressWriter {
   let pending = new Map<string, Entry>();
   let writing: Promise<void> | undefined;
@@ -52,18 +55,21 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
   let retry: NodeJS.Timeout | undefined;
   let waiters: (() => void)[] = [];
 
+  // Entries by message and lease: what one lease did to one message.
+  const keyOf = (entry: Entry) => `${entry.message.id} ${entry.token}`;
   const add = (entry: Entry) => {
-    const earlier = pending.get(entry.message.id);
+    const earlier = pending.get(keyOf(entry));
     if (earlier) {
       earlier.charge += entry.charge;
       earlier.outcome = entry.outcome ?? earlier.outcome;
       if ("topic" in entry.message) earlier.message = entry.message;
-    } else pending.set(entry.message.id, entry);
+    } else pending.set(keyOf(entry), entry);
   };
 
-  const write = async (group: Map<string, Entry>) => {
+  /** Writes a group; returns the entries to write again (rows another statement had locked). */
+  const write = async (group: Map<string, Entry>): Promise<Map<string, Entry>> => {
     const entries = [...group.values()];
-    await db.query(sql.recordProgress, [
+    const rows = await db.query(sql.recordProgress, [
       entries.map((e) => e.message.id),
       entries.map((e) => e.token),
       entries.map((e) => e.charge),
@@ -72,8 +78,17 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
       entries.map((e) => (e.outcome?.kind === "failed" ? e.outcome.retryInMs : 0)),
       options.deleteOnPublish,
     ]);
-    const ended = entries.flatMap((e) => (e.outcome ? [{ message: e.message, outcome: e.outcome }] : []));
+    const busyIds = new Set(rows.flatMap((row) => (row.status === "busy" ? [row.id as string] : [])));
+    const busy = new Map([...group].filter(([, e]) => busyIds.has(e.message.id)));
+    const ended = entries.flatMap((e) => (e.outcome && !busyIds.has(e.message.id) ? [{ message: e.message, outcome: e.outcome }] : []));
     if (ended.length > 0) options.onWritten(ended);
+    return busy;
+  };
+  const requeue = (entries: Map<string, Entry>) => {
+    // Newer entries for the same message win.
+    const newer = pending;
+    pending = entries;
+    for (const entry of newer.values()) add(entry);
   };
 
   const run = () => {
@@ -85,23 +100,25 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
         pending = new Map();
         const done = waiters;
         waiters = [];
+        let busy: Map<string, Entry>;
         try {
-          await write(group);
+          busy = await write(group);
         } catch (error) {
-          // Keep the entries (newer ones for the same message win) and try again later; the
-          // workers waiting on them go on, so a database outage does not hold up stop().
-          const newer = pending;
-          pending = group;
-          for (const entry of newer.values()) add(entry);
+          // Keep the entries and try again later; the workers waiting on them go on, so a
+          // database outage does not hold up stop().
+          requeue(group);
           for (const resolve of done) resolve();
           options.onError(error);
-          if (!closed) {
-            retry = setTimeout(schedule, options.retryMs);
-            retry.unref();
-          }
+          retryAfter(options.retryMs);
           return;
         }
         for (const resolve of done) resolve();
+        if (busy.size > 0) {
+          // Locked by a claim for the few milliseconds of its statement: again shortly.
+          requeue(busy);
+          retryAfter(BUSY_RETRY_MS);
+          return;
+        }
       }
     })().finally(() => {
       writing = undefined;
@@ -110,6 +127,13 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
       for (const resolve of rest) resolve();
     });
   };
+
+  function retryAfter(ms: number) {
+    if (closed) return;
+    clearTimeout(retry);
+    retry = setTimeout(schedule, ms);
+    retry.unref();
+  }
 
   function schedule() {
     if (scheduled || writing) return;
@@ -139,10 +163,13 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
       closed = true;
       clearTimeout(retry);
       await writing;
-      if (pending.size > 0) {
+      for (let round = 0; pending.size > 0 && round < 10; round++) {
         const group = pending;
         pending = new Map();
-        await write(group).catch(options.onError);
+        const busy = await write(group).catch((error: unknown) => void options.onError(error));
+        if (!busy) break;
+        pending = busy;
+        if (busy.size > 0) await new Promise((resolve) => setTimeout(resolve, BUSY_RETRY_MS));
       }
     },
   };

@@ -69,7 +69,6 @@ export interface RelayOptions {
   onError?: (error: unknown) => void;
 }
 
-export type { RelayLogger } from "./relay-logger.js";
 
 /** A running relay: `start()` it, and `stop()` it on shutdown. */
 export interface Relay {

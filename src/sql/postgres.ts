@@ -229,8 +229,9 @@ SELECT w.resume_after, w.walked_to_end, l.* FROM walked w LEFT JOIN leased l ON 
  * 'failed' (retried after $6 ms, with the error $5), 'dead' (with the error $5), or 'released'
  * (handed back unattempted). Published messages are deleted instead when $7 is true
  * (deleteOnPublish). A message whose lease this relay no longer holds is left alone; one that
- * another relay is claiming right now is skipped rather than waited for (its lease ran out, so
- * that claim takes it over anyway). Returns the ids it changed.
+ * another relay's claim has locked right now is skipped rather than waited for (its lease ran
+ * out, so that claim takes it over, or the claim lets go of it within its statement). Returns the ids it changed (status
+'recorded') and those it skipped while they were locked (status 'busy').
  */
 export const recordProgress = `
 WITH progress AS (
@@ -259,7 +260,13 @@ WITH progress AS (
     AND NOT ($7::boolean AND p.outcome = 'published')
   RETURNING m.id
 )
-SELECT id::text AS id FROM deleted UNION ALL SELECT id::text FROM updated`;
+SELECT id::text AS id, 'recorded' AS status FROM deleted
+UNION ALL SELECT id::text, 'recorded' FROM updated
+UNION ALL
+-- Held under this lease but locked by someone else right now (a claim that read the row before
+-- it was leased locks it while it rechecks): the relay records these again a moment later.
+SELECT p.id::text, 'busy' FROM progress p JOIN ${OUTBOX_TABLE} m ON m.id = p.id AND m.lease_token = p.token
+WHERE m.id NOT IN (SELECT id FROM held)`;
 
 /** Puts dead messages back in the queue with fresh attempts. $1 ids or null for all, $2 topic or null. */
 export const requeueDead = `
