@@ -2,7 +2,7 @@
  * Drain throughput while relays are killed: OUTBOX_KILL_MESSAGES (100,000) messages on
  * OUTBOX_KILL_KEYS (200) keys, inserted as a backlog, drained by OUTBOX_KILL_RELAYS (3) relay
  * processes (bench/relay-process.ts: txonce/pg, a publisher that only logs the hand-off, batchSize
- * OUTBOX_KILL_BATCH (100), 1 worker, lease OUTBOX_KILL_LEASE_MS (5,000)); every
+ * OUTBOX_KILL_BATCH (100), 1 worker, lease OUTBOX_KILL_LEASE_MS (5,000), publishTimeout half of it); every
  * OUTBOX_KILL_EVERY_SECONDS (2) one of them, drawn at random, is SIGKILLed and a new one started.
  * Timed until nothing is pending or leased (at most OUTBOX_KILL_CAP_SECONDS, 180), then: the
  * hand-offs to the publisher (= publishes started), messages handed off more than once (the

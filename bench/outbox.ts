@@ -39,6 +39,7 @@ import { createRelay, KEYS_WALKED_PER_MESSAGE, type RelayOptions } from "../src/
 import type { Row, SqlExecutor } from "../src/executor.js";
 import * as sql from "../src/sql/postgres.js";
 import { claimBench } from "./outbox-claims.js";
+import { churnBench } from "./outbox-churn.js";
 import { killBench } from "./outbox-kills.js";
 import {
   env, fmt, hostBusySince, hostCpu, loadavg, log, median, num, pct, percentile, sleep, sorted, table,
@@ -55,7 +56,11 @@ const BATCH_SIZES = (process.env.OUTBOX_BATCH_SIZES ?? "100,500,1000").split(","
 const WORKERS = (process.env.OUTBOX_WORKERS ?? "1,2,4").split(",").map(Number);
 /** "0": none; "1" (default): EXPLAIN of the claim and what-if drains; "full": also statement timings, Prisma vs pg, keyed messages, a CPU profile. */
 const ANALYSIS = process.env.OUTBOX_ANALYSIS ?? "1";
-/** Which parts run: "throughput" (grid, full backlog, latency and the analysis), "claims" (bench/outbox-claims.ts), "kills" (bench/outbox-kills.ts). */
+/**
+ * Which parts run: "throughput" (grid, full backlog, latency and the analysis), "claims"
+ * (bench/outbox-claims.ts), "kills" (bench/outbox-kills.ts), "churn" (bench/outbox-churn.ts,
+ * minutes long: not in the default).
+ */
 const PARTS = (process.env.OUTBOX_PARTS ?? "throughput,claims,kills").split(",");
 const ENQUEUE_CHUNK = 1000;
 const KEYED_CAP_SECONDS = env("OUTBOX_KEYED_CAP_SECONDS", 5);
@@ -75,10 +80,11 @@ interface Drain {
 }
 
 export async function outboxBench(context: BenchContext) {
-  for (const part of PARTS) if (!["throughput", "claims", "kills"].includes(part)) throw new Error(`OUTBOX_PARTS: unknown part ${part}`);
+  for (const part of PARTS) if (!["throughput", "claims", "kills", "churn"].includes(part)) throw new Error(`OUTBOX_PARTS: unknown part ${part}`);
   if (PARTS.includes("throughput")) await throughputBench(context);
   if (PARTS.includes("claims")) await claimBench(context.pool);
   if (PARTS.includes("kills")) await killBench(context.pool, context.url);
+  if (PARTS.includes("churn")) await churnBench(context.pool, context.url);
 }
 
 async function throughputBench({ prisma, pool, url }: BenchContext) {

@@ -15,7 +15,8 @@ const relay = txonce(pool).outbox.relay({
   batchSize: number("RELAY_BATCH_SIZE", 100),
   workers: number("RELAY_WORKERS", 1),
   lease: leaseMs,
-  publishTimeout: Math.min(10_000, leaseMs - 100),
+  // Half the lease: a key's run may go on publishing for the other half.
+  publishTimeout: Math.min(10_000, leaseMs / 2),
   pollInterval: 50,
   publisher: async (message) => appendFileSync(log, `${message.id}\n`),
 });

@@ -270,7 +270,6 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
         }
       }),
     ]);
-    await progress.flushed();
   };
 
   const work = async () => {
@@ -278,18 +277,27 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
     // since the last one that leased anything walked from the first key to the last.
     let cursor = "";
     let sweptFromStart = false;
+    // The records of the previous batch: the next claim runs while they are written, and the next
+    // publish waits for them, so a worker never has more than one batch handed over unrecorded.
+    let recorded: Promise<void> | undefined;
     while (state === "running") {
       const seen = generation;
       try {
         const token = randomUUID();
         const claimedAt = performance.now();
         const from = cursor;
-        const result = await withSchemaCheck(
+        const claimed = withSchemaCheck(
           db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE]),
         );
+        const overlapped = recorded !== undefined;
+        const [result] = await Promise.all([claimed, recorded]);
+        recorded = undefined;
         const walkedToEnd = result[0]?.walked_to_end !== false;
         cursor = walkedToEnd ? "" : String(result[0]?.resume_after ?? "");
         const rows = result.filter((row) => row.id !== null && row.id !== undefined);
+        // The claim ran while the previous batch was being recorded, so it saw that batch's keys
+        // still leased (a few busy keys): claim again now that the records are in.
+        if (rows.length === 0 && overlapped) continue;
         if (rows.length === 0) {
           // Nothing due among the keys walked: go on walking, unless the walks since the last
           // claim that found something covered every key.
@@ -302,11 +310,13 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
         }
         sweptFromStart = false;
         await runBatch(rows, token, claimedAt);
+        recorded = progress.flushed();
       } catch (error) {
         onError(error);
         await idle(generation);
       }
     }
+    await recorded;
   };
 
   return {

@@ -204,8 +204,11 @@ WITH RECURSIVE walk AS (
   ORDER BY b.place, b.key
   LIMIT (SELECT left_over FROM room)
 ), leased AS (
+  -- available_at moves to the end of the lease too, so that leased messages drop out of the due
+  -- range of the unkeyed index until their lease runs out.
   UPDATE ${OUTBOX_TABLE} m
-  SET lease_until = now() + $2::double precision * interval '1 millisecond', lease_token = $3::uuid
+  SET lease_until = now() + $2::double precision * interval '1 millisecond', lease_token = $3::uuid,
+    available_at = now() + $2::double precision * interval '1 millisecond'
   WHERE m.id = ANY(ARRAY(SELECT id FROM firsts UNION ALL SELECT id FROM runs))
   RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
     m.created_at, m.attempts
@@ -252,7 +255,8 @@ WITH progress AS (
     published_at = CASE WHEN p.outcome = 'published' THEN now() ELSE m.published_at END,
     dead_at = CASE WHEN p.outcome = 'dead' THEN now() ELSE m.dead_at END,
     last_error = CASE WHEN p.outcome IN ('failed', 'dead') THEN p.error ELSE m.last_error END,
-    available_at = CASE WHEN p.outcome = 'failed' THEN now() + p.backoff_ms * interval '1 millisecond' ELSE m.available_at END,
+    available_at = CASE WHEN p.outcome = 'failed' THEN now() + p.backoff_ms * interval '1 millisecond'
+      WHEN p.outcome IS NULL THEN m.available_at ELSE now() END,
     lease_until = CASE WHEN p.outcome IS NULL THEN m.lease_until END,
     lease_token = CASE WHEN p.outcome IS NULL THEN m.lease_token END
   FROM progress p
@@ -265,8 +269,8 @@ UNION ALL SELECT id::text, 'recorded' FROM updated
 UNION ALL
 -- Held under this lease but locked by someone else right now (a claim that read the row before
 -- it was leased locks it while it rechecks): the relay records these again a moment later.
-SELECT p.id::text, 'busy' FROM progress p JOIN ${OUTBOX_TABLE} m ON m.id = p.id AND m.lease_token = p.token
-WHERE m.id NOT IN (SELECT id FROM held)`;
+SELECT p.id::text, 'busy' FROM (SELECT * FROM progress WHERE id NOT IN (SELECT id FROM held) OFFSET 0) AS p
+WHERE EXISTS (SELECT 1 FROM ${OUTBOX_TABLE} m WHERE m.id = p.id AND m.lease_token = p.token)`;
 
 /** Puts dead messages back in the queue with fresh attempts. $1 ids or null for all, $2 topic or null. */
 export const requeueDead = `
