@@ -27,10 +27,12 @@ export async function churnBench(pool: pg.Pool, url: string) {
   const storage = async () =>
     (await pool.query("SELECT coalesce(array_to_string(reloptions, ', '), '(none)') AS o FROM pg_class WHERE relname = $1", [sql.OUTBOX_TABLE])).rows[0].o as string;
   if (STORAGE === "default") {
-    await pool.query(`ALTER TABLE ${sql.OUTBOX_TABLE} RESET (fillfactor, autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, autovacuum_vacuum_insert_scale_factor, autovacuum_analyze_scale_factor)`);
+    await pool.query(`ALTER TABLE ${sql.OUTBOX_TABLE} RESET (autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, autovacuum_analyze_scale_factor, autovacuum_analyze_threshold)`);
   }
   log(`Outbox table under churn: ${num(RATE)} msg/s on ${num(KEYS)} keys for ${SECONDS} s over ${num(KEPT)} published messages kept; storage parameters: ${await storage()}`);
-  log(`load: ${loadavg()}; autovacuum_naptime ${(await pool.query("SHOW autovacuum_naptime")).rows[0].autovacuum_naptime}`);
+  const setting = async (name: string) => (await pool.query(`SHOW ${name}`)).rows[0][name] as string;
+  log(`load: ${loadavg()}; autovacuum ${await setting("autovacuum")}, autovacuum_naptime ${await setting("autovacuum_naptime")}`);
+  if ((await setting("autovacuum")) !== "on") log("  autovacuum is off on this server: no table settings can make it run");
   await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
   if (KEPT > 0) {
     await pool.query(

@@ -172,7 +172,13 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
     onWritten(ended) {
       const published: OutboxMessage[] = [];
       for (const { message, outcome } of ended) {
-        if (!("topic" in message)) continue;
+        if (!("topic" in message)) {
+          // Dead before a publish: its payload could not be decoded.
+          if (outcome.kind === "dead") {
+            logger?.error({ err: outcome.error, messageId: message.id }, `txonce relay: message dead-lettered: message ${message.id} could not be read: ${describeError(outcome.error)}`);
+          }
+          continue;
+        }
         if (outcome.kind === "published") published.push(message);
         else if (outcome.kind === "failed") {
           logger?.warn(
@@ -218,6 +224,7 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
     try {
       const published = (async () => config.publish(message))();
       progress.started(message, token);
+      published.catch(() => {}); // a rejection after the timeout below is not news
       await Promise.race([
         published,
         new Promise((_, reject) => {
