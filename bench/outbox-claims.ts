@@ -70,7 +70,7 @@ const shipped: Strategy = {
     return { ids, cursor: rows[0]?.walked_to_end === false ? String(rows[0].resume_after) : "" };
   },
   markPublished: (client, ids, token) =>
-    client.query(sql.recordProgress, [ids, ids.map(() => token), ids.map(() => 1), ids.map(() => "published"), ids.map(() => null), ids.map(() => 0), false]),
+    client.query(sql.recordProgress, [JSON.stringify(ids.map((id) => ({ id, token, charge: 1, outcome: "published" }))), false]),
 };
 
 // main before issue 13 (commit 06a1ea1): the claim, the run claim sent when heads were claimed, the mark.

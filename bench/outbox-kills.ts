@@ -1,7 +1,8 @@
 /**
  * Drain throughput while relays are killed: OUTBOX_KILL_MESSAGES (100,000) messages on
  * OUTBOX_KILL_KEYS (200) keys, inserted as a backlog, drained by OUTBOX_KILL_RELAYS (3) relay
- * processes (bench/relay-process.ts: txonce/pg, a publisher that only logs the hand-off, batchSize
+ * processes (bench/relay-process.ts: txonce/pg, a publisher that logs the hand-off and takes
+ * OUTBOX_KILL_PUBLISH_MS (1) ms, like a broker's confirm, batchSize
  * OUTBOX_KILL_BATCH (100), 1 worker, lease OUTBOX_KILL_LEASE_MS (5,000), publishTimeout half of it); every
  * OUTBOX_KILL_EVERY_SECONDS (2) one of them, drawn at random, is SIGKILLed and a new one started.
  * Timed until nothing is pending or leased (at most OUTBOX_KILL_CAP_SECONDS, 180), then: the
@@ -24,10 +25,11 @@ const BATCH = Math.round(env("OUTBOX_KILL_BATCH", 100));
 const LEASE_MS = Math.round(env("OUTBOX_KILL_LEASE_MS", 5_000));
 const EVERY_SECONDS = env("OUTBOX_KILL_EVERY_SECONDS", 2);
 const CAP_SECONDS = env("OUTBOX_KILL_CAP_SECONDS", 180);
+const PUBLISH_MS = env("OUTBOX_KILL_PUBLISH_MS", 1);
 
 function startRelay(url: string, logFile: string) {
   const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "relay-process.ts")], {
-    env: { ...process.env, DATABASE_URL: url, RELAY_LEASE_MS: String(LEASE_MS), RELAY_BATCH_SIZE: String(BATCH), RELAY_WORKERS: "1", RELAY_PUBLISH_LOG: logFile },
+    env: { ...process.env, DATABASE_URL: url, RELAY_LEASE_MS: String(LEASE_MS), RELAY_BATCH_SIZE: String(BATCH), RELAY_WORKERS: "1", RELAY_PUBLISH_LOG: logFile, RELAY_PUBLISH_MS: String(PUBLISH_MS) },
     stdio: ["ignore", "pipe", "inherit"],
   });
   const ready = new Promise<void>((resolve, reject) => {
@@ -102,7 +104,7 @@ async function drain(pool: pg.Pool, url: string, kill: boolean) {
 }
 
 export async function killBench(pool: pg.Pool, url: string, label = "") {
-  log(`Drain with relays killed (${num(MESSAGES)} messages on ${num(KEYS)} keys, ${RELAYS} relay processes, batchSize ${BATCH}, lease ${LEASE_MS} ms, ` +
+  log(`Drain with relays killed (${num(MESSAGES)} messages on ${num(KEYS)} keys, ${RELAYS} relay processes, batchSize ${BATCH}, publish ${PUBLISH_MS} ms, lease ${LEASE_MS} ms, ` +
     `one SIGKILLed every ${EVERY_SECONDS} s)${label}`);
   log(`load: ${loadavg()}`);
   const rows: string[][] = [];

@@ -70,12 +70,16 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
   const write = async (group: Map<string, Entry>): Promise<Map<string, Entry>> => {
     const entries = [...group.values()];
     const rows = await db.query(sql.recordProgress, [
-      entries.map((e) => e.message.id),
-      entries.map((e) => e.token),
-      entries.map((e) => e.charge),
-      entries.map((e) => e.outcome?.kind ?? null),
-      entries.map((e) => (e.outcome?.kind === "failed" || e.outcome?.kind === "dead" ? describeError(e.outcome.error) : null)),
-      entries.map((e) => (e.outcome?.kind === "failed" ? e.outcome.retryInMs : 0)),
+      JSON.stringify(
+        entries.map((e) => ({
+          id: e.message.id,
+          token: e.token,
+          charge: e.charge,
+          outcome: e.outcome?.kind ?? null,
+          error: e.outcome?.kind === "failed" || e.outcome?.kind === "dead" ? describeError(e.outcome.error) : null,
+          backoff_ms: e.outcome?.kind === "failed" ? e.outcome.retryInMs : 0,
+        })),
+      ),
       options.deleteOnPublish,
     ]);
     const busyIds = new Set(rows.flatMap((row) => (row.status === "busy" ? [row.id as string] : [])));
