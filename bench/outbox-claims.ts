@@ -172,13 +172,20 @@ export async function claimBench(pool: pg.Pool) {
             const deadline = performance.now() + SECONDS * 1000;
             for (let round = 0; round < Math.min(ROUNDS, size / BATCH / 2) && performance.now() < deadline; round++) {
               const token = crypto.randomUUID();
-              buffers.push((await strategy.explain(client, token, cursor)).buffers);
+              const cost = await strategy.explain(client, token, cursor);
               const t0 = performance.now();
+              const from = cursor;
               const claimed = await strategy.claim(client, token, cursor);
-              latencies.push(performance.now() - t0);
+              const ms = performance.now() - t0;
               cursor = claimed.cursor;
+              if (claimed.ids.length === 0) {
+                if (from === "") break; // drained (main's claims lease far more than batchSize)
+                continue; // the walk reached the last key: it starts again from the first
+              }
+              buffers.push(cost.buffers);
+              latencies.push(ms);
               leased += claimed.ids.length;
-              if (claimed.ids.length > 0) await strategy.markPublished(client, claimed.ids, token);
+              await strategy.markPublished(client, claimed.ids, token);
             }
           } finally {
             client.release();
