@@ -6,7 +6,7 @@ import { defineConfig, globalIgnores } from "eslint/config";
 import tseslint from "typescript-eslint";
 
 export default defineConfig(
-  globalIgnores(["dist/", "generated/", "coverage/", "node_modules/", "**/*.tsbuildinfo"]),
+  globalIgnores(["dist/", "generated/", "coverage/", "node_modules/", ".samples/", "**/*.tsbuildinfo"]),
   {
     files: ["**/*.{ts,mts,cts,js,mjs,cjs}"],
     extends: [js.configs.recommended, tseslint.configs.recommended],

@@ -1,17 +1,81 @@
 /**
- * What txonce's claimKey statement costs on the server, next to simpler statements, over plain pg
- * (one connection, one call at a time). A side measurement for docs/benchmarks.md:
+ * What txonce's idempotency statements cost on the server, over plain pg (one connection, one call
+ * at a time), next to the claim that waited on the row lock (before issue 8), a claim that also
+ * returned the live record (the first design of issue 8, not shipped) and simpler SQL; the
+ * WAL each path writes, with the table's default fillfactor and with a lower one (does the result
+ * UPDATE stay HOT?); and what EXPLAIN ANALYZE says about the claim. A side measurement for
+ * docs/benchmarks.md:
  *
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npx tsx bench/claim-sql.ts
+ *
+ * Knobs: CLAIM_SQL_CALLS (per statement, default 3000), CLAIM_SQL_ROUNDS (interleaved rounds, 3).
  */
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import pg from "pg";
 import * as sql from "../src/sql/postgres.js";
 import { schemaSql } from "../src/sql/schema.js";
 import { databaseUrl } from "../test/support/postgres-server.js";
+import { env, fmt, loadavg, log, median, table } from "./common.js";
 
 const serverUrl = process.env.DATABASE_URL;
 if (!serverUrl) throw new Error("set DATABASE_URL");
+const CALLS = env("CLAIM_SQL_CALLS", 3000);
+const ROUNDS = Math.max(1, Math.round(env("CLAIM_SQL_ROUNDS", 3)));
+const RETENTION = 48 * 3600_000;
+const RESULT = JSON.stringify({ json: { id: 1, accountId: "bench", amount: "1.00", createdAt: new Date().toISOString() } });
+
+/** The claim as shipped before issue 8: waits on the row lock, bounded by a lock_timeout it sets and restores. */
+const waitingClaim = `
+WITH previous AS MATERIALIZED (
+  SELECT current_setting('lock_timeout') AS lock_timeout
+), bounded AS MATERIALIZED (
+  SELECT set_config('lock_timeout', $5::text, true) FROM previous
+), claimed AS (
+  INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
+  SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
+  FROM bounded
+  ON CONFLICT (scope, key) DO UPDATE
+    SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
+    WHERE k.expires_at <= now()
+  RETURNING k.created_at, k.expires_at
+)
+SELECT claimed.created_at, claimed.expires_at, set_config('lock_timeout', previous.lock_timeout, true) AS lock_timeout
+FROM claimed, previous`;
+/**
+ * The first design of the new claim (not shipped): it also returned the key's live record, or
+ * "busy", in the same statement, through CTEs and a UNION. $5 is the lock id here too.
+ */
+const claimReturningRecord = `
+WITH live AS MATERIALIZED (
+  SELECT fingerprint, result, created_at, expires_at FROM ${sql.IDEMPOTENCY_TABLE}
+  WHERE scope = $1::text AND key = $2::text AND expires_at > now()
+), lock AS MATERIALIZED (
+  SELECT pg_try_advisory_xact_lock($5::bigint) AS taken WHERE NOT EXISTS (SELECT FROM live)
+), claimed AS (
+  INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
+  SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
+  FROM lock WHERE lock.taken
+  ON CONFLICT (scope, key) DO UPDATE
+    SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
+    WHERE k.expires_at <= now()
+  RETURNING k.created_at, k.expires_at
+)
+SELECT 'stored' AS state, fingerprint, result, created_at, expires_at, now() AS db_now, NULL::text AS xact FROM live
+UNION ALL
+SELECT 'busy', NULL, NULL, NULL, NULL, now(), NULL FROM lock WHERE NOT lock.taken
+UNION ALL
+SELECT 'claimed', NULL, NULL, created_at, expires_at, now(), pg_current_xact_id()::text FROM claimed`;
+const plainUpsert = `
+INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
+VALUES ($1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond')
+ON CONFLICT (scope, key) DO UPDATE
+  SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
+  WHERE k.expires_at <= now()
+RETURNING k.created_at, k.expires_at`;
+const findLive = `SELECT fingerprint, result, created_at, expires_at FROM ${sql.IDEMPOTENCY_TABLE}
+WHERE scope = $1::text AND key = $2::text AND expires_at > now()`;
+
 const name = `txonce_claimsql_${randomBytes(4).toString("hex")}`;
 const admin = new pg.Client({ connectionString: serverUrl });
 await admin.connect();
@@ -20,45 +84,118 @@ const c = new pg.Client({ connectionString: databaseUrl(serverUrl, name) });
 try {
   await c.connect();
   await c.query(schemaSql);
-  const literal = sql.claimKey.replace(/\$1::text/g, "''::text").replace(/\$2::text/g, "'k1'::text")
-    .replace(/\$3::text/g, "NULL::text").replace(/\$4::double precision/g, "172800000::double precision")
-    .replace(/\$5::text/g, "'2000ms'::text");
-  await c.query("BEGIN");
-  const plan = await c.query("EXPLAIN (ANALYZE, TIMING) " + literal);
-  console.log(plan.rows.map((r) => r["QUERY PLAN"]).filter((l: string) => /Planning|Execution/.test(l)).join("\n"));
-  await c.query("ROLLBACK");
-  const N = 3000;
+  const version = (await c.query<{ v: string }>("SELECT current_setting('server_version') AS v")).rows[0]!.v;
+  log(`claim-sql: PostgreSQL ${version}, ${CALLS} calls x ${ROUNDS} rounds per row; load average ${loadavg()}`);
+
   let tag = 0;
-  const time = async (label: string, f: (i: number) => Promise<unknown>) => {
-    tag++;
-    for (let i = 0; i < 300; i++) await f(-i - 1);
-    const t0 = performance.now();
-    for (let i = 0; i < N; i++) await f(i);
-    console.log(label.padEnd(48), `${(((performance.now() - t0) / N) * 1000).toFixed(0).padStart(5)} µs`);
-  };
-  const tx = async (q: () => Promise<unknown>) => { await c.query("BEGIN"); await q(); await c.query("COMMIT"); };
   const k = (p: string, i: number) => `${p}${tag}.${i}`;
-  await time("tx: nothing", () => tx(async () => {}));
-  await time("tx: claimKey", (i) => tx(() => c.query(sql.claimKey, ["", k("a", i), null, 172800000, "2000ms"])));
-  await time("tx: claimKey, named (prepared) statement", (i) =>
-    tx(() => c.query({ name: "claim", text: sql.claimKey, values: ["", k("a", i), null, 172800000, "2000ms"] })));
-  await time("tx: same upsert without the lock_timeout CTEs", (i) => tx(() => c.query(
-    `INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
-     VALUES ($1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond')
-     ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, result = NULL,
-       created_at = now(), expires_at = excluded.expires_at WHERE k.expires_at <= now()
-     RETURNING created_at, expires_at`, ["", k("b", i), null, 172800000])));
-  await time("tx: plain INSERT of a key row", (i) => tx(() => c.query(
-    `INSERT INTO ${sql.IDEMPOTENCY_TABLE} (scope, key, expires_at) VALUES ($1, $2, now() + interval '48h')
-     RETURNING created_at, expires_at`, ["", k("c", i)])));
-  await time("tx: set_config('lock_timeout', ..., true) only", () =>
-    tx(() => c.query("SELECT set_config('lock_timeout', $1, true)", ["2000ms"])));
-  await time("tx: plain INSERT, then saveResult", (i) => tx(async () => {
-    await c.query(`INSERT INTO ${sql.IDEMPOTENCY_TABLE} (scope, key, expires_at) VALUES ($1, $2, now() + interval '48h')`, ["", k("e", i)]);
-    await c.query(sql.saveResult, ["", k("e", i), '{"json":1}']);
-  }));
-  await time("SELECT 1 (no transaction)", () => c.query("SELECT 1"));
-  await time("findLiveRecord (no transaction)", (i) => c.query(sql.findLiveRecord, ["", k("a", i)]));
+  /** A lock id per key (any bigint will do here; the core hashes the scope and key). */
+  const lockId = (key: string) => String(BigInt.asIntN(64, BigInt("0x" + Buffer.from(key).toString("hex").slice(-15))));
+  // The backend's CPU time, from /proc (when the server runs on this machine and it is readable).
+  const pid = (await c.query<{ p: number }>("SELECT pg_backend_pid() AS p")).rows[0]!.p;
+  const serverTicks = () => {
+    try {
+      const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+      return Number(fields[11]) + Number(fields[12]);
+    } catch {
+      return undefined;
+    }
+  };
+  const tx = async (q: () => Promise<unknown>, end = "COMMIT") => {
+    await c.query("BEGIN");
+    await q();
+    await c.query(end);
+  };
+  const claim = (key: string) => c.query(sql.claimKey, ["", key, null, RETENTION, lockId(key)]);
+  // Keys that are completed, for the replay paths.
+  for (let i = 0; i < 1000; i++) await tx(async () => { await claim(`done.${i}`); await c.query(sql.saveResult, ["", `done.${i}`, RESULT]); });
+
+  // The claims end with ROLLBACK, so that the WAL flush of COMMIT (the same for all) stays out.
+  const rows: [string, (i: number) => Promise<unknown>][] = [
+    ["tx: nothing (BEGIN, ROLLBACK)", () => tx(async () => {}, "ROLLBACK")],
+    ["tx: claim as before issue 8 (lock_timeout CTEs)", (i) => tx(() => c.query(waitingClaim, ["", k("w", i), null, RETENTION, "2000ms"]), "ROLLBACK")],
+    ["tx: plain upsert (no lock, no live record)", (i) => tx(() => c.query(plainUpsert, ["", k("u", i), null, RETENTION]), "ROLLBACK")],
+    ["tx: claimKey, new key", (i) => tx(() => claim(k("a", i)), "ROLLBACK")],
+    ["tx: claimExpiredKey, new key", (i) => tx(() => c.query(sql.claimExpiredKey, ["", k("x", i), null, RETENTION, lockId(k("x", i))]), "ROLLBACK")],
+    ["tx: claimKey, named (prepared) statement", (i) =>
+      tx(() => c.query({ name: "claim", text: sql.claimKey, values: ["", k("p", i), null, RETENTION, lockId(k("p", i))] }), "ROLLBACK")],
+    ["tx: claim returning the live record (CTEs, UNION; not shipped)", (i) =>
+      tx(() => c.query(claimReturningRecord, ["", k("r", i), null, RETENTION, lockId(k("r", i))]), "ROLLBACK")],
+    ["tx: the same, named (prepared) statement", (i) =>
+      tx(() => c.query({ name: "claimr", text: claimReturningRecord, values: ["", k("n", i), null, RETENTION, lockId(k("n", i))] }), "ROLLBACK")],
+    ["tx: claimKey, saveResult", (i) => tx(async () => { await claim(k("s", i)); await c.query(sql.saveResult, ["", k("s", i), RESULT]); }, "ROLLBACK")],
+    ["tx: claimKey on a completed key (cold replay)", (i) => tx(() => claim(`done.${i % 1000}`), "ROLLBACK")],
+    ["tx: first execution, committed (claimKey, saveResult, COMMIT)", (i) => tx(async () => { await claim(k("f", i)); await c.query(sql.saveResult, ["", k("f", i), RESULT]); })],
+    ["findLiveRecord (no tx; the replay before issue 8)", (i) => c.query(findLive, ["", `done.${i % 1000}`])],
+    ["pollKey, completed key (no tx)", (i) => c.query(sql.pollKey, ["", `done.${i % 1000}`, lockId(`done.${i % 1000}`)])],
+    ["pollKey, unknown key (no tx)", (i) => c.query(sql.pollKey, ["", k("none", i), lockId(k("none", i))])],
+  ];
+  const timings = new Map<string, number[]>();
+  const cpu = new Map<string, number[]>();
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [label, f] of rows) {
+      tag++;
+      for (let i = 0; i < 200; i++) await f(-i - 1);
+      const ticks0 = serverTicks();
+      const t0 = performance.now();
+      for (let i = 0; i < CALLS; i++) await f(i);
+      timings.set(label, [...(timings.get(label) ?? []), ((performance.now() - t0) / CALLS) * 1000]);
+      const ticks1 = serverTicks();
+      // Linux counts CPU time in ticks of 10 ms (USER_HZ 100).
+      if (ticks0 !== undefined && ticks1 !== undefined) cpu.set(label, [...(cpu.get(label) ?? []), ((ticks1 - ticks0) * 10_000) / CALLS]);
+    }
+  }
+  log();
+  log("Per call, plain pg, one connection (µs, median of rounds): round trip, and the backend's CPU time (/proc)");
+  table(["call", "wall µs", "server CPU µs"], rows.map(([label]) => [label, fmt(median(timings.get(label)!)), cpu.has(label) ? fmt(median(cpu.get(label)!)) : "-"]));
+
+  log();
+  log("EXPLAIN ANALYZE of claimKey (new key, then a completed key), 20 runs each, median ms:");
+  const explainOf = async (key: string) => {
+    const plan = await c.query(`EXPLAIN (ANALYZE, TIMING OFF) ${sql.claimKey}`, ["", key, null, RETENTION, lockId(key)]);
+    const text = plan.rows.map((r) => r["QUERY PLAN"] as string).join("\n");
+    return { planning: Number(/Planning Time: ([\d.]+)/.exec(text)?.[1]), execution: Number(/Execution Time: ([\d.]+)/.exec(text)?.[1]) };
+  };
+  for (const [label, key] of [["new key", (i: number) => k("explain", i)], ["completed key", (i: number) => `done.${i}`]] as const) {
+    const runs: { planning: number; execution: number }[] = [];
+    for (let i = 0; i < 20; i++) {
+      await c.query("BEGIN");
+      runs.push(await explainOf(key(i)));
+      await c.query("ROLLBACK");
+    }
+    log(`  ${label.padEnd(14)} planning ${fmt(median(runs.map((r) => r.planning)), 3)} ms, execution ${fmt(median(runs.map((r) => r.execution)), 3)} ms`);
+  }
+
+  log();
+  log("WAL bytes per first execution (claimKey + saveResult, COMMIT, no business row), and HOT updates, by fillfactor:");
+  const walRows: string[][] = [];
+  for (const [fillfactor, result] of [100, 90, 80].flatMap((f) => [[f, RESULT], [f, "x".repeat(1500)]] as const)) {
+    await c.query(`ALTER TABLE ${sql.IDEMPOTENCY_TABLE} SET (fillfactor = ${fillfactor})`);
+    await c.query(`TRUNCATE ${sql.IDEMPOTENCY_TABLE}`);
+    await c.query("CHECKPOINT");
+    const stats = async () => (await c.query<{ upd: string; hot: string }>(
+      `SELECT n_tup_upd AS upd, n_tup_hot_upd AS hot FROM pg_stat_user_tables WHERE relname = $1`, [sql.IDEMPOTENCY_TABLE])).rows[0]!;
+    await c.query("SELECT pg_stat_clear_snapshot()");
+    const before = await stats();
+    const n = 2000;
+    tag++;
+    const wal: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const lsn0 = (await c.query<{ l: string }>("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0]!.l;
+      await tx(async () => { await claim(k("wal", i)); await c.query(sql.saveResult, ["", k("wal", i), result]); });
+      wal.push(Number((await c.query<{ b: string }>("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn) AS b", [lsn0])).rows[0]!.b));
+    }
+    // The statistics collector lags: wait for the counters of this backend to be flushed.
+    await new Promise((r) => setTimeout(r, 1500));
+    await c.query("SELECT pg_stat_clear_snapshot()");
+    const after = await stats();
+    const updates = Number(after.upd) - Number(before.upd);
+    const hot = Number(after.hot) - Number(before.hot);
+    walRows.push([String(fillfactor), String(result.length), fmt(Math.min(...wal)), fmt(median(wal)), `${fmt((100 * hot) / Math.max(1, updates))}%`]);
+  }
+  table(["fillfactor", "result chars", "WAL bytes/call min", "median", "HOT updates"], walRows);
+  log("(2000 calls after TRUNCATE and CHECKPOINT; WAL is the whole server's, so the least per-call difference is the call's own)");
+  log(`load average after: ${loadavg()}`);
 } finally {
   await c.end();
   await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);

@@ -10,8 +10,14 @@
  *     `txonce` and `txonce/pg` load without any peer installed; with the peers, every subpath
  *     loads with `import` and with `require()` (Node >= 20.19), as the same module; `instanceof`
  *     on the error classes holds across `txonce`, `txonce/prisma` and `txonce/pg`; a TypeScript
- *     consumer (module nodenext) type-checks against the shipped declarations;
- *   - `attw --profile esm-only` (Are the types wrong?) on the tarball.
+ *     consumer (module nodenext, no decorator options) type-checks against the shipped
+ *     declarations, the HTTP entry points included;
+ *   - `attw --profile esm-only` (Are the types wrong?) on the tarball;
+ *   - the README's path, as a new user walks it (scripts/readme-path.ts): install with Prisma 7,
+ *     `prisma init`, `txonce init`, generate, the tables, the README's samples as written, and
+ *     `txonce cleanup` from cron's point of view;
+ *   - LICENSE in the tarball, `repository`, `homepage` and `bugs` set, and no link in the README
+ *     that only works inside the repository (the npm page shows the README alone).
  * Leaves the temporary folder in place when a check fails, and prints where it is.
  */
 import { execFileSync, spawnSync } from "node:child_process";
@@ -20,6 +26,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { checkReadmePath } from "./readme-path.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const require = createRequire(import.meta.url);
@@ -33,6 +40,9 @@ interface PackageJson {
   peerDependenciesMeta?: Record<string, { optional?: boolean }>;
   devDependencies?: Record<string, string>;
   sideEffects?: boolean;
+  repository?: unknown;
+  homepage?: string;
+  bugs?: unknown;
   bin?: string | Record<string, string>;
   engines?: Record<string, string>;
 }
@@ -53,11 +63,14 @@ function section(title: string): void {
   console.log(`\n${title}`);
 }
 
-function run(command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = {}) {
+/** Runs a command; with `bare`, in an environment of PATH (this Node first) and `env` only, as cron gives. */
+function run(command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = {}, { bare = false } = {}) {
   const result = spawnSync(command, args, {
     cwd,
     encoding: "utf8",
-    env: { ...process.env, NODE_NO_WARNINGS: "1", npm_config_update_notifier: "false", ...env },
+    env: bare
+      ? { PATH: `${dirname(process.execPath)}:/usr/bin:/bin`, ...env }
+      : { ...process.env, NODE_NO_WARNINGS: "1", npm_config_update_notifier: "false", ...env },
   });
   if (result.error) throw result.error;
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
@@ -73,7 +86,8 @@ function runOrThrow(command: string, args: string[], cwd: string): string {
 
 /** Installed version of a package in this repository, for installing the same one as a peer. */
 function localVersion(name: string): string {
-  return (JSON.parse(readFileSync(require.resolve(`${name}/package.json`), "utf8")) as { version: string }).version;
+  // Read from node_modules: some packages (reflect-metadata) do not export their package.json.
+  return (JSON.parse(readFileSync(join(root, "node_modules", name, "package.json"), "utf8")) as { version: string }).version;
 }
 
 const subpaths = Object.keys(pkg.exports).filter((subpath) => !subpath.endsWith(".json"));
@@ -141,6 +155,11 @@ try {
   }
   check(pkg.sideEffects === false, "sideEffects: false");
   check(Boolean(pkg.engines?.node), `engines.node is set (${pkg.engines?.node})`);
+  check(has("LICENSE"), "LICENSE is in the tarball");
+  for (const field of ["repository", "homepage", "bugs"] as const) check(Boolean(pkg[field]), `${field} is set`);
+  const readme = readFileSync(join(root, "README.md"), "utf8");
+  const relativeLinks = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1]!).filter((href) => !/^(https?:|mailto:|#)/.test(href));
+  check(relativeLinks.length === 0, "README links are absolute (they work on the npm page)", relativeLinks.join("\n"));
   for (const peer of ["@prisma/client", "pg"]) {
     check(Boolean(pkg.peerDependencies?.[peer]), `${peer} is a peer dependency (${pkg.peerDependencies?.[peer]})`);
     check(pkg.peerDependenciesMeta?.[peer]?.optional === true, `${peer} is an optional peer`);
@@ -183,15 +202,32 @@ try {
   const node = (script: string, kind: "esm" | "cjs") =>
     run(process.execPath, kind === "esm" ? ["--input-type=module", "-e", script] : ["--input-type=commonjs", "-e", script], project);
 
-  // Without peers: the core and the pg adapter must not need @prisma/client or pg (nor express, whose
-  // types only txonce/express uses); txonce/fastify needs fastify-plugin, like txonce/prisma @prisma/client.
-  for (const subpath of subpaths.filter((subpath) => subpath !== "./prisma" && subpath !== "./fastify")) {
+  // Without peers: the core and the pg adapter must not need @prisma/client or pg (nor express or koa,
+  // whose types only txonce/express and txonce/koa use); txonce/fastify needs fastify-plugin,
+  // txonce/nestjs @nestjs/common, @nestjs/core and rxjs, txonce/hono hono, like txonce/prisma @prisma/client.
+  const needPeers = new Set(["./prisma", "./fastify", "./nestjs", "./hono"]);
+  for (const subpath of subpaths.filter((subpath) => !needPeers.has(subpath))) {
     const result = node(`await import(${JSON.stringify(specifierOf(subpath))})`, "esm");
     check(result.status === 0, `${specifierOf(subpath)} loads with no peer dependency installed`, result.stderr);
   }
 
   // The peers, plus the types a TypeScript user of them has, at the versions this repository uses.
-  const peers = ["@prisma/client", "pg", "@types/pg", "@types/node", "express", "fastify", "fastify-plugin"].map((name) => `${name}@${localVersion(name)}`);
+  const peers = [
+    "@prisma/client",
+    "pg",
+    "@types/pg",
+    "@types/node",
+    "express",
+    "fastify",
+    "fastify-plugin",
+    "@nestjs/common",
+    "@nestjs/core",
+    "reflect-metadata",
+    "rxjs",
+    "hono",
+    "koa",
+    "@types/koa",
+  ].map((name) => `${name}@${localVersion(name)}`);
   runOrThrow("npm", [...npmInstall, tarball, ...peers], project);
   check(true, `npm install ${peers.join(" ")} (the versions this repository tests with)`);
 
@@ -233,7 +269,7 @@ try {
     const thrown = (f) => { try { f(); } catch (error) { return error; } throw new Error("did not throw"); };
     const fakePrisma = { $queryRawUnsafe: async () => [], $transaction: async (fn) => fn({}) };
     const fakePool = { query: async () => ({ rows: [] }), connect: async () => ({ query: async () => ({ rows: [] }), release() {} }) };
-    const fromPrisma = thrown(() => prisma.txonce(fakePrisma, { lockTimeout: "10s" }));
+    const fromPrisma = thrown(() => prisma.txonce(fakePrisma, { retention: "soon" }));
     const fromPg = thrown(() => pg.txonce(fakePool, { maxKeyLength: 0 }));
     const fromCore = thrown(() => core.createIdempotency({}, { maxKeyLength: -1 }));
     for (const [name, error] of Object.entries({ fromPrisma, fromPg, fromCore })) {
@@ -270,7 +306,18 @@ const id: Promise<number> = withIdempotency("key", async (client: pg.PoolClient)
 });
 const outcome: Promise<IdempotencyOutcome<string>> = txoncePrisma(prismaClient).withIdempotencyOutcome("key", async () => "ok");
 const isTxonceError = (error: unknown): error is TxonceError => error instanceof TxonceError;
-export { createIdempotency, id, outcome, isTxonceError };
+
+// The HTTP entry points of NestJS, Hono and Koa, in a build without experimentalDecorators or
+// emitDecoratorMetadata: txonce's own declarations need neither.
+import { idempotency as honoIdempotency } from "txonce/hono";
+import { idempotency as koaIdempotency } from "txonce/koa";
+import { Idempotent, TxonceModule, TxonceTransaction } from "txonce/nestjs";
+const honoRoute = honoIdempotency(txoncePg(pool))();
+const koaRoute = koaIdempotency(txoncePg(pool))();
+const nestModule = TxonceModule.forRoot({ txonce: txoncePg(pool), scope: (req) => req.headers["x-account"] });
+const idempotent: MethodDecorator = Idempotent({ lockTimeout: "1s" });
+const client: pg.PoolClient | undefined = new TxonceTransaction<pg.PoolClient>().optionalTx;
+export { createIdempotency, id, outcome, isTxonceError, honoRoute, koaRoute, nestModule, idempotent, client };
 `,
   );
   const tsc = join(dirname(require.resolve("typescript/package.json")), "bin", "tsc");
@@ -301,6 +348,11 @@ export { createIdempotency, id, outcome, isTxonceError };
   const attw = run(process.execPath, [join(dirname(attwPackage), attwBin), tarball, "--profile", "esm-only"], work, { FORCE_COLOR: "0" });
   console.log(attw.stdout.replace(/^/gm, "  ").trimEnd());
   check(attw.status === 0, "attw --profile esm-only", attw.stderr);
+
+  section("the README's path: a new user's steps on the tarball, its samples as written (scripts/readme-path.ts)");
+  const newUser = join(work, "new-user");
+  mkdirSync(newUser);
+  await checkReadmePath({ root, tarball, project: newUser, check, run });
 } catch (error) {
   failures.push(String(error));
   console.error(error);

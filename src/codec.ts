@@ -42,6 +42,28 @@ const builtInTypes: CustomType[] = [
   },
 ];
 
+/**
+ * The standard error classes, stored as their class, `name` and `message`. Not the stack (it
+ * describes where the error was made, not the result), and nothing else: an error with a `cause`
+ * or properties of its own is refused, since those would be lost. Subclasses of your own are
+ * classes like any other: register them with the `types` option.
+ */
+const errorClasses: readonly ErrorConstructor[] = [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError];
+const errorTypes: CustomType[] = errorClasses.map((ErrorClass) => ({
+  name: ErrorClass.name,
+  isApplicable: (v): v is Error => v instanceof ErrorClass && Object.getPrototypeOf(v) === ErrorClass.prototype,
+  serialize: (v: Error) => (v.name === ErrorClass.name ? { message: v.message } : { message: v.message, name: v.name }),
+  deserialize: ({ message, name }: { message: string; name?: string }) => {
+    const error = new ErrorClass(message);
+    if (name !== undefined) error.name = name;
+    error.stack = `${error.name}: ${message}`; // not where it was decoded
+    return error;
+  },
+}));
+
+/** What is kept of an error (`name` is often set by assignment, which makes it an own property). */
+const STORED_ERROR_PROPERTIES = new Set(["name", "message", "stack"]);
+
 const typedArrays = new Set<unknown>([
   Int8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array, Uint32Array,
   Float32Array, Float64Array, BigInt64Array, BigUint64Array,
@@ -50,16 +72,22 @@ const typedArrays = new Set<unknown>([
 /**
  * Turns values into text and back, so that what comes back deep-equals what went in: `Date`,
  * `BigInt`, `Map`, `Set`, `RegExp`, `URL`, `undefined`, `NaN`, typed arrays, `Buffer`, nested
- * objects and arrays, plus the {@link CustomType}s it was given. Built on superjson.
+ * objects and arrays (plain data, whatever prototype a parser gave it: see {@link isPlainData}),
+ * the standard error classes (class, name and message), plus the {@link CustomType}s it was
+ * given. An object that appears twice is restored as one object shared by both places. Built on
+ * superjson.
  *
- * A value it cannot restore faithfully (a function, a symbol, an instance of an unknown class) is
- * refused with an {@link UnencodableValueError} instead of being silently trimmed.
+ * A value it cannot restore faithfully (a function, a symbol, an instance of an unknown class, an
+ * error with a `cause` or properties of its own) is refused with an {@link UnencodableValueError}
+ * instead of being silently trimmed, and so is a value that contains itself (a circular
+ * reference), on every path: results, fingerprints, outbox payloads (and HTTP bodies, which JSON
+ * cannot hold circular either).
  */
 export class Codec {
   readonly #superjson = new SuperJSON();
 
   constructor(types: readonly CustomType[] = []) {
-    for (const type of [...types, ...builtInTypes]) {
+    for (const type of [...types, ...builtInTypes, ...errorTypes]) {
       this.#superjson.registerCustom(type, type.name);
     }
   }
@@ -81,27 +109,44 @@ export class Codec {
 
   #assertEncodable(root: unknown, argument: string): void {
     const seen = new Set<object>();
+    // The objects on the path from the root to the value being visited: meeting one again is a cycle.
+    const ancestors = new Map<object, string>();
     const registry = this.#superjson.customTransformerRegistry;
     const visit = (value: unknown, path: string): void => {
       if (typeof value === "function") throw new UnencodableValueError(argument, path, "a function");
       if (typeof value === "symbol") throw new UnencodableValueError(argument, path, "a symbol");
       if (typeof value !== "object" || value === null) return;
-      if (seen.has(value)) return;
+      const cycleTo = ancestors.get(value);
+      if (cycleTo !== undefined) throw new UnencodableValueError(argument, path, `a circular reference (to ${cycleTo})`);
+      if (seen.has(value)) return; // the same object again, not inside itself: stored once, restored shared
       seen.add(value);
+      ancestors.set(value, path);
+      visitObject(value, path);
+      ancestors.delete(value);
+    };
+    const visitObject = (value: object, path: string): void => {
+      if (value instanceof Error) {
+        const lost = Object.hasOwn(value, "cause") ? "cause" : Object.keys(value).find((name) => !STORED_ERROR_PROPERTIES.has(name));
+        if (lost !== undefined && errorTypes.some((type) => type.isApplicable(value))) {
+          throw new UnencodableValueError(
+            argument,
+            path,
+            `an error (${value.name}) with a \`${lost}\` property, which would be lost: an error is stored as its class, name and message only (return a plain object to keep more)`,
+          );
+        }
+      }
       if (registry.findApplicable(value)) return;
       if (Array.isArray(value)) {
         value.forEach((item, i) => visit(item, `${path}[${i}]`));
         return;
       }
-      const proto = Object.getPrototypeOf(value);
-      if (proto === null || proto === Object.prototype) {
+      if (isPlainData(value)) {
         const symbolKey = Object.getOwnPropertySymbols(value)[0];
         if (symbolKey) throw new UnencodableValueError(argument, `${path}[${String(symbolKey)}]`, "a symbol key");
         for (const [name, item] of Object.entries(value)) visit(item, `${path}.${name}`);
         return;
       }
       if (value instanceof Date || value instanceof RegExp || value instanceof URL) return;
-      if (value.constructor === Error) return;
       if (typedArrays.has(value.constructor)) return;
       if (value instanceof Map) {
         for (const [k, v] of value) {
@@ -114,13 +159,36 @@ export class Codec {
         for (const item of value) visit(item, `${path}.<set item>`);
         return;
       }
-      const className = (value.constructor as { name?: string } | undefined)?.name || "anonymous";
-      throw new UnencodableValueError(
-        argument,
-        path,
-        `an instance of class ${className} (register it with the \`types\` option)`,
-      );
+      throw new UnencodableValueError(argument, path, describeUnknown(value));
     };
     visit(root, "$");
   }
+}
+
+/**
+ * Plain data: an object whose prototypes add nothing to it (no methods, getters or constructor),
+ * so its own properties are all there is. Object literals, `Object.create(null)`, and the objects
+ * of query-string parsers (`node:querystring`, `qs` with `plainObjects`, `fast-querystring`
+ * behind `@fastify/formbody`, whose prototype is an empty object without a prototype) all are.
+ * They are replayed as object literals.
+ */
+function isPlainData(value: object): boolean {
+  for (let proto = Object.getPrototypeOf(value); proto !== null; proto = Object.getPrototypeOf(proto)) {
+    if (proto === Object.prototype) return true;
+    if (Reflect.ownKeys(proto).length > 0) return false;
+  }
+  return true;
+}
+
+/** What an object of an unknown class is, and what to do about it. */
+function describeUnknown(value: object): string {
+  const className = (value.constructor as { name?: string } | undefined)?.name || "anonymous";
+  const { rows, command } = value as { rows?: unknown; command?: unknown };
+  if (Array.isArray(rows) && typeof command === "string") {
+    return `a query result (an instance of class ${className}); return its \`rows\`, or the values you need from them, instead`;
+  }
+  if (value instanceof Error) {
+    return `an instance of class ${className}, an error class of your own (register it with the \`types\` option, or return a plain object)`;
+  }
+  return `an instance of class ${className} (register it with the \`types\` option)`;
 }

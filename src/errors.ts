@@ -26,8 +26,8 @@ export interface IdempotencyRecordInfo {
 
 /**
  * Another call with the same scope and key is still running and did not finish within
- * `lockTimeout`. Nothing was executed for this call. Maps to HTTP 409 Conflict: the client
- * should retry later.
+ * `lockTimeout`. Nothing was executed for this call, and it held no connection while it waited.
+ * Maps to HTTP 409 Conflict: the client should retry later with the same key.
  */
 export class IdempotencyKeyInUseError extends TxonceError {
   readonly code = "TXONCE_KEY_IN_USE";
@@ -109,8 +109,109 @@ export class SchemaNotInstalledError extends TxonceError {
   readonly code = "TXONCE_SCHEMA_NOT_INSTALLED";
   constructor(options?: { cause?: unknown }) {
     super(
-      "The txonce tables are not in this database: add the models from txonce/prisma/txonce.prisma " +
-        "to your schema and run `prisma migrate dev`, or apply txonce's migration SQL",
+      "The txonce tables are not in this database. With Prisma: `npx txonce init` adds txonce's models " +
+        "to your schema, then `npx prisma migrate dev --name txonce` creates them. Without Prisma: apply " +
+        "node_modules/txonce/prisma/migrations/*/migration.sql in order",
+      options,
+    );
+  }
+}
+
+/** Which of txonce's own steps failed: see {@link DatabaseUnavailableError.during}. */
+export type IdempotencyStep = "begin" | "claim" | "save" | "commit" | "poll";
+
+const describeKey = (scope: string, key: string) =>
+  `idempotency key ${JSON.stringify(key)}${scope ? ` in scope ${JSON.stringify(scope)}` : ""}`;
+
+const STEP: Record<IdempotencyStep, string> = {
+  begin: "starting the transaction",
+  claim: "claiming the key",
+  save: "storing the result",
+  commit: "committing",
+  poll: "waiting for a concurrent call",
+};
+
+/**
+ * The database could not serve one of txonce's own statements for this call (starting the
+ * transaction, the claim, storing the result, COMMIT, or the poll while waiting for a concurrent
+ * call). This call committed nothing: retrying it with the same key is safe, and runs the
+ * operation afresh unless another call has completed the key meanwhile. The original error is the
+ * `cause`. Maps to HTTP 503 Service Unavailable. Match the subclasses, or this class for all.
+ * With `during: "commit"`, COMMIT got no answer and txonce looked up the transaction on another
+ * connection: it had rolled back (had it committed, the call would have returned its value).
+ */
+export abstract class DatabaseUnavailableError extends TxonceError {
+  constructor(
+    readonly scope: string,
+    readonly key: string,
+    /** The step that failed. */
+    readonly during: IdempotencyStep,
+    what: string,
+    options: { cause: unknown },
+  ) {
+    super(`${what} while ${STEP[during]} for ${describeKey(scope, key)}; nothing was committed, retry with the same key`, options);
+  }
+}
+
+/**
+ * The connection broke during one of txonce's statements: SQLSTATE class 08, Prisma's `P1017`
+ * or `P1008`, a socket error (`ECONNRESET`, `EPIPE`, ...), or an error the driver raised without
+ * any code (node-postgres reports a dropped connection as a plain `Error`). The transaction
+ * rolled back.
+ */
+export class ConnectionLostError extends DatabaseUnavailableError {
+  readonly code = "TXONCE_CONNECTION_LOST";
+  constructor(scope: string, key: string, during: IdempotencyStep, options: { cause: unknown }) {
+    super(scope, key, during, "The database connection was lost", options);
+  }
+}
+
+/**
+ * No connection could be had to start the transaction or to poll: the pool had none free in
+ * time (Prisma's `P2028` "Unable to start a transaction in the given time" or `P2024`, or the
+ * driver's pool timeout), the server was unreachable (`P1001`, `ECONNREFUSED`), had too many
+ * connections (`53300`) or was starting up or shutting down (`57P03`).
+ */
+export class NoConnectionError extends DatabaseUnavailableError {
+  readonly code = "TXONCE_NO_CONNECTION";
+  constructor(scope: string, key: string, during: IdempotencyStep, options: { cause: unknown }) {
+    super(scope, key, during, "No database connection was available", options);
+  }
+}
+
+/**
+ * The server ended the session: an administrator terminated it (`pg_terminate_backend`, SQLSTATE
+ * `57P01`, also sent on a fast shutdown) or the server is recovering from a crash (`57P02`). The
+ * transaction rolled back.
+ */
+export class ConnectionTerminatedError extends DatabaseUnavailableError {
+  readonly code = "TXONCE_CONNECTION_TERMINATED";
+  constructor(scope: string, key: string, during: IdempotencyStep, options: { cause: unknown }) {
+    super(scope, key, during, "The database server terminated the session", options);
+  }
+}
+
+/**
+ * The operation ran and COMMIT was sent, but no answer came back (the connection broke or the
+ * session was terminated during COMMIT), and txonce could not find out afterwards whether it
+ * committed: its own look-up (`pg_xact_status` of the transaction, on another connection) failed
+ * too, or the transaction was still in progress when `lockTimeout` ran out. The key is either
+ * committed with its result or rolled back with the operation's writes, never half of it:
+ * **retrying with the same key is safe**, it replays the stored result if the attempt committed
+ * and runs the operation afresh if it did not. The original error is the `cause`. Maps to HTTP
+ * 503 Service Unavailable (the client retries with the same key).
+ */
+export class OutcomeUnknownError extends TxonceError {
+  readonly code = "TXONCE_OUTCOME_UNKNOWN";
+  constructor(
+    readonly scope: string,
+    readonly key: string,
+    options: { cause: unknown },
+  ) {
+    super(
+      `COMMIT of ${describeKey(scope, key)} got no answer and its outcome could not be looked up: ` +
+        "it either committed with its result or rolled back entirely; retrying with the same key is safe " +
+        "(it replays if the attempt committed, runs afresh if not)",
       options,
     );
   }

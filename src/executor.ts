@@ -17,10 +17,24 @@ export interface SqlExecutor {
  */
 export interface Database<Tx, TxOptions = unknown> extends SqlExecutor {
   /**
+   * Runs one statement outside any transaction: on its own, in autocommit, so that what it locks
+   * is released when it ends (the idempotency poll takes a key's advisory lock for one statement
+   * this way). Inherited from {@link SqlExecutor}.
+   */
+  query(sql: string, params: readonly unknown[]): Promise<Row[]>;
+  /**
    * Runs `work` in one transaction: commits when it resolves, rolls back and rethrows when it
-   * rejects. `sql` runs statements on that same transaction.
+   * rejects. `sql` runs statements on that same transaction. Rejects when COMMIT fails (with the
+   * driver's error: txonce tells a refused COMMIT from one that got no answer by its codes), and
+   * rejects before calling `work` when no connection or BEGIN could be had.
    */
   transaction<T>(work: (tx: Tx, sql: SqlExecutor) => Promise<T>, options?: TxOptions): Promise<T>;
   /** Runs statements on a transaction the caller opened (e.g. to enqueue outbox messages in it). */
   sqlFor(tx: Tx): SqlExecutor;
+  /**
+   * Why `tx` is not a handle on an open transaction (e.g. it is the root client, whose statements
+   * commit on their own), or `undefined` when it is one or the adapter cannot tell. The outbox
+   * refuses to enqueue outside a transaction with this reason. (Default: never refuses)
+   */
+  outsideTransaction?(tx: Tx): string | undefined;
 }

@@ -1,15 +1,24 @@
+import { createHash } from "node:crypto";
 import { Codec, type CustomType } from "./codec.js";
 import { toMilliseconds, type Duration } from "./duration.js";
 import {
+  ConnectionLostError,
+  ConnectionTerminatedError,
   IdempotencyKeyInUseError,
   IdempotencyKeyReusedError,
   InvalidArgumentError,
+  NoConnectionError,
+  OutcomeUnknownError,
+  TxonceError,
   type IdempotencyRecordInfo,
+  type IdempotencyStep,
 } from "./errors.js";
-import type { Database, Row, SqlExecutor } from "./executor.js";
+import type { Database, Row } from "./executor.js";
 import { fingerprintOf } from "./fingerprint.js";
+import { backoffPolicy } from "./outbox/backoff.js";
+import { RecordCache, type StoredRecord } from "./record-cache.js";
 import * as sql from "./sql/postgres.js";
-import { SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
+import { connectionFailureOf, isCodelessDriverError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
 
 /** Options shared by every call of one txonce instance; each can be overridden per call. */
 export interface IdempotencyDefaults<TxOptions = unknown> {
@@ -21,12 +30,29 @@ export interface IdempotencyDefaults<TxOptions = unknown> {
   retention?: Duration;
   /**
    * How long a call waits for a concurrent call with the same key to finish before it gives up
-   * with {@link IdempotencyKeyInUseError}. Keep it well below the transaction timeout.
-   * (Default: `"2s"`)
+   * with {@link IdempotencyKeyInUseError}. The wait holds no database connection: calls in the
+   * same process share the first one's attempt, and a call waiting for another process polls
+   * the key outside any transaction (from a few milliseconds apart up to 50 ms), so it is not
+   * tied to the transaction timeout. (Default: `"2s"`)
    */
   lockTimeout?: Duration;
-  /** Longest accepted key and scope, in characters. (Default: `255`) */
+  /**
+   * Longest accepted key and scope, in Unicode code points (what a person counts as characters
+   * for nearly every script: `"👍"` is one, although it is two UTF-16 units in a JavaScript
+   * string's `length`). 255 code points are at most 1,020 bytes of UTF-8, so a key and its scope
+   * stay well within what a PostgreSQL index entry can hold. (Default: `255`)
+   */
   maxKeyLength?: number;
+  /**
+   * Completed records kept in this process's memory, so that a replay here costs no query.
+   * A record never changes until it expires, and a copy is dropped before the record expires
+   * (by the database's clock), so replays stay exact. Only a record changed behind txonce's back
+   * (deleted by hand, a truncated table) can be replayed from memory after that, for at most
+   * `maxAge`. `maxBytes` bounds the memory (least recently used copies go first; a result
+   * larger than that is never kept). `false` turns it off. (Default: `{ maxBytes: 4194304,
+   * maxAge: "1m" }`)
+   */
+  replayCache?: false | { maxBytes?: number; maxAge?: Duration };
   /** Options for the transaction the operation runs in, passed to the client. (Default: the client's) */
   transaction?: TxOptions;
   /**
@@ -53,7 +79,7 @@ export interface IdempotencyOptions<TxOptions = unknown> {
   fingerprint?: unknown;
   /** Overrides {@link IdempotencyDefaults.retention} for this call. */
   retention?: Duration;
-  /** Overrides {@link IdempotencyDefaults.lockTimeout} for this call. */
+  /** Overrides {@link IdempotencyDefaults.lockTimeout} for this call: how long it may wait for a concurrent call. */
   lockTimeout?: Duration;
   /** Overrides {@link IdempotencyDefaults.transaction} for this call. */
   transaction?: TxOptions;
@@ -67,7 +93,7 @@ export interface IdempotencyOutcome<T> {
   readonly replayed: boolean;
   readonly scope: string;
   readonly key: string;
-  /** When the key was first claimed (database clock). */
+  /** When the key was claimed by the call that ran the operation (database clock). */
   readonly firstSeenAt: Date;
   /** When the record expires and the key may run again (database clock). */
   readonly expiresAt: Date;
@@ -96,15 +122,61 @@ export interface Idempotency<Tx, TxOptions = unknown> {
 const DEFAULT_RETENTION = "48h";
 const DEFAULT_LOCK_TIMEOUT = "2s";
 const DEFAULT_MAX_KEY_LENGTH = 255;
-/** Claims that find the key taken but cannot read it (it expired or rolled back meanwhile) retry. */
-const MAX_CLAIM_ATTEMPTS = 5;
+const DEFAULT_CACHE_BYTES = 4 * 1024 * 1024;
+const DEFAULT_CACHE_AGE = "1m";
+/**
+ * Polls of a key that another process holds: the first after 2-4 ms, doubling up to 25-50 ms
+ * (uniform jitter in [d/2, d]). One poller per key per process (the others share its attempt),
+ * so a hot key costs ~30 one-row queries per second per process, and a waiter learns of the
+ * commit ~20 ms after it (p50; p95 ~45 ms): docs/benchmarks.md, "Waiting for another process".
+ */
+const pollDelay = backoffPolicy({ initial: 4, max: 50 });
 
-/** Thrown inside the transaction to roll it back when the key is already taken. */
+/** What one transaction attempt did: ran the operation and committed, or found the key taken. */
+type Attempt<T> =
+  | { readonly kind: "ran"; readonly outcome: IdempotencyOutcome<T>; readonly record: StoredRecord }
+  | { readonly kind: "taken" };
+
+/** Thrown inside the transaction to roll it back when the claim finds the key taken. */
 class KeyTaken {}
+
+/** Everything one call needs, fixed once its arguments are checked. */
+interface Call<Tx, TxOptions, T> {
+  readonly scope: string;
+  readonly key: string;
+  readonly operation: Operation<Tx, T>;
+  readonly fingerprint: string | null;
+  readonly retentionMs: number;
+  readonly transactionOptions: TxOptions | undefined;
+  /** `Date.now()` when the call started, and the latest moment it may still be waiting. */
+  readonly startedAt: number;
+  readonly deadline: number;
+  /** Also bounds the look-up of a COMMIT that got no answer. */
+  readonly lockTimeoutMs: number;
+  /** The key's advisory lock id, see {@link keyLockId}. */
+  readonly lockId: string;
+}
+
+/** Concurrent calls on one (scope, key) in this process share one attempt: the first one's. */
+interface Flight {
+  /** The key's committed record once the attempt ends, or `undefined` if it ended without one. */
+  readonly done: Promise<StoredRecord | undefined>;
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
  * The idempotency algorithm over any {@link Database}. Adapters call this; users call
  * `txonce(prisma)` from `txonce/prisma` or `txonce(pool)` from `txonce/pg`.
+ *
+ * A call, in order: a copy of the completed record in this process's cache is replayed at once;
+ * if another call on the same key is in flight in this process, the call waits for its attempt
+ * (holding nothing) and replays its record, or, if that attempt ends without one, the next call
+ * in line runs; otherwise the call opens the transaction and claims the key ({@link sql.claimKey},
+ * which never waits): a stored record is replayed, a claimed key runs the operation and stores
+ * its result in the same transaction, and a key busy in another process makes the call roll back,
+ * release the connection and poll ({@link sql.pollKey}) until that process's attempt ends or
+ * `lockTimeout` has passed.
  */
 export function createIdempotency<Tx, TxOptions>(
   db: Database<Tx, TxOptions>,
@@ -116,46 +188,22 @@ export function createIdempotency<Tx, TxOptions>(
   }
   const defaultRetentionMs = toMilliseconds(defaults.retention ?? DEFAULT_RETENTION, "retention");
   const defaultLockTimeoutMs = toMilliseconds(defaults.lockTimeout ?? DEFAULT_LOCK_TIMEOUT, "lockTimeout");
+  const cache = createCache(defaults.replayCache);
   const codec = new Codec(defaults.types);
+  const flights = new Map<string, Flight>();
 
   function checkIdentifier(value: unknown, argument: string): string {
     if (typeof value !== "string") {
       throw new InvalidArgumentError(argument, `expected a string, got ${value === null ? "null" : typeof value}`);
     }
     if (value.length === 0) throw new InvalidArgumentError(argument, "must not be empty");
-    if (value.length > maxKeyLength) {
-      throw new InvalidArgumentError(argument, `is ${value.length} characters long, the limit is ${maxKeyLength}`);
+    // Code points never outnumber UTF-16 units: count them only when the units exceed the limit.
+    const length = value.length > maxKeyLength ? codePointCount(value) : value.length;
+    if (length > maxKeyLength) {
+      throw new InvalidArgumentError(argument, `is ${length} characters long, the limit is ${maxKeyLength} (counted in Unicode code points)`);
     }
     if (value.includes("\u0000")) throw new InvalidArgumentError(argument, "must not contain NUL characters");
     return value;
-  }
-
-  function toRecordInfo(scope: string, key: string, row: Row): IdempotencyRecordInfo {
-    return {
-      scope,
-      key,
-      fingerprint: (row.fingerprint as string | null) ?? null,
-      firstSeenAt: new Date(row.created_at as Date | string),
-      expiresAt: new Date(row.expires_at as Date | string),
-    };
-  }
-
-  function replay<T>(scope: string, key: string, fingerprint: string | null, row: Row): IdempotencyOutcome<T> {
-    const record = toRecordInfo(scope, key, row);
-    if (record.fingerprint !== fingerprint) throw new IdempotencyKeyReusedError(record, fingerprint);
-    return {
-      value: codec.decode<T>(row.result as string),
-      replayed: true,
-      scope,
-      key,
-      firstSeenAt: record.firstSeenAt,
-      expiresAt: record.expiresAt,
-    };
-  }
-
-  async function findLive(scope: string, key: string): Promise<Row | undefined> {
-    const rows = await withSchemaCheck(db.query(sql.findLiveRecord, [scope, key]));
-    return rows[0];
   }
 
   async function withIdempotencyOutcome<T>(
@@ -173,61 +221,233 @@ export function createIdempotency<Tx, TxOptions>(
     const lockTimeoutMs =
       options.lockTimeout === undefined ? defaultLockTimeoutMs : toMilliseconds(options.lockTimeout, "lockTimeout");
     const fingerprint = options.fingerprint === undefined ? null : fingerprintOf(codec, options.fingerprint);
-    const transactionOptions = options.transaction ?? defaults.transaction;
-
-    // A completed key costs this one query, outside any transaction.
-    const stored = await findLive(scope, key);
-    if (stored) return replay(scope, key, fingerprint, stored);
-
-    for (let attempt = 1; ; attempt++) {
-      const startedAt = Date.now();
-      try {
-        return await db.transaction(async (tx, inTransaction) => {
-          const claimed = await claim(inTransaction, scope, key, fingerprint, retentionMs, lockTimeoutMs, startedAt);
-          const value = await operation(tx);
-          const encoded = codec.encode(value, "result");
-          await inTransaction.query(sql.saveResult, [scope, key, encoded]);
-          return { value, replayed: false, scope, key, ...claimed };
-        }, transactionOptions);
-      } catch (error) {
-        if (!(error instanceof KeyTaken)) throw error;
-      }
-      // Another call holds the key and has committed: replay what it stored.
-      const winner = await findLive(scope, key);
-      if (winner) return replay(scope, key, fingerprint, winner);
-      if (attempt >= MAX_CLAIM_ATTEMPTS) {
-        throw new IdempotencyKeyInUseError(scope, key, Date.now() - startedAt);
-      }
+    const startedAt = Date.now();
+    const call: Call<Tx, TxOptions, T> = {
+      scope,
+      key,
+      operation,
+      fingerprint,
+      retentionMs,
+      transactionOptions: options.transaction ?? defaults.transaction,
+      startedAt,
+      deadline: startedAt + lockTimeoutMs,
+      lockTimeoutMs,
+      lockId: keyLockId(scope, key),
+    };
+    const id = cacheId(call);
+    for (;;) {
+      const cached = cache?.get(id);
+      if (cached) return replay(call, cached);
+      const flight = flights.get(id);
+      if (!flight) return lead(call, id);
+      const record = await waitFor(flight, call);
+      if (record) return replay(call, record);
+      // That attempt ended without a record (it rolled back, failed or gave up waiting): the
+      // first call to get here leads the next attempt, the others join it.
     }
   }
 
-  async function claim(
-    inTransaction: SqlExecutor,
-    scope: string,
-    key: string,
-    fingerprint: string | null,
-    retentionMs: number,
-    lockTimeoutMs: number,
-    startedAt: number,
-  ): Promise<{ firstSeenAt: Date; expiresAt: Date }> {
-    let rows: Row[];
+  /** Runs the call's attempts as the flight of its key that other calls in this process join. */
+  async function lead<T>(call: Call<Tx, TxOptions, T>, id: string): Promise<IdempotencyOutcome<T>> {
+    let end!: (record: StoredRecord | undefined) => void;
+    flights.set(id, { done: new Promise((resolve) => (end = resolve)) });
+    let record: StoredRecord | undefined;
     try {
-      rows = await withSchemaCheck(
-        inTransaction.query(sql.claimKey, [scope, key, fingerprint, retentionMs, `${lockTimeoutMs}ms`]),
-      );
-    } catch (error) {
-      const state = sqlStateOf(error);
-      if (state === SqlState.lockNotAvailable) {
-        throw new IdempotencyKeyInUseError(scope, key, Date.now() - startedAt, { cause: error });
+      const polls = { count: 0 };
+      for (let replaceExpired = false; ; replaceExpired = true) {
+        const attempt = await attemptOnce(call, replaceExpired);
+        if (attempt.kind === "ran") {
+          record = attempt.record;
+          return attempt.outcome;
+        }
+        // Taken: by a live record (a replay, found by the first poll, at once) or by a call in
+        // another process (polled until it ends). Free without a live record: claim again, this
+        // time replacing the key's row if it has expired.
+        const polled = await pollUntilDone(call, polls);
+        if (polled) {
+          record = polled;
+          return replay(call, record);
+        }
       }
-      // Under REPEATABLE READ or SERIALIZABLE, a row committed after our snapshot cannot be read
-      // here: roll back and read it outside the transaction.
-      if (state === SqlState.serializationFailure) throw new KeyTaken();
-      throw error;
+    } finally {
+      flights.delete(id);
+      end(record);
     }
-    const row = rows[0];
-    if (!row) throw new KeyTaken();
-    return { firstSeenAt: new Date(row.created_at as Date | string), expiresAt: new Date(row.expires_at as Date | string) };
+  }
+
+  /**
+   * One transaction: claim, then run and store, or roll back with what the claim found. Errors
+   * of the operation reach the caller unchanged; errors of txonce's own statements are
+   * classified; a COMMIT that fails without an answer is looked up.
+   */
+  async function attemptOnce<T>(call: Call<Tx, TxOptions, T>, replaceExpired: boolean): Promise<Attempt<T>> {
+    const { scope, key } = call;
+    let began = false;
+    let claimed: { firstSeenAt: Date; expiresAt: Date; xact: string; answeredAt: number } | undefined;
+    let produced: { value: T; encoded: string } | undefined;
+    /** The attempt committed: the caller's outcome, and the record for the cache and the calls waiting. */
+    const ran = (): Attempt<T> => {
+      const { firstSeenAt, expiresAt, answeredAt } = claimed!;
+      const record: StoredRecord = { fingerprint: call.fingerprint, result: produced!.encoded, firstSeenAt, expiresAt };
+      // created_at is the claim's now(): the database's clock when it answered, or a little before.
+      cache?.set(cacheId(call), record, firstSeenAt, answeredAt);
+      return { kind: "ran", outcome: { value: produced!.value, replayed: false, scope, key, firstSeenAt, expiresAt }, record };
+    };
+    try {
+      await db.transaction(async (tx, inTransaction) => {
+        began = true;
+        let rows: Row[];
+        try {
+          rows = await withSchemaCheck(
+            inTransaction.query(replaceExpired ? sql.claimExpiredKey : sql.claimKey, [
+              scope,
+              key,
+              call.fingerprint,
+              call.retentionMs,
+              call.lockId,
+            ]),
+          );
+        } catch (error) {
+          // Under REPEATABLE READ or SERIALIZABLE, a record committed after this transaction's
+          // snapshot is a serialization failure: the key is taken.
+          if (sqlStateOf(error) === SqlState.serializationFailure) throw new KeyTaken();
+          throw classified(error, call, "claim");
+        }
+        const row = rows[0];
+        if (!row) throw new KeyTaken();
+        claimed = {
+          firstSeenAt: toDate(row.created_at),
+          expiresAt: toDate(row.expires_at),
+          xact: String(row.xact),
+          answeredAt: performance.now(),
+        };
+        const value = await call.operation(tx);
+        const encoded = codec.encode(value, "result");
+        try {
+          await inTransaction.query(sql.saveResult, [scope, key, encoded]);
+        } catch (error) {
+          throw classified(error, call, "save");
+        }
+        produced = { value, encoded };
+      }, call.transactionOptions);
+      return ran();
+    } catch (error) {
+      if (error instanceof KeyTaken) return { kind: "taken" };
+      if (!began) throw classified(error, call, "begin", "unavailable");
+      if (!produced || error instanceof TxonceError) throw error;
+      // The operation ran and its result was saved: the failure is COMMIT's.
+      const state = sqlStateOf(error);
+      if (state !== undefined && connectionFailureOf(error) === undefined) throw error; // the server refused it: rolled back
+      const outcome = await commitOutcome(call, claimed!);
+      if (outcome === "committed") return ran();
+      if (outcome === "aborted") throw classified(error, call, "commit");
+      throw new OutcomeUnknownError(scope, key, { cause: error });
+    }
+  }
+
+  /**
+   * After a COMMIT that got no answer: asks the database, on another connection, whether the
+   * transaction committed. `unknown` when it cannot say for sure within `lockTimeout`.
+   */
+  async function commitOutcome(
+    call: Call<Tx, TxOptions, unknown>,
+    claimed: { firstSeenAt: Date; xact: string },
+  ): Promise<"committed" | "aborted" | "unknown"> {
+    const deadline = Date.now() + call.lockTimeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      let row: Row | undefined;
+      try {
+        [row] = await db.query(sql.transactionStatus, [claimed.xact, call.scope, call.key, claimed.firstSeenAt]);
+      } catch {
+        return "unknown";
+      }
+      if (row?.status === "committed") return row.row_exists === true ? "committed" : "unknown";
+      if (row?.status === "aborted") return "aborted";
+      // "in progress": the session that sent COMMIT has not ended yet (it commits, or rolls
+      // back once it notices its client is gone).
+      if (row?.status !== "in progress" || Date.now() >= deadline) return "unknown";
+      await sleep(Math.min(pollDelay(attempt), Math.max(1, deadline - Date.now())));
+    }
+  }
+
+  /**
+   * Finds out, holding no connection, what holds a taken key: returns its live record as soon as
+   * one is committed, or `undefined` when its lock is free without one (that attempt rolled back:
+   * claim again). Polls with backoff while another process holds the lock, until the call's
+   * deadline ({@link IdempotencyKeyInUseError}). The first poll of a call is immediate (a key is
+   * most often taken by a completed record); `polls` counts on across the call's claims.
+   */
+  async function pollUntilDone(call: Call<Tx, TxOptions, unknown>, polls: { count: number }): Promise<StoredRecord | undefined> {
+    for (;;) {
+      const poll = polls.count++;
+      if (poll > 0) {
+        const left = call.deadline - Date.now();
+        if (left <= 0) throw inUse(call);
+        await sleep(Math.min(pollDelay(poll), left));
+      }
+      let rows: Row[];
+      try {
+        rows = await withSchemaCheck(db.query(sql.pollKey, [call.scope, call.key, call.lockId]));
+      } catch (error) {
+        throw classified(error, call, "poll", "unavailable");
+      }
+      const row = rows[0]!;
+      if (row.created_at !== null && row.created_at !== undefined) return fromDatabase(call, row, performance.now());
+      if (row.free === true) return undefined;
+    }
+  }
+
+  /** Waits for another call's attempt on the same key, at most until this call's deadline. */
+  async function waitFor(flight: Flight, call: Call<Tx, TxOptions, unknown>): Promise<StoredRecord | undefined> {
+    const left = call.deadline - Date.now();
+    if (left <= 0) throw inUse(call);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => resolve("timeout"), left);
+    });
+    try {
+      const result = await Promise.race([flight.done, timedOut]);
+      if (result === "timeout") throw inUse(call);
+      return result;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  const inUse = (call: Call<Tx, TxOptions, unknown>) =>
+    new IdempotencyKeyInUseError(call.scope, call.key, Date.now() - call.startedAt);
+
+  /** A committed record the database returned, also kept in the cache with that answer's clock. */
+  function fromDatabase(call: Call<Tx, TxOptions, unknown>, row: Row, answeredAt: number): StoredRecord {
+    const record: StoredRecord = {
+      fingerprint: (row.fingerprint as string | null) ?? null,
+      result: row.result as string,
+      firstSeenAt: toDate(row.created_at),
+      expiresAt: toDate(row.expires_at),
+    };
+    cache?.set(cacheId(call), record, toDate(row.db_now), answeredAt);
+    return record;
+  }
+
+  function replay<T>(call: Call<Tx, TxOptions, T>, record: StoredRecord): IdempotencyOutcome<T> {
+    if (record.fingerprint !== call.fingerprint) {
+      const info: IdempotencyRecordInfo = {
+        scope: call.scope,
+        key: call.key,
+        fingerprint: record.fingerprint,
+        firstSeenAt: record.firstSeenAt,
+        expiresAt: record.expiresAt,
+      };
+      throw new IdempotencyKeyReusedError(info, call.fingerprint);
+    }
+    return {
+      value: codec.decode<T>(record.result),
+      replayed: true,
+      scope: call.scope,
+      key: call.key,
+      firstSeenAt: record.firstSeenAt,
+      expiresAt: record.expiresAt,
+    };
   }
 
   return {
@@ -235,4 +455,67 @@ export function createIdempotency<Tx, TxOptions>(
     withIdempotencyOutcome,
     codec,
   };
+}
+
+function createCache(option: IdempotencyDefaults["replayCache"]): RecordCache | undefined {
+  if (option === false) return undefined;
+  const maxBytes = option?.maxBytes ?? DEFAULT_CACHE_BYTES;
+  if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) {
+    throw new InvalidArgumentError("replayCache.maxBytes", `expected a non-negative integer, got ${String(maxBytes)}`);
+  }
+  return new RecordCache(maxBytes, toMilliseconds(option?.maxAge ?? DEFAULT_CACHE_AGE, "replayCache.maxAge"));
+}
+
+/**
+ * A failure of one of txonce's own statements, as the error class that says what happened, the
+ * original as its `cause`; errors that are not about the connection stay as they are.
+ * `codeless` is what a plain driver error without any code means at this step.
+ */
+function classified(
+  error: unknown,
+  call: { scope: string; key: string },
+  during: IdempotencyStep,
+  codeless: "lost" | "unavailable" = "lost",
+): unknown {
+  if (error instanceof TxonceError) return error;
+  const failure = connectionFailureOf(error) ?? (isCodelessDriverError(error) ? codeless : undefined);
+  const cause = { cause: error };
+  switch (failure) {
+    case "lost":
+      return new ConnectionLostError(call.scope, call.key, during, cause);
+    case "terminated":
+      return new ConnectionTerminatedError(call.scope, call.key, during, cause);
+    case "unavailable":
+      return new NoConnectionError(call.scope, call.key, during, cause);
+    default:
+      // Prisma's "Unable to start a transaction in the given time" (maxWait): the pool had no
+      // connection free in time.
+      if (during === "begin" && (error as { code?: unknown })?.code === "P2028") {
+        return new NoConnectionError(call.scope, call.key, during, cause);
+      }
+      return error;
+  }
+}
+
+const toDate = (value: unknown) => new Date(value as Date | string);
+
+/**
+ * The id of the transaction-level advisory lock that a claim of (scope, key) takes: the first 64
+ * bits of a SHA-256 of the pair, the scope's length first so that no two pairs encode alike,
+ * under a prefix of txonce's keys (the outbox's locks hash `txonce.outbox:` keys). Computed here
+ * rather than in SQL to keep the claim statement cheap to parse. A collision with another lock
+ * only makes a call wait for a call it did not need to wait for.
+ */
+function keyLockId(scope: string, key: string): string {
+  const digest = createHash("sha256").update(`txonce.key:${scope.length}:${scope}${key}`).digest();
+  return digest.readBigInt64BE(0).toString();
+}
+
+/** Names a (scope, key) pair unambiguously: neither may contain NUL (see checkIdentifier). */
+const cacheId = (call: { scope: string; key: string }) => `${call.scope}\u0000${call.key}`;
+
+function codePointCount(value: string): number {
+  let count = 0;
+  for (const _ of value) count++;
+  return count;
 }

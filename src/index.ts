@@ -37,7 +37,13 @@ export {
   InvalidArgumentError,
   UnencodableValueError,
   SchemaNotInstalledError,
+  DatabaseUnavailableError,
+  ConnectionLostError,
+  NoConnectionError,
+  ConnectionTerminatedError,
+  OutcomeUnknownError,
   type IdempotencyRecordInfo,
+  type IdempotencyStep,
 } from "./errors.js";
-export { SqlState, sqlStateOf } from "./sqlstate.js";
+export { SqlState, sqlStateOf, connectionFailureOf, type ConnectionFailure } from "./sqlstate.js";
 export { migrations, schemaSql } from "./sql/schema.js";

@@ -10,6 +10,10 @@ export const SqlState = {
   undefinedTable: "42P01",
   undefinedColumn: "42703",
   undefinedFunction: "42883",
+  tooManyConnections: "53300",
+  adminShutdown: "57P01",
+  crashShutdown: "57P02",
+  cannotConnectNow: "57P03",
 } as const;
 
 const SQLSTATE = /^[0-9A-Z]{5}$/;
@@ -22,21 +26,103 @@ const PRISMA_CODE = /^P[1-9]/;
  * `cause.originalCode`), PGlite's error (`code`), or any of these as a `cause`.
  */
 export function sqlStateOf(error: unknown): string | undefined {
+  for (const e of chain(error)) {
+    const candidate = e as { code?: unknown; originalCode?: unknown };
+    for (const code of [candidate.originalCode, candidate.code]) {
+      if (typeof code === "string" && SQLSTATE.test(code) && !PRISMA_CODE.test(code)) return code;
+    }
+  }
+  return undefined;
+}
+
+/** How a connection failed, as far as the error's codes tell: see {@link connectionFailureOf}. */
+export type ConnectionFailure = "lost" | "unavailable" | "terminated";
+
+/** Prisma's stable error codes (https://www.prisma.io/docs/orm/reference/error-reference) about connections. */
+const PRISMA_CONNECTION_CODES: Record<string, ConnectionFailure> = {
+  P1001: "unavailable", // can't reach the database server
+  P1008: "lost", // operation timed out (socket timeout)
+  P1017: "lost", // the server closed the connection
+  P2024: "unavailable", // timed out fetching a connection from the pool
+  P2037: "unavailable", // too many database connections opened
+};
+
+/** Prisma's driver adapter errors carry a `kind` (see @prisma/driver-adapter-utils). */
+const ADAPTER_KINDS: Record<string, ConnectionFailure> = {
+  ConnectionClosed: "lost",
+  SocketTimeout: "lost",
+  DatabaseNotReachable: "unavailable",
+  TooManyConnections: "unavailable",
+};
+
+/** Node's system error codes (`error.code` of a socket error). */
+const SOCKET_CODES: Record<string, ConnectionFailure> = {
+  ECONNRESET: "lost",
+  EPIPE: "lost",
+  ECONNABORTED: "lost",
+  ETIMEDOUT: "lost",
+  ECONNREFUSED: "unavailable",
+  ENOTFOUND: "unavailable",
+  EHOSTUNREACH: "unavailable",
+  ENETUNREACH: "unavailable",
+  EAI_AGAIN: "unavailable",
+};
+
+/**
+ * Whether an error says the database connection failed, and how, from codes only (never the
+ * message): SQLSTATE class 08 (connection exception) is `lost`; `57P01`/`57P02` (terminated by
+ * an administrator, crash recovery) `terminated`; `57P03` (cannot connect now) and `53300` (too
+ * many connections) `unavailable`; Prisma's `P1001`, `P1008`, `P1017`, `P2024`, `P2037`; the
+ * `kind` of a Prisma driver adapter error (`ConnectionClosed`, ...); a socket error's `code`
+ * (`ECONNRESET`, `ECONNREFUSED`, ...). Looks through `cause`, `meta` and `driverAdapterError`.
+ */
+export function connectionFailureOf(error: unknown): ConnectionFailure | undefined {
+  const state = sqlStateOf(error);
+  if (state !== undefined) {
+    if (state.startsWith("08")) return "lost";
+    if (state === SqlState.adminShutdown || state === SqlState.crashShutdown) return "terminated";
+    if (state === SqlState.cannotConnectNow || state === SqlState.tooManyConnections) return "unavailable";
+  }
+  for (const e of chain(error)) {
+    const { code, errorCode, kind } = e as { code?: unknown; errorCode?: unknown; kind?: unknown };
+    for (const c of [code, errorCode]) {
+      if (typeof c === "string" && (PRISMA_CONNECTION_CODES[c] ?? SOCKET_CODES[c])) {
+        return PRISMA_CONNECTION_CODES[c] ?? SOCKET_CODES[c];
+      }
+    }
+    if (typeof kind === "string" && ADAPTER_KINDS[kind]) return ADAPTER_KINDS[kind];
+  }
+  return undefined;
+}
+
+/**
+ * Whether an error carries no code at all (no SQLSTATE, Prisma code, system error code or driver
+ * adapter kind anywhere in its chain) and is a plain `Error`: what node-postgres raises when the
+ * connection drops under a query ("Connection terminated unexpectedly") or when a client that
+ * already failed is used again. Coming from one of txonce's own statements, whose SQL is fixed,
+ * such an error can only be the connection's.
+ */
+export function isCodelessDriverError(error: unknown): boolean {
+  if (!(error instanceof Error) || Object.getPrototypeOf(error) !== Error.prototype) return false;
+  for (const e of chain(error)) {
+    const { code, errorCode, kind } = e as { code?: unknown; errorCode?: unknown; kind?: unknown };
+    if (code !== undefined || errorCode !== undefined || kind !== undefined) return false;
+  }
+  return true;
+}
+
+/** The error and everything it wraps (`cause`, Prisma's `meta` and `driverAdapterError`). */
+function* chain(error: unknown): Generator<object> {
   const seen = new Set<unknown>();
   const stack: unknown[] = [error];
   while (stack.length > 0) {
     const e = stack.pop();
     if (typeof e !== "object" || e === null || seen.has(e)) continue;
     seen.add(e);
-    const candidate = e as {
-      code?: unknown; originalCode?: unknown; meta?: unknown; cause?: unknown; driverAdapterError?: unknown;
-    };
-    for (const code of [candidate.originalCode, candidate.code]) {
-      if (typeof code === "string" && SQLSTATE.test(code) && !PRISMA_CODE.test(code)) return code;
-    }
-    stack.push(candidate.cause, candidate.meta, candidate.driverAdapterError);
+    yield e;
+    const next = e as { cause?: unknown; meta?: unknown; driverAdapterError?: unknown };
+    stack.push(next.cause, next.meta, next.driverAdapterError);
   }
-  return undefined;
 }
 
 /** Awaits a query of txonce's own, turning "no such table/column" into {@link SchemaNotInstalledError}. */

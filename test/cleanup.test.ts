@@ -29,17 +29,26 @@ describe("cleanup()", () => {
     await seedKeys(db.pool, { count: 100_000, expired: false, prefix: "live" });
     const batches: number[] = [];
     const result = await txonce(db.prisma).cleanup({ batchSize: 7_000, onBatch: (p) => batches.push(p.batchDeleted) });
-    expect(result).toMatchObject({ deleted: 100_000, batches: 16, finished: true, dryRun: false });
+    expect(result).toMatchObject({ deleted: 100_000, batches: 15, finished: true, dryRun: false });
     expect(result.tables).toEqual({
       txonce_idempotency_keys: { deleted: 100_000, batches: 15, finished: true },
       // The outbox's published messages are the job's other table: nothing to prune here.
-      txonce_outbox_messages: { deleted: 0, batches: 1, finished: true },
+      txonce_outbox_messages: { deleted: 0, batches: 0, finished: true },
     });
     expect(batches.slice(0, 14).every((n) => n === 7_000)).toBe(true);
     expect(batches[14]).toBe(100_000 - 14 * 7_000);
     expect(await countKeys(db.pool, "key LIKE 'old-%'")).toBe(0);
     expect(await countKeys(db.pool, "key LIKE 'live-%'")).toBe(100_000);
     expect(await countKeys(db.pool, "expires_at <= now()")).toBe(0);
+  });
+
+  test("an exact multiple of the batch size: the statement that finds nothing left is not counted as a batch", async () => {
+    await seedKeys(db.pool, { count: 3_000, expired: true });
+    const progress: number[] = [];
+    const result = await txonce(db.prisma).cleanup({ batchSize: 1_000, onBatch: (p) => progress.push(p.batchDeleted) });
+    expect(result).toMatchObject({ deleted: 3_000, batches: 3, finished: true });
+    expect(result.tables.txonce_idempotency_keys).toEqual({ deleted: 3_000, batches: 3, finished: true });
+    expect(progress).toEqual([1_000, 1_000, 1_000]);
   });
 
   test("a dry run counts and deletes nothing", async () => {

@@ -2,9 +2,12 @@
  * `txonce cleanup` as cron runs it: a child process, judged by its exit code and output.
  */
 import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, beforeEach, expect, inject, test } from "vitest";
+import { schemaSql } from "../src/sql/schema.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { databaseUrl } from "./support/postgres-server.js";
 import { countKeys, seedKeys } from "./support/seed.js";
@@ -32,10 +35,12 @@ beforeEach(async () => {
 
 const lastLine = (text: string) => text.trim().split("\n").at(-1);
 
-function txonceCli(args: string[], env: Record<string, string | undefined> = {}) {
+/** Runs the command; `cwd` and `bareEnvironment` (only PATH and `env`, as cron gives) for cron's view. */
+function txonceCli(args: string[], env: Record<string, string | undefined> = {}, { cwd, bareEnvironment = false }: { cwd?: string; bareEnvironment?: boolean } = {}) {
   return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "..", "src", "cli", "main.ts"), ...args], {
-      env: { ...process.env, DATABASE_URL: undefined, ...env },
+    const child = spawn(process.execPath, ["--import", import.meta.resolve("tsx"), join(import.meta.dirname, "..", "src", "cli", "main.ts"), ...args], {
+      env: bareEnvironment ? { PATH: process.env.PATH, ...env } : { ...process.env, DATABASE_URL: undefined, ...env },
+      cwd,
     });
     let stdout = "";
     let stderr = "";
@@ -50,9 +55,77 @@ test("cleanup deletes the expired records and prints a one-line summary", async 
   await seedKeys(db.pool, { count: 10, expired: false, prefix: "live" });
   const r = await txonceCli(["cleanup", "--batch-size", "1000"], { DATABASE_URL: db.url });
   expect(r.code, r.stderr).toBe(0);
-  expect(r.stdout).toMatch(/^txonce cleanup: deleted 2,500 expired rows in 4 batches in \d+\.\ds \(finished\)\n$/);
+  expect(r.stdout).toMatch(/^txonce cleanup: deleted 2,500 expired rows in 3 batches in \d+\.\ds \(finished\)\n$/);
   expect(r.stderr).toMatch(/^txonce cleanup: started at /); // plain log lines when not on a terminal
   expect(await countKeys(db.pool)).toBe(10);
+});
+
+test("one row, one batch: singular words", async () => {
+  await seedKeys(db.pool, { count: 1, expired: true });
+  const r = await txonceCli(["cleanup"], { DATABASE_URL: db.url });
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stdout).toMatch(/^txonce cleanup: deleted 1 expired row in 1 batch in \d+\.\ds \(finished\)\n$/);
+});
+
+test("nothing to delete: 0 rows in 0 batches", async () => {
+  const r = await txonceCli(["cleanup"], { DATABASE_URL: db.url });
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stdout).toMatch(/^txonce cleanup: deleted 0 expired rows in 0 batches in \d+\.\ds \(finished\)\n$/);
+});
+
+test("DATABASE_URL from .env in the current folder, as cron runs it (a bare environment); the environment wins over .env", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "txonce-cli-env-"));
+  try {
+    await writeFile(join(dir, ".env"), `# written by prisma init, edited by the user\nDATABASE_URL="${db.url}"\n`);
+    await seedKeys(db.pool, { count: 3, expired: true });
+    const fromFile = await txonceCli(["cleanup"], {}, { cwd: dir, bareEnvironment: true });
+    expect(fromFile.code, fromFile.stderr).toBe(0);
+    expect(fromFile.stdout).toContain("deleted 3 expired rows");
+
+    await writeFile(join(dir, ".env"), `DATABASE_URL=postgres://nobody@127.0.0.1:1/none\n`);
+    await seedKeys(db.pool, { count: 2, expired: true });
+    const fromEnvironment = await txonceCli(["cleanup"], { DATABASE_URL: db.url }, { cwd: dir, bareEnvironment: true });
+    expect(fromEnvironment.code, fromEnvironment.stderr).toBe(0);
+    expect(fromEnvironment.stdout).toContain("deleted 2 expired rows");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("Prisma's ?schema= picks the schema the tables are in (quoted: a name with a space and capitals)", async () => {
+  const schema = "Billing App";
+  await db.pool.query(`CREATE SCHEMA "${schema}"`);
+  const client = await db.pool.connect();
+  try {
+    await client.query(`SET search_path TO "${schema}"`);
+    await client.query(schemaSql);
+    await client.query(
+      `INSERT INTO txonce_idempotency_keys (key, expires_at) SELECT 'k' || i, now() - interval '1 day' FROM generate_series(1, 4) i`,
+    );
+    await client.query("RESET search_path");
+  } finally {
+    client.release();
+  }
+  await seedKeys(db.pool, { count: 7, expired: true }); // in public: not this run's business
+
+  const url = new URL(db.url);
+  url.searchParams.set("schema", schema);
+  const r = await txonceCli(["cleanup", "--json"], { DATABASE_URL: url.toString() });
+  expect(r.code, r.stderr).toBe(0);
+  expect(JSON.parse(lastLine(r.stdout)!).tables.txonce_idempotency_keys.deleted).toBe(4);
+  expect(await countKeys(db.pool)).toBe(7);
+
+  url.searchParams.set("schema", "nowhere");
+  const missing = await txonceCli(["cleanup"], { DATABASE_URL: url.toString() });
+  expect(missing.code).toBe(1);
+  expect(lastLine(missing.stderr)).toMatch(/The txonce tables are not in this database.*\(looked in schema "nowhere" \(the URL's \?schema=\)\)$/);
+  await db.pool.query(`DROP SCHEMA "${schema}" CASCADE`);
+});
+
+test("--version prints the package's version", async () => {
+  const r = await txonceCli(["--version"]);
+  expect(r.code).toBe(0);
+  expect(r.stdout).toBe(`${JSON.parse(await readFile(join(import.meta.dirname, "..", "package.json"), "utf8")).version}\n`);
 });
 
 test("--database-url wins over DATABASE_URL", async () => {
@@ -78,13 +151,13 @@ test("--json prints one JSON object on the last line of stdout", async () => {
   const summary = JSON.parse(lines.at(-1)!);
   expect(summary).toEqual({
     deleted: 150,
-    batches: 3,
+    batches: 2,
     durationMs: expect.any(Number),
     finished: true,
     dryRun: false,
     tables: {
       txonce_idempotency_keys: { deleted: 150, batches: 2, finished: true },
-      txonce_outbox_messages: { deleted: 0, batches: 1, finished: true },
+      txonce_outbox_messages: { deleted: 0, batches: 0, finished: true },
     },
   });
 });
@@ -114,10 +187,12 @@ test.each([
   [["cleanup", "--batch-size", "lots"], /--batch-size: expected a whole number/],
   [["cleanup", "--batch-size", "0"], /--batch-size: expected an integer from 1/],
   [["cleanup", "--max-duration", "soonish"], /--max-duration: "soonish" is not a duration/],
+  [["cleanup", "--max-duration", "48"], /--max-duration: "48" has no unit: write "48ms", "48s", "48m" or "48h"/],
   [["cleanup", "--outbox-retention", "a while"], /--outbox-retention: "a while" is not a duration/],
   [["cleanup", "--database-url", "mysql://root@localhost/db"], /must start with postgres:\/\//],
   [["cleanup", "--database-url", "not a url"], /not a URL/],
-  [["cleanup"], /no database: pass --database-url or set DATABASE_URL/],
+  [["cleanup"], /no database: pass --database-url or set DATABASE_URL \(in the environment or in .env\)/],
+  [["cleanup", "--database-url", "prisma+postgres://localhost:51213/?api_key=x"], /must start with postgres:\/\/ or postgresql:\/\/, not prisma\+postgres:\/\//],
   [["vacuum"], /unknown command "vacuum"/],
 ])("%j: exit 2 with the reason", async (args, reason) => {
   const r = await txonceCli(args);

@@ -5,6 +5,7 @@
  */
 import type { AddressInfo } from "node:net";
 import express, { type ErrorRequestHandler } from "express";
+import qs from "qs";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { txonce } from "../src/adapters/prisma.js";
 import { InvalidArgumentError } from "../src/errors.js";
@@ -29,6 +30,7 @@ async function listen(app: express.Express) {
 const startServer: StartServer = async ({ txonce, defaults, routes }) => {
   const app = express();
   app.use(express.json());
+  app.use(express.urlencoded()); // Express's own form parser
   const idempotent = idempotency(txonce, defaults);
   for (const route of routes) {
     const handler = idempotent(
@@ -63,6 +65,16 @@ describe("express specifics", () => {
       }),
     );
     router.post(
+      "/echo",
+      // A nested form parsed with qs into null-prototype objects, as some apps do.
+      express.text({ type: "application/x-www-form-urlencoded" }),
+      (req, _res, next) => {
+        req.body = qs.parse(req.body as string, { plainObjects: true });
+        next();
+      },
+      idempotent(async (req) => ({ status: 201, body: { received: req.body } })),
+    );
+    router.post(
       "/boom",
       idempotent(async () => {
         throw new Error("boom");
@@ -92,6 +104,24 @@ describe("express specifics", () => {
     expect(response.status).toBe(201);
     const { rows } = await db.pool.query("SELECT scope FROM txonce_idempotency_keys WHERE key = $1", [key]);
     expect(rows).toEqual([{ scope: "POST /v1/accounts/:id/charges" }]);
+  });
+
+  test("a nested form parsed with qs (null prototypes): fingerprinted, stored and replayed", async () => {
+    const form = (body: string, key: string) =>
+      fetch(`${server.url}/v1/echo`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", "idempotency-key": `"${key}"` },
+        body,
+      });
+    const key = newKey();
+    const first = await form("amount=2.00&metadata[order]=42", key);
+    const firstText = await first.text();
+    expect(first.status, firstText).toBe(201);
+    expect(JSON.parse(firstText)).toEqual({ received: { amount: "2.00", metadata: { order: "42" } } });
+    const replay = await form("metadata[order]=42&amount=2.00", key);
+    expect(replay.headers.get("idempotent-replayed")).toBe("true");
+    expect(await replay.text()).toBe(firstText);
+    expect((await form("amount=2.00&metadata[order]=43", key)).status).toBe(422);
   });
 
   test("the handler's error reaches the app's error handler via next(error), unchanged", async () => {

@@ -4,7 +4,9 @@
  * decorator (typed through TxonceFastifyTypes), prefixes, per-route opt-in, Fastify's error
  * handling for handler errors.
  */
+import formbody from "@fastify/formbody";
 import Fastify, { type FastifyInstance } from "fastify";
+import qs from "qs";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { txonce } from "../src/adapters/prisma.js";
 import txonceFastify, { fastifyIdempotency } from "../src/http/fastify.js";
@@ -32,6 +34,7 @@ function withErrorHandler(app: FastifyInstance): FastifyInstance {
 // The suite's routes through fastifyIdempotency (no plugin): `tx` is inferred from the txonce instance.
 const startServer: StartServer = async ({ txonce, defaults, routes }) => {
   const app = withErrorHandler(Fastify());
+  await app.register(formbody); // Fastify's own form parser (fast-querystring's objects, whose prototype has no prototype)
   const idempotent = fastifyIdempotency(txonce, defaults);
   for (const route of routes) {
     app.route({
@@ -61,6 +64,8 @@ describe("fastify plugin", () => {
     db = await createTestDatabase({ prismaPoolSize: 3 });
     await db.prisma.account.create({ data: { id: "acc", balance: 1000 } });
     const app = Fastify();
+    // @fastify/formbody with qs for nested forms (Stripe-style `metadata[order]=42`): null-prototype objects.
+    await app.register(formbody, { parser: (body) => qs.parse(body, { plainObjects: true }) });
     await app.register(txonceFastify, { txonce: txonce(db.prisma), scope: (request) => request.headers["x-account"] as string });
     await app.register(
       async (api) => {
@@ -77,6 +82,10 @@ describe("fastify plugin", () => {
           api.idempotent(async () => {
             throw Object.assign(new Error("card network down"), { statusCode: 502 });
           }),
+        );
+        api.post(
+          "/echo",
+          api.idempotent(async (request) => ({ status: 201, body: { received: request.body } })),
         );
         // Not wrapped: no Idempotency-Key needed, nothing stored.
         api.post("/plain", async () => ({ n: ++plainCalls }));
@@ -104,6 +113,24 @@ describe("fastify plugin", () => {
     expect(await second.text()).toBe(await first.text());
     const { rows } = await db.pool.query("SELECT scope FROM txonce_idempotency_keys WHERE key = $1", [key]);
     expect(rows).toEqual([{ scope: "POST /v1/accounts/:id/charges @acc" }]);
+  });
+
+  test("a nested form parsed by @fastify/formbody with qs (null prototypes): fingerprinted, stored and replayed", async () => {
+    const form = (body: string, key: string) =>
+      fetch(`${server.url}/v1/echo`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", "idempotency-key": `"${key}"`, "x-account": "acc" },
+        body,
+      });
+    const key = newKey();
+    const first = await form("amount=2.00&metadata[order]=42&items[0]=a&items[1]=b", key);
+    const firstText = await first.text();
+    expect(first.status, firstText).toBe(201);
+    expect(JSON.parse(firstText)).toEqual({ received: { amount: "2.00", metadata: { order: "42" }, items: ["a", "b"] } });
+    const replay = await form("metadata[order]=42&amount=2.00&items[0]=a&items[1]=b", key);
+    expect(replay.headers.get("idempotent-replayed")).toBe("true");
+    expect(await replay.text()).toBe(firstText);
+    expect((await form("amount=2.00&metadata[order]=43&items[0]=a&items[1]=b", key)).status).toBe(422);
   });
 
   test("per-route opt-in: a route without the wrapper needs no key", async () => {

@@ -40,6 +40,7 @@ async function chargeCount(amount: number) {
 }
 let amountSeq = 1000;
 const newAmount = () => ++amountSeq;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
 describe("first call", () => {
   test("claims the key first, runs the operation in the same transaction, stores the result, commits", async () => {
@@ -149,8 +150,8 @@ describe("replay", () => {
     await expect(withIdempotency(key, async () => "other")).resolves.toStrictEqual(value);
   });
 
-  test("costs one query and no interactive transaction", async () => {
-    const counts = { queries: 0, transactions: 0 };
+  test("costs no query in the process that stored it, one transaction and one poll in a process that has not seen it", async () => {
+    const counts = { queries: 0, transactions: 0, inTransaction: 0 };
     const counting: PrismaClientLike = {
       $queryRawUnsafe: (...args: Parameters<typeof db.prisma.$queryRawUnsafe>) => {
         counts.queries++;
@@ -158,17 +159,91 @@ describe("replay", () => {
       },
       $transaction: ((fn: (tx: unknown) => Promise<unknown>, options?: object) => {
         counts.transactions++;
-        return db.prisma.$transaction((tx) => fn(tx), options);
+        return db.prisma.$transaction((tx) => {
+          const countingTx = new Proxy(tx, {
+            get: (target, property) =>
+              property === "$queryRawUnsafe"
+                ? (...args: Parameters<typeof tx.$queryRawUnsafe>) => {
+                    counts.inTransaction++;
+                    return target.$queryRawUnsafe(...args);
+                  }
+                : Reflect.get(target, property),
+          });
+          return fn(countingTx);
+        }, options);
       }) as PrismaClientLike["$transaction"],
     };
-    const { withIdempotency } = txonce(counting);
+    const reset = () => Object.assign(counts, { queries: 0, transactions: 0, inTransaction: 0 });
+    const here = txonce(counting);
     const key = newKey();
-    await withIdempotency(key, async () => "first");
-    expect(counts).toEqual({ queries: 1, transactions: 1 }); // lookup, then the transaction
-    counts.queries = 0;
-    counts.transactions = 0;
-    await expect(withIdempotency(key, async () => "again")).resolves.toBe("first");
-    expect(counts).toEqual({ queries: 1, transactions: 0 });
+    await here.withIdempotency(key, async () => "first");
+    // No lookup before the transaction: claim and save inside it.
+    expect(counts).toEqual({ queries: 0, transactions: 1, inTransaction: 2 });
+    reset();
+    await expect(here.withIdempotency(key, async () => "again")).resolves.toBe("first");
+    expect(counts).toEqual({ queries: 0, transactions: 0, inTransaction: 0 });
+    reset();
+    // Another instance stands for another process: its claim finds the key taken, rolls back, and
+    // one poll outside the transaction returns the record...
+    const elsewhere = txonce(counting);
+    await expect(elsewhere.withIdempotency(key, async () => "again")).resolves.toBe("first");
+    expect(counts).toEqual({ queries: 1, transactions: 1, inTransaction: 1 });
+    reset();
+    // ...which it keeps from then on.
+    await expect(elsewhere.withIdempotency(key, async () => "again")).resolves.toBe("first");
+    expect(counts).toEqual({ queries: 0, transactions: 0, inTransaction: 0 });
+  });
+});
+
+describe("the replay cache", () => {
+  test("drops a record when it expires by the database's clock: the next call runs", async () => {
+    const { withIdempotencyOutcome } = txonce(db.prisma);
+    const key = newKey();
+    const first = await withIdempotencyOutcome(key, async () => "old", { retention: 400 });
+    await expect(withIdempotencyOutcome(key, async () => "new")).resolves.toMatchObject({ value: "old", replayed: true });
+    await sleep(first.expiresAt.getTime() - Date.now() + 50);
+    const second = await withIdempotencyOutcome(key, async () => "new");
+    expect(second).toMatchObject({ value: "new", replayed: false });
+    expect((await keyRows(key))[0].result).toContain("new");
+  });
+
+  test("a record deleted behind txonce's back is replayed from memory for at most maxAge; off, never", async () => {
+    const cached = txonce(db.prisma, { replayCache: { maxAge: 300 } });
+    const uncached = txonce(db.prisma, { replayCache: false });
+    const key = newKey();
+    await cached.withIdempotency(key, async () => "kept");
+    await uncached.withIdempotency(key, async () => "other"); // reads it, keeps nothing
+    await db.pool.query("DELETE FROM txonce_idempotency_keys WHERE key = $1", [key]);
+    await expect(cached.withIdempotency(key, async () => "ran")).resolves.toBe("kept");
+    await expect(uncached.withIdempotency(key, async () => "ran again")).resolves.toBe("ran again");
+    await db.pool.query("DELETE FROM txonce_idempotency_keys WHERE key = $1", [key]);
+    await sleep(350);
+    await expect(cached.withIdempotency(key, async () => "ran")).resolves.toBe("ran");
+  });
+
+  test("maxBytes bounds what is kept: least recently used first, a result larger than the bound never", async () => {
+    const counting = { queries: 0 };
+    const client: PrismaClientLike = {
+      $queryRawUnsafe: (...args: Parameters<typeof db.prisma.$queryRawUnsafe>) => {
+        counting.queries++;
+        return db.prisma.$queryRawUnsafe(...args);
+      },
+      $transaction: db.prisma.$transaction.bind(db.prisma) as PrismaClientLike["$transaction"],
+    };
+    const small = txonce(client, { replayCache: { maxBytes: 4000 } });
+    const big = "x".repeat(3000);
+    const [k1, k2, k3] = [newKey(), newKey(), newKey()];
+    await small.withIdempotency(k1, async () => "a");
+    await small.withIdempotency(k2, async () => "b");
+    await small.withIdempotency(k3, async () => big); // 6 kB encoded: not kept
+    const replayed = async (key: string) => {
+      const before = counting.queries;
+      await small.withIdempotency(key, async () => "ran");
+      return counting.queries === before ? "memory" : "database";
+    };
+    expect(await replayed(k1)).toBe("memory");
+    expect(await replayed(k2)).toBe("memory");
+    expect(await replayed(k3)).toBe("database");
   });
 });
 
@@ -324,27 +399,28 @@ describe("expiry", () => {
     expect(byScope[""].created_at.getTime()).toBeGreaterThanOrEqual(before[0].now.getTime() - 1);
   });
 
+  // These change expires_at in the database to stand for time passing, so each call runs on a
+  // fresh instance (a process of its own), whose replay cache has not seen the key.
   test("an expired record counts as absent: the next call runs and replaces the row", async () => {
-    const { withIdempotencyOutcome } = txonce(db.prisma);
     const key = newKey();
-    const first = await withIdempotencyOutcome(key, async () => "old", { fingerprint: { v: 1 } });
+    const first = await txonce(db.prisma).withIdempotencyOutcome(key, async () => "old", { fingerprint: { v: 1 } });
     await db.pool.query("UPDATE txonce_idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = $1", [key]);
-    const second = await withIdempotencyOutcome(key, async () => "new", { fingerprint: { v: 2 } });
+    const second = await txonce(db.prisma).withIdempotencyOutcome(key, async () => "new", { fingerprint: { v: 2 } });
     expect(second).toMatchObject({ value: "new", replayed: false });
     expect(second.firstSeenAt.getTime()).toBeGreaterThan(first.firstSeenAt.getTime());
     const rows = await keyRows(key);
     expect(rows).toHaveLength(1);
     expect(rows[0].result).toContain("new");
-    const third = await withIdempotencyOutcome(key, async () => "newer", { fingerprint: { v: 2 } });
+    const third = await txonce(db.prisma).withIdempotencyOutcome(key, async () => "newer", { fingerprint: { v: 2 } });
     expect(third).toMatchObject({ value: "new", replayed: true });
   });
 
   test("a record that expires while the operation of a retry would run is replaced in one transaction", async () => {
     // A failed replacement leaves the expired row as it was.
-    const { withIdempotency } = txonce(db.prisma);
     const key = newKey();
-    await withIdempotency(key, async () => "old");
+    await txonce(db.prisma).withIdempotency(key, async () => "old");
     await db.pool.query("UPDATE txonce_idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = $1", [key]);
+    const { withIdempotency } = txonce(db.prisma);
     await expect(withIdempotency(key, async () => { throw new Error("nope"); })).rejects.toThrow("nope");
     const [row] = await keyRows(key);
     expect(row.result).toContain("old");
@@ -387,11 +463,36 @@ describe("bad input is refused before anything is written", () => {
     await expect(strict.withIdempotency("123456789", async () => 1)).rejects.toMatchObject({ argument: "key" });
   });
 
+  test("the length counts Unicode code points, as the message says: 255 emoji are accepted, 256 are not", async () => {
+    const thumbs = "\u{1F44D}"; // two UTF-16 units
+    const key = thumbs.repeat(255);
+    expect(key.length).toBe(510);
+    await expect(txonce(db.prisma).withIdempotency(key, async () => "ok", { scope: "emoji" })).resolves.toBe("ok");
+    const error = await txonce(db.prisma).withIdempotency(thumbs.repeat(256), async () => 1).catch((e: unknown) => e);
+    expect(error).toMatchObject({ argument: "key", reason: "is 256 characters long, the limit is 255 (counted in Unicode code points)" });
+    await expect(txonce(db.prisma, { maxKeyLength: 3 }).withIdempotency("é\u{1F44D}x", async () => 3, { scope: "é" })).resolves.toBe(3);
+  });
+
   test("bad defaults are refused when the instance is made", () => {
     expect(() => txonce(db.prisma, { retention: "soon" })).toThrow(InvalidArgumentError);
-    expect(() => txonce(db.prisma, { lockTimeout: "10s" })).toThrow(/shorter than the transaction timeout/);
-    expect(() => txonce(db.prisma, { lockTimeout: "10s", transaction: { timeout: 20_000 } })).not.toThrow();
+    expect(() => txonce(db.prisma, { lockTimeout: "soon" })).toThrow(InvalidArgumentError);
     expect(() => txonce(db.prisma, { maxKeyLength: 0 })).toThrow(InvalidArgumentError);
+    expect(() => txonce(db.prisma, { replayCache: { maxBytes: -1 } })).toThrow(/replayCache.maxBytes/);
+    expect(() => txonce(db.prisma, { replayCache: { maxAge: "never" } })).toThrow(/replayCache.maxAge/);
+  });
+
+  test("lockTimeout may be longer than the transaction timeout: a waiting call holds no transaction", async () => {
+    const key = newKey();
+    const t = txonce(db.prisma, { lockTimeout: "3s", transaction: { timeout: 500 } });
+    const elsewhere = txonce(db.newPrisma({ max: 2 }), { lockTimeout: "3s", transaction: { timeout: 500 } });
+    const first = t.withIdempotency(key, async () => {
+      await sleep(400);
+      return "first";
+    });
+    await sleep(50);
+    // Waits ~350 ms across the other instance's attempt; each of its own transactions is short.
+    await expect(elsewhere.withIdempotency(key, async () => "second")).resolves.toBe("first");
+    await expect(first).resolves.toBe("first");
   });
 });
 

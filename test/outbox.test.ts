@@ -193,13 +193,16 @@ describe("ordering", () => {
         await db.prisma.$transaction(
           async (tx) => {
             await t.outbox.enqueue(tx, { topic: "ordered", key, payload });
+            // The enqueue holds the key's lock until this transaction commits, so the order in
+            // which producers get here is the key's commit order. (Recorded after $transaction
+            // resolves instead, two commits' replies can reach this process out of order.)
+            committed.set(key, [...(committed.get(key) ?? []), payload]);
             await t.outbox.enqueue(tx, { topic: "unordered", payload: -payload });
             // Some transactions commit late, after others that enqueued later.
             if (i % 4 === 0) await sleep(30);
           },
           { timeout: 10_000, maxWait: 10_000 },
         );
-        committed.set(key, [...(committed.get(key) ?? []), payload]);
       }
     };
     try {

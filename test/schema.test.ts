@@ -131,11 +131,12 @@ test("what the SDK stores reads back through the Prisma model, and the model's r
   expect(row.expiresAt.getTime() - row.createdAt.getTime()).toBe(3600_000);
   expect(row.fingerprint).toBeNull();
 
-  // Expire it through Prisma: the SDK then treats the key as new.
+  // Expire it through Prisma: the SDK then treats the key as new (in a process that has not kept
+  // the record in memory: a copy there expires by the clock, not by this change).
   await db.prisma.txonceIdempotencyKey.update({
     where: { scope_key: { scope: "sdk", key: "sdk-key" } },
     data: { expiresAt: new Date(Date.now() - 60_000) },
   });
-  const again = await withIdempotencyOutcome("sdk-key", async () => ({ total: 4n }), { scope: "sdk" });
+  const again = await txonce(db.prisma).withIdempotencyOutcome("sdk-key", async () => ({ total: 4n }), { scope: "sdk" });
   expect(again).toMatchObject({ replayed: false, value: { total: 4n } });
 });

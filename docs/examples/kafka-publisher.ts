@@ -1,4 +1,4 @@
-// docs/outbox.md's Kafka example, compiled by `npm run typecheck` so that it cannot rot.
+// docs/outbox.md's Kafka publisher, to copy into your project; compiled by `npm run typecheck`.
 // kafkajs plugs into the relay through the same `Publisher` contract as txonce's own publishers.
 // It is written against the few kafkajs members it uses, so txonce needs no kafkajs types; in
 // your code, pass a real `kafka.producer()` (it matches `KafkaProducerLike`).

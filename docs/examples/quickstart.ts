@@ -1,6 +1,12 @@
-// The README's example, compiled by `npm run typecheck` so that it cannot rot.
+// Linked from the README ("Use it"): a charge with the errors mapped to HTTP status codes. Compiled by `npm run typecheck`.
 import { PrismaPg } from "@prisma/adapter-pg";
-import { IdempotencyKeyInUseError, IdempotencyKeyReusedError, InvalidArgumentError } from "txonce";
+import {
+  DatabaseUnavailableError,
+  IdempotencyKeyInUseError,
+  IdempotencyKeyReusedError,
+  InvalidArgumentError,
+  OutcomeUnknownError,
+} from "txonce";
 import { txonce } from "txonce/prisma";
 import { PrismaClient } from "../../generated/prisma/client.js";
 
@@ -38,6 +44,11 @@ export async function chargeHandler(idempotencyKey: string, body: ChargeRequest)
     if (error instanceof IdempotencyKeyInUseError) return { status: 409, headers: { "Retry-After": "1" }, body: error.code };
     if (error instanceof IdempotencyKeyReusedError) return { status: 422, headers: {}, body: error.code };
     if (error instanceof InvalidArgumentError) return { status: 400, headers: {}, body: error.message };
+    // The database failed; the key is committed or rolled back, never half: the client retries
+    // with the same key, and gets a replay or a fresh run.
+    if (error instanceof DatabaseUnavailableError || error instanceof OutcomeUnknownError) {
+      return { status: 503, headers: { "Retry-After": "1" }, body: error.code };
+    }
     throw error;
   }
 }

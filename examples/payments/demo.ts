@@ -12,9 +12,11 @@
  *   - time out: the client gives up waiting after a few milliseconds while the server carries
  *     on, and retries;
  *   - deliver the request twice at once: two copies race, one charges and the other replays.
- * Clients retry with exponential backoff (and honour Retry-After on a 409) until they get an
- * answer. Then the database is checked: one charge per request, none twice, balances that add up.
- * The exit code is 1 if a check fails.
+ * Clients retry with exponential backoff (and honour Retry-After on a 409) until they get a final
+ * answer: a 201 with the charge, or a 402 when the account's balance does not cover it (declined,
+ * stored and replayed like a 201). Then the database is checked: one charge per 201, none for a
+ * 402, none twice, balances that add up and never go below zero. The exit code is 1 if a check
+ * fails; every check is printed.
  *
  * The server-side faults are asked for with an `X-Demo-Fault` request header that only the
  * simulated network reads; the idempotency fingerprint (method, URL, body) does not include it.
@@ -61,7 +63,7 @@ const stats = {
   conflicts: 0,
   /** Answers the server sent with Idempotent-Replayed: true (delivered or dropped). */
   replays: 0,
-  /** Charges the server committed (201s that were not replays). */
+  /** Final answers the server committed, not replays: 201 (charged) or 402 (declined). */
   committed: 0,
   unexpected: [] as string[],
 };
@@ -93,7 +95,7 @@ network.use((req: Request, res: Response, next) => {
   res.on("finish", () => {
     if (req.method !== "POST") return;
     if (res.getHeader("idempotent-replayed") === "true") stats.replays++;
-    else if (res.statusCode === 201) stats.committed++;
+    else if (res.statusCode === 201 || res.statusCode === 402) stats.committed++;
   });
   if (req.get("x-demo-fault") === "drop") {
     // Let the server finish (and commit); then cut the connection instead of delivering the answer.
@@ -227,34 +229,36 @@ const charged = requests.flatMap((r) => {
   const answer = answers.get(r.key);
   return answer?.status === 201 ? [{ request: r, charge: answer.body as Charge }] : [];
 });
-const declined = [...answers.values()].filter((a) => a.status !== 201);
+const declined = requests.filter((r) => answers.get(r.key)?.status === 402);
+const otherAnswers = [...answers.values()].filter((a) => a.status !== 201 && a.status !== 402);
 const answeredIds = new Set(charged.map((c) => c.charge.id));
 const wrongAnswers = charged.filter(({ request, charge }) => charge.accountId !== request.accountId || charge.amount !== request.amount).length;
-// A charge that is no request's answer is an extra effect: a request charged twice.
+// A charge that is no request's answer is an extra effect: a request charged twice (or a declined one charged).
 const duplicateCharges = dbCharges.filter((c) => !answeredIds.has(c.id)).length;
-
-const checks: [string, boolean][] = [];
-const check = (name: string, ok: boolean) => checks.push([name, ok]);
-check("every request got a final answer", gaveUp.length === 0 && answers.size === REQUESTS);
-check("every answer is a 201 (the balances cover every charge)", declined.length === 0);
-check("no errors besides the injected faults", stats.unexpected.length === 0);
-check("charges committed by the server = requests", stats.committed === REQUESTS);
-check("charges in the database = requests", dbCharges.length === REQUESTS);
-check("no duplicate charges", duplicateCharges === 0);
-check("each request got its own charge, with its account and amount", answeredIds.size === REQUESTS && wrongAnswers === 0);
-check("one stored idempotency record per request", keyRows === REQUESTS);
 
 const balanceRows = ACCOUNTS.map(([id, startText]) => {
   const start = new Prisma.Decimal(startText);
   const charges = dbCharges.filter((c) => c.accountId === id);
   const total = charges.reduce((sum, c) => sum.plus(c.amount), new Prisma.Decimal(0));
-  const mine = requests.filter((r) => r.accountId === id);
+  const mine = charged.filter((c) => c.request.accountId === id).map((c) => c.request);
   const requested = mine.reduce((sum, r) => sum.plus(r.amount), new Prisma.Decimal(0));
+  const declinedHere = declined.filter((r) => r.accountId === id).length;
   const final = dbAccounts.find((a) => a.id === id)?.balance ?? new Prisma.Decimal(NaN);
-  const ok = charges.length === mine.length && total.equals(requested) && start.minus(total).equals(final);
-  return { id, start, requests: mine.length, count: charges.length, requested, charged: total, final, ok };
+  const ok = charges.length === mine.length && total.equals(requested) && start.minus(total).equals(final) && !final.isNegative();
+  return { id, start, requests: mine.length + declinedHere, declined: declinedHere, count: charges.length, requested, charged: total, final, ok };
 });
-check("per account: charges = requests, charged = requested, start - charged = final", balanceRows.every((r) => r.ok));
+
+const checks: [string, boolean][] = [
+  ["every request got a final answer: 201 charged or 402 declined", gaveUp.length === 0 && answers.size === REQUESTS && otherAnswers.length === 0],
+  ["no errors besides the injected faults", stats.unexpected.length === 0],
+  ["final answers committed by the server = requests (each once; the rest were replays)", stats.committed === REQUESTS],
+  ["charges in the database = 201 answers (none for a 402)", dbCharges.length === charged.length],
+  ["no duplicate charges", duplicateCharges === 0],
+  ["each 201 has its own charge, with its account and amount", answeredIds.size === charged.length && wrongAnswers === 0],
+  ["one stored idempotency record per request (402s are stored too)", keyRows === REQUESTS],
+  ["per account: charged = the 201s' amounts, start - charged = final", balanceRows.every((r) => r.ok)],
+  ["no balance below zero", dbAccounts.every((a) => !a.balance.isNegative())],
+];
 
 // --- Summary. ---
 
@@ -269,28 +273,33 @@ line("  client timeouts", stats.timeouts, `the client stopped waiting after ${TI
 line("  concurrent duplicates", stats.duplicates, "sent twice at once: one charged, the other replayed");
 line("  409 key in use", stats.conflicts, "a retry arrived while its first attempt was still running");
 line("replays", stats.replays, "answered from the stored response (Idempotent-Replayed: true)");
-line("charges created", dbCharges.length, `${mark(dbCharges.length === REQUESTS)} = requests`);
+line("charged (201)", charged.length, "the balance covered it");
+line("declined (402)", declined.length, "the balance did not cover it: a final answer, stored and replayed like a 201");
+line("charges created", dbCharges.length, `${mark(dbCharges.length === charged.length)} = charged`);
 line("duplicate charges", duplicateCharges, mark(duplicateCharges === 0));
 if (stats.unexpected.length) line("unexpected errors", stats.unexpected.length, mark(false));
 
-const widths = [10, 8, 8, 10, 10, 10, 10, 0];
+const widths = [10, 8, 8, 8, 10, 10, 10, 10, 0];
 const row = (cells: string[]) =>
   console.log(("  " + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" ")).trimEnd());
 console.log("");
-row(["account", "requests", "charges", "requested", "charged", "start", "final", ""]);
+row(["account", "requests", "declined", "charges", "201s", "charged", "start", "final", ""]);
 for (const r of balanceRows) {
-  row([r.id, String(r.requests), String(r.count), r.requested.toFixed(2), r.charged.toFixed(2), r.start.toFixed(2), r.final.toFixed(2), ` ${mark(r.ok)}`]);
+  row([r.id, String(r.requests), String(r.declined), String(r.count), r.requested.toFixed(2), r.charged.toFixed(2), r.start.toFixed(2), r.final.toFixed(2), ` ${mark(r.ok)}`]);
 }
 const sum = (pick: (r: (typeof balanceRows)[number]) => Prisma.Decimal) =>
   balanceRows.reduce((s, r) => s.plus(pick(r)), new Prisma.Decimal(0)).toFixed(2);
-row(["total", String(REQUESTS), String(dbCharges.length), sum((r) => r.requested), sum((r) => r.charged), sum((r) => r.start), sum((r) => r.final), ""]);
-console.log("  (charges, charged, final: read from the database; ✓: charges = requests, charged = requested, start - charged = final)");
+row(["total", String(REQUESTS), String(declined.length), String(dbCharges.length), sum((r) => r.requested), sum((r) => r.charged), sum((r) => r.start), sum((r) => r.final), ""]);
+console.log("  (201s: the amounts the clients were told were charged; charges, charged, final: read from the database;");
+console.log("   ✓: one charge per 201, charged = 201s, start - charged = final, final not below zero)");
 
 const failed = checks.filter(([, ok]) => !ok);
+console.log("\nChecks:");
+for (const [name, ok] of checks) console.log(`  ${mark(ok)} ${name}`);
 console.log("");
-if (failed.length === 0) console.log(`All ${checks.length} checks passed: exactly one charge per idempotency key.`);
+if (failed.length === 0) console.log(`All ${checks.length} checks passed: exactly one charge per idempotency key, none for a declined one.`);
 else {
-  for (const [name] of failed) console.log(`FAILED: ${name}`);
+  console.log(`${failed.length} of ${checks.length} checks FAILED.`);
   for (const error of stats.unexpected.slice(0, 3)) console.error(error);
 }
 

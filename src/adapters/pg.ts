@@ -10,6 +10,11 @@ import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } fr
 export interface PgClientLike {
   query(text: string, values?: unknown[]): Promise<{ rows: any[] }>;
   release(error?: Error | boolean): void;
+  /** In recent pg 8 releases: `"I"` idle, `"T"` in a transaction, `"E"` in a failed one (the outbox checks it). */
+  getTransactionStatus?(): string | null;
+  /** Listens for the connection's errors while the transaction holds it (pg's `EventEmitter`). */
+  on?(event: "error", listener: (error: Error) => void): unknown;
+  removeListener?(event: "error", listener: (error: Error) => void): unknown;
 }
 
 /** The subset of a pg `Pool` that txonce uses. */
@@ -44,9 +49,26 @@ export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>):
   return {
     query: async (sql, params) => (await pool.query(sql, params as unknown[])).rows as Row[],
     sqlFor,
+    outsideTransaction(client) {
+      const handle = client as Partial<PgClientLike> & { connect?: unknown };
+      if (typeof handle.release !== "function" && typeof handle.connect === "function") {
+        return "this is the pool, not the client of a transaction: pass the client that withIdempotency gives you (or one you ran BEGIN on)";
+      }
+      if (handle.getTransactionStatus?.() === "I") {
+        return "this client is not in a transaction (no BEGIN): each statement on it commits at once; pass the client that withIdempotency gives you (or run BEGIN first)";
+      }
+      return undefined;
+    },
     async transaction(work, options) {
       const client = await pool.connect();
       let broken: Error | undefined;
+      // A connection that fails between statements (the backend terminated, the socket cut)
+      // emits "error" on the client; unheard, that would crash the process. Heard, the next
+      // statement rejects, and the client is released as broken so the pool discards it.
+      const onError = (error: Error) => {
+        broken = error;
+      };
+      client.on?.("error", onError);
       try {
         await client.query(options?.isolationLevel ? `BEGIN ISOLATION LEVEL ${isolation(options.isolationLevel)}` : "BEGIN");
         try {
@@ -60,6 +82,7 @@ export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>):
           throw error;
         }
       } finally {
+        client.removeListener?.("error", onError);
         client.release(broken);
       }
     },

@@ -5,9 +5,7 @@
  */
 import { Decimal } from "@prisma/client/runtime/client";
 import type { CustomType } from "../codec.js";
-import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
-import { toMilliseconds } from "../duration.js";
 import { createTxonce, type Txonce as TxonceOver, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 
 /** Prisma's interactive transaction options. */
@@ -45,9 +43,6 @@ export const prismaDecimalType: CustomType<Decimal, string> = {
   deserialize: (text) => new Decimal(text),
 };
 
-/** Prisma's default interactive transaction timeout, in ms. */
-const PRISMA_DEFAULT_TIMEOUT = 5000;
-
 /** A {@link Database} over a Prisma client. */
 export function prismaDatabase<Client extends PrismaClientLike>(
   prisma: Client,
@@ -60,6 +55,13 @@ export function prismaDatabase<Client extends PrismaClientLike>(
     query: (sql, params) => prisma.$queryRawUnsafe<Row[]>(sql, ...params),
     transaction: (work, options) => prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options),
     sqlFor,
+    // A transaction client lacks the root client's `$connect` (Prisma's ITXClientDenyList); it
+    // has `$transaction` since Prisma 7, so that cannot tell them apart.
+    outsideTransaction: (tx) =>
+      typeof (tx as { $connect?: unknown }).$connect === "function"
+        ? "this is the root Prisma client, not a transaction client: pass the `tx` that withIdempotency or " +
+          "prisma.$transaction(async (tx) => ...) gives you, so the message commits or rolls back with your change"
+        : undefined,
   };
 }
 
@@ -75,13 +77,6 @@ export type Txonce<Client> = TxonceOver<TransactionClientOf<Client>, PrismaTrans
  * const charge = await withIdempotency(key, (tx) => tx.charge.create({ data }), { scope: accountId });
  */
 export function txonce<Client extends PrismaClientLike>(prisma: Client, options: TxonceOptions = {}): Txonce<Client> {
-  const timeout = options.transaction?.timeout ?? PRISMA_DEFAULT_TIMEOUT;
-  if (options.lockTimeout !== undefined && toMilliseconds(options.lockTimeout, "lockTimeout") >= timeout) {
-    throw new InvalidArgumentError(
-      "lockTimeout",
-      `must be shorter than the transaction timeout (${timeout} ms), or waiting calls outlive their transaction`,
-    );
-  }
   return createTxonce(
     prismaDatabase(prisma),
     { ...options, types: [prismaDecimalType, ...(options.types ?? [])] },

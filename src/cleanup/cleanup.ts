@@ -18,7 +18,7 @@ export interface CleanupOptions {
   maxDuration?: Duration;
   /** Only count what would be deleted. (Default: `false`) */
   dryRun?: boolean;
-  /** Called after every batch, e.g. to show progress. (Default: none) */
+  /** Called after every batch that deleted rows, e.g. to show progress. (Default: none) */
   onBatch?: (progress: CleanupProgress) => void;
   /** Stops the run between batches when aborted; the result says `finished: false`. (Default: none) */
   signal?: AbortSignal;
@@ -41,6 +41,7 @@ export interface CleanupProgress {
 export interface TableCleanupResult {
   /** Rows deleted (in a dry run: rows that would be deleted). */
   readonly deleted: number;
+  /** Batches that deleted rows (`0` in a dry run, and when nothing was due). */
   readonly batches: number;
   /** Whether no due rows were left (those held by live traffic aside). */
   readonly finished: boolean;
@@ -50,6 +51,7 @@ export interface TableCleanupResult {
 export interface CleanupResult {
   /** Rows deleted over all tables (in a dry run: rows that would be deleted). */
   readonly deleted: number;
+  /** Batches that deleted rows, over all tables. */
   readonly batches: number;
   readonly durationMs: number;
   /** `true` when every table was emptied of due rows within the budget. */
@@ -124,11 +126,14 @@ export async function runCleanup(
     while (elapsed() < maxDurationMs && !options.signal?.aborted) {
       const rows = await withSchemaCheck(db.query(t.deleteBatch, [batchSize, ...(t.params ?? [])]));
       const batchDeleted = Number(rows[0]?.deleted ?? 0);
-      tableDeleted += batchDeleted;
-      deleted += batchDeleted;
-      tableBatches++;
-      batches++;
-      options.onBatch?.({ table: t.table, batchDeleted, deleted, batches, elapsedMs: elapsed() });
+      // A statement that found nothing left to delete is how the run learns it is done, not a batch.
+      if (batchDeleted > 0) {
+        tableDeleted += batchDeleted;
+        deleted += batchDeleted;
+        tableBatches++;
+        batches++;
+        options.onBatch?.({ table: t.table, batchDeleted, deleted, batches, elapsedMs: elapsed() });
+      }
       if (batchDeleted < batchSize) {
         finished = true;
         break;

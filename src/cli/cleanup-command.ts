@@ -1,8 +1,10 @@
 import { toMilliseconds } from "../duration.js";
-import { InvalidArgumentError } from "../errors.js";
+import { InvalidArgumentError, SchemaNotInstalledError } from "../errors.js";
 import { checkCleanupOptions, type CleanupProgress, type CleanupResult } from "../cleanup/cleanup.js";
 import { txonce } from "../adapters/pg.js";
-import { UsageError, type CliIo } from "./run.js";
+import { pgConnection } from "./connection-url.js";
+import type { CliIo } from "./run.js";
+import { UsageError } from "./usage-error.js";
 
 export const cleanupOptions = {
   "database-url": { type: "string" },
@@ -22,7 +24,8 @@ Safe to run from several places at once. Exit code 0 on success, 1 when the data
 (unreachable, tables missing), 2 on a bad flag.
 
 Options:
-  --database-url <url>    PostgreSQL URL (default: $DATABASE_URL)
+  --database-url <url>    PostgreSQL URL (default: $DATABASE_URL, from the environment or from
+                          .env in the current folder); Prisma's ?schema=name is honoured
   --batch-size <n>        rows per batch (default: 1000)
   --max-duration <time>   time budget, e.g. 30s, 5m; no batch starts after it (default: 1m)
   --outbox-retention <time>  keep published outbox messages this long (default: 7d)
@@ -30,8 +33,8 @@ Options:
   --json                  print the summary as one JSON object on the last line of stdout
   -h, --help              show this help
 
-Example crontab line (every 15 minutes):
-  */15 * * * *  DATABASE_URL=postgres://... npx txonce cleanup --max-duration 5m
+Example crontab line (every 15 minutes; DATABASE_URL from /srv/app/.env):
+  */15 * * * *  cd /srv/app && npx txonce cleanup --max-duration 5m
 `;
 
 type Values = { [K in keyof typeof cleanupOptions]?: (typeof cleanupOptions)[K]["type"] extends "boolean" ? boolean : string };
@@ -57,13 +60,13 @@ export async function cleanupCommand(values: Values, io: CliIo): Promise<number>
     }
   }
   const url = values["database-url"] ?? io.env.DATABASE_URL;
-  if (!url) throw new UsageError("no database: pass --database-url or set DATABASE_URL");
-  checkUrl(url);
+  if (!url) throw new UsageError("no database: pass --database-url or set DATABASE_URL (in the environment or in .env)");
+  const { connectionString, schema } = pgConnection(url);
 
   const { default: pg } = await import("pg").catch(() => {
     throw new Error("the pg package is not installed: npm install pg");
   });
-  const pool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 10_000 });
+  const pool = new pg.Pool({ connectionString, max: 1, connectionTimeoutMillis: 10_000 });
   pool.on("error", () => {}); // an idle connection dropping is not the job's failure
   const abort = new AbortController();
   let exitCode = 0;
@@ -86,22 +89,16 @@ export async function cleanupCommand(values: Values, io: CliIo): Promise<number>
     progress.done();
     io.stdout.write(values.json ? `${JSON.stringify(result)}\n` : `${summary(result)}\n`);
     return exitCode;
+  } catch (error) {
+    if (error instanceof SchemaNotInstalledError) {
+      const where = schema === undefined ? "the schemas on the search_path (public, unless the URL has ?schema=)" : `schema "${schema}" (the URL's ?schema=)`;
+      throw new Error(`${error.message} (looked in ${where})`, { cause: error });
+    }
+    throw error;
   } finally {
     io.signals.off("SIGINT", onSignal);
     io.signals.off("SIGTERM", onSignal);
     await pool.end().catch(() => {});
-  }
-}
-
-function checkUrl(url: string) {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new UsageError("the database URL is not a URL (expected postgres://user:password@host:5432/database)");
-  }
-  if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
-    throw new UsageError(`the database URL must start with postgres:// or postgresql://, not ${parsed.protocol}//`);
   }
 }
 
@@ -111,12 +108,14 @@ function toInteger(text: string, flag: string): number {
 }
 
 const count = (n: number) => n.toLocaleString("en-US");
+/** "1 expired row", "2 expired rows". */
+const counted = (n: number, one: string, many: string) => `${count(n)} ${n === 1 ? one : many}`;
 
 function summary(r: CleanupResult): string {
   const seconds = (r.durationMs / 1000).toFixed(1);
-  if (r.dryRun) return `txonce cleanup (dry run): ${count(r.deleted)} expired rows would be deleted`;
+  if (r.dryRun) return `txonce cleanup (dry run): ${counted(r.deleted, "expired row", "expired rows")} would be deleted`;
   const state = r.finished ? "finished" : "stopped before the end: expired rows remain";
-  return `txonce cleanup: deleted ${count(r.deleted)} expired rows in ${count(r.batches)} batches in ${seconds}s (${state})`;
+  return `txonce cleanup: deleted ${counted(r.deleted, "expired row", "expired rows")} in ${counted(r.batches, "batch", "batches")} in ${seconds}s (${state})`;
 }
 
 /** On a terminal: one line that updates in place. Otherwise: a plain log line at most every second. */
@@ -126,7 +125,7 @@ function progressReporter(io: CliIo, dryRun: boolean) {
   let drawn = false;
   if (!dryRun && !tty) io.stderr.write(`txonce cleanup: started at ${new Date().toISOString()}\n`);
   const line = (p: CleanupProgress) =>
-    `deleted ${count(p.deleted)} rows in ${count(p.batches)} batches, ${(p.elapsedMs / 1000).toFixed(1)}s`;
+    `deleted ${counted(p.deleted, "row", "rows")} in ${counted(p.batches, "batch", "batches")}, ${(p.elapsedMs / 1000).toFixed(1)}s`;
   return {
     onBatch(p: CleanupProgress) {
       if (tty) {

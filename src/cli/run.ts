@@ -1,55 +1,85 @@
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
 import { cleanupCommand, cleanupOptions, cleanupUsage } from "./cleanup-command.js";
+import { initCommand, initOptions, initUsage } from "./init-command.js";
+import { UsageError } from "./usage-error.js";
 
-/** What a command may touch: streams, environment and signals, passed in so tests can drive it. */
+/** What a command may touch: streams, environment, folder and signals, passed in so tests can drive it. */
 export interface CliIo {
   stdout: NodeJS.WritableStream & { isTTY?: boolean };
   stderr: NodeJS.WritableStream & { isTTY?: boolean };
   env: NodeJS.ProcessEnv;
+  /** The folder the command runs in: where `init` looks for the Prisma schema. */
+  cwd: string;
   signals: Pick<NodeJS.Process, "once" | "off">;
 }
-
-/** A failure the user can fix: wrong flag, missing URL. Exit code 2. */
-export class UsageError extends Error {}
 
 const usage = `Usage: txonce <command> [options]
 
 Commands:
-  cleanup   delete expired idempotency records in batches (for cron)
+  init      add txonce's models to your Prisma schema (then: npx prisma migrate dev)
+  cleanup   delete expired idempotency records and old outbox messages in batches (for cron)
 
-Run \`txonce <command> --help\` for a command's options.
+Options:
+  -v, --version   print txonce's version
+  -h, --help      show this help
+
+Run \`txonce <command> --help\` for a command's options. Reads .env in the current folder when
+there is one (variables already set in the environment win).
 `;
+
+interface Command {
+  options: NonNullable<Parameters<typeof parseArgs>[0]>["options"];
+  usage: string;
+  run(values: Record<string, string | boolean | undefined>, io: CliIo): Promise<number>;
+}
+
+const commands: Record<string, Command> = {
+  init: { options: initOptions, usage: initUsage, run: (values, io) => initCommand(values as never, io) },
+  cleanup: { options: cleanupOptions, usage: cleanupUsage, run: (values, io) => cleanupCommand(values as never, io) },
+};
+
+/** txonce's version, from the package.json two folders up (dist/cli/ in the package, src/cli/ here). */
+export function version(): string {
+  return (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+}
 
 /** Runs the CLI with `argv` (without node and the script) and returns the exit code. */
 export async function runCli(argv: string[], io: CliIo): Promise<number> {
-  const [command, ...rest] = argv;
-  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
-    (command === undefined ? io.stderr : io.stdout).write(usage);
-    return command === undefined ? 2 : 0;
+  const [name, ...rest] = argv;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    (name === undefined ? io.stderr : io.stdout).write(usage);
+    return name === undefined ? 2 : 0;
   }
-  if (command !== "cleanup") {
-    io.stderr.write(`txonce: unknown command ${JSON.stringify(command)}\n${usage}`);
+  if (name === "--version" || name === "-v" || name === "version") {
+    io.stdout.write(`${version()}\n`);
+    return 0;
+  }
+  const command = Object.hasOwn(commands, name) ? commands[name] : undefined;
+  if (!command) {
+    io.stderr.write(`txonce: unknown command ${JSON.stringify(name)}\n${usage}`);
     return 2;
   }
-  let values: ReturnType<typeof parseArgs<{ options: typeof cleanupOptions; strict: true }>>["values"];
+  const usageHint = `Run \`txonce ${name} --help\` for the options.`;
+  let values: Record<string, string | boolean | undefined>;
   try {
-    ({ values } = parseArgs({ args: rest, options: cleanupOptions, strict: true, allowPositionals: false } satisfies ParseArgsConfig));
+    ({ values } = parseArgs({ args: rest, options: command.options, strict: true, allowPositionals: false }));
   } catch (error) {
-    io.stderr.write(`txonce cleanup: ${(error as Error).message}\nRun \`txonce cleanup --help\` for the options.\n`);
+    io.stderr.write(`txonce ${name}: ${(error as Error).message}\n${usageHint}\n`);
     return 2;
   }
   if (values.help) {
-    io.stdout.write(cleanupUsage);
+    io.stdout.write(command.usage);
     return 0;
   }
   try {
-    return await cleanupCommand(values, io);
+    return await command.run(values, io);
   } catch (error) {
     if (error instanceof UsageError) {
-      io.stderr.write(`txonce cleanup: ${error.message}\nRun \`txonce cleanup --help\` for the options.\n`);
+      io.stderr.write(`txonce ${name}: ${error.message}\n${usageHint}\n`);
       return 2;
     }
-    io.stderr.write(`txonce cleanup: ${oneLine(error)}\n`);
+    io.stderr.write(`txonce ${name}: ${oneLine(error)}\n`);
     return 1;
   }
 }

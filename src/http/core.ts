@@ -385,3 +385,37 @@ function toStoredResponse(response: IdempotentResponse, maxBytes: number): Store
   if (contentType !== undefined && !("content-type" in headers)) headers["content-type"] = contentType;
   return { v: 1, status, headers, body: bytes };
 }
+
+/**
+ * Response headers as Node (`getHeaders()`), Koa (`ctx.response.headers`) or a `writeHead()`
+ * argument hold them, with lower-case names and string values; `undefined` values are skipped.
+ */
+export function headerRecord(headers: Readonly<Record<string, unknown>>): Record<string, string | string[]> {
+  const result: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined) result[name.toLowerCase()] = Array.isArray(value) ? value.map(String) : String(value);
+  }
+  return result;
+}
+
+/** Header names that the connection, not the response, owns: never stored or replayed. */
+const CONNECTION_HEADERS = new Set([...RESERVED_HEADERS, "date"]);
+
+/**
+ * The headers a route set, for adapters that read the response the framework rendered (Nest,
+ * Hono, Koa) instead of a returned `{ headers }`: those of `after` that were not on the response
+ * before the route ran (`before`, set by middleware such as CORS) or that it changed, without the
+ * connection's own. `Content-Type` always goes with the body. Names lower-case.
+ */
+export function headersSetByRoute(
+  after: Readonly<Record<string, string | readonly string[]>>,
+  before: Readonly<Record<string, string | readonly string[]>>,
+): Record<string, string | readonly string[]> {
+  const result: Record<string, string | readonly string[]> = {};
+  for (const [name, value] of Object.entries(after)) {
+    if (CONNECTION_HEADERS.has(name)) continue;
+    if (name !== "content-type" && name in before && String(before[name]) === String(value)) continue;
+    result[name] = value;
+  }
+  return result;
+}

@@ -32,7 +32,9 @@ export interface Outbox<Tx> {
   /**
    * Writes a message in the caller's transaction (inside `withIdempotency`, or any transaction of
    * the same client): it is published after that transaction commits, and never if it rolls
-   * back. Returns the message id (UUID v7).
+   * back. Returns the message id (UUID v7). `tx` must be that transaction's client: the root
+   * Prisma client, a pg pool, or a pg client outside `BEGIN` is refused with an
+   * {@link InvalidArgumentError} (its message would commit at once, whatever happens to yours).
    */
   enqueue(tx: Tx, message: OutboxMessageInput): Promise<string>;
   /** {@link enqueue} for several messages in one statement; returns their ids in order. */
@@ -86,6 +88,10 @@ export function createOutbox<Tx>(
   };
 
   const enqueueMany = async (tx: Tx, messages: readonly OutboxMessageInput[]) => {
+    // A message written outside the producer's transaction would be published even if that
+    // transaction rolled back: the dual write the outbox exists to remove.
+    const outside = db.outsideTransaction?.(tx);
+    if (outside !== undefined) throw new InvalidArgumentError("tx", outside);
     if (!Array.isArray(messages)) throw new InvalidArgumentError("messages", "expected an array of messages");
     if (messages.length === 0) return [];
     const rows = messages.map(prepare);

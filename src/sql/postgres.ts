@@ -9,48 +9,79 @@
 export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
 
 /**
- * The stored record of a key, if it is live (not expired). Rows only become visible when the
- * transaction that claimed them commits, and that transaction writes the result before it commits,
- * so a visible live row always holds a result.
+ * Claims a key: the first statement of the idempotent transaction, and the only one it needs
+ * before the operation. It never waits for another call: it takes the key's transaction-level
+ * advisory lock only if it is free at once, and only then inserts the key row. Returns the row's
+ * `created_at` and `expires_at`, with `xact`, the transaction's id, with which the outcome of a
+ * COMMIT that got no answer can be looked up afterwards ({@link transactionStatus}). Returns no
+ * row when the key is taken: another transaction holds its lock (a call running the operation,
+ * or one replacing an expired record), or a row exists; the caller rolls back and asks
+ * {@link pollKey} which, outside any transaction. A live record is left alone (no row lock, no
+ * transaction id, no WAL: a replay writes nothing); an expired one is replaced by
+ * {@link claimExpiredKey}, which the caller sends once the poll found no live record.
  *
- * $1 scope, $2 key.
- */
-export const findLiveRecord = `
-SELECT fingerprint, result, created_at, expires_at
-FROM ${IDEMPOTENCY_TABLE}
-WHERE scope = $1::text AND key = $2::text AND expires_at > now()`;
-
-/**
- * Claims a key: the first statement of the idempotent transaction. Inserts the key row, or
- * replaces an expired one, and returns it; returns no row when a live record exists. The row it
- * writes is the lock: a concurrent claim of the same key waits for this transaction to end.
+ * The only lock the insert can wait for is held by someone who does not take the key's advisory
+ * lock: the cleanup's batch DELETE of expired rows (one batch, milliseconds), or a change of the
+ * row by hand.
  *
- * That wait is bounded by `lock_timeout`, set for this statement only: `bounded` sets it before
- * the insert runs and the final select restores the previous value once the row is claimed, so
- * the caller's own statements in the transaction keep their usual setting.
+ * Kept to one plain INSERT on purpose: parsing and planning dominate this statement's server
+ * time (bench/claim-sql.ts: a version that also returned the live record in the same statement,
+ * through CTEs and a UNION, cost about three times the server CPU).
  *
- * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms, $5 lock_timeout (e.g. '2000ms').
+ * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms, $5 the key's advisory lock
+ * id (a bigint, see `keyLockId` in idempotency.ts).
  */
 export const claimKey = `
-WITH previous AS MATERIALIZED (
-  SELECT current_setting('lock_timeout') AS lock_timeout
-), bounded AS MATERIALIZED (
-  SELECT set_config('lock_timeout', $5::text, true) FROM previous
-), claimed AS (
-  INSERT INTO ${IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
-  SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
-  FROM bounded
-  ON CONFLICT (scope, key) DO UPDATE
-    SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
-    WHERE k.expires_at <= now()
-  RETURNING k.created_at, k.expires_at
+INSERT INTO ${IDEMPOTENCY_TABLE} (scope, key, fingerprint, expires_at)
+SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
+WHERE pg_try_advisory_xact_lock($5::bigint)
+ON CONFLICT (scope, key) DO NOTHING
+RETURNING created_at, expires_at, pg_current_xact_id()::text AS xact`;
+
+/**
+ * {@link claimKey} that also replaces the key's row if it has expired (the conflicting row is
+ * locked, then replaced only if `expires_at` has passed). Same parameters and result.
+ */
+export const claimExpiredKey = `
+INSERT INTO ${IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
+SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
+WHERE pg_try_advisory_xact_lock($5::bigint)
+ON CONFLICT (scope, key) DO UPDATE
+  SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
+  WHERE k.expires_at <= now()
+RETURNING k.created_at, k.expires_at, pg_current_xact_id()::text AS xact`;
+
+/**
+ * Where a taken key stands, in one statement outside any transaction: its live record if one is
+ * committed (`free` is then null), else whether its advisory lock is free at this instant (taken
+ * and, the statement being its own transaction, released at once). A row only becomes visible
+ * when the transaction that claimed it commits, and that transaction writes the result before it
+ * commits, so a visible live row always holds a result. `db_now` is the database's clock, for
+ * the in-process cache. $1 scope, $2 key, $3 the key's advisory lock id.
+ */
+export const pollKey = `
+WITH live AS MATERIALIZED (
+  SELECT fingerprint, result, created_at, expires_at FROM ${IDEMPOTENCY_TABLE}
+  WHERE scope = $1::text AND key = $2::text AND expires_at > now()
 )
-SELECT claimed.created_at, claimed.expires_at, set_config('lock_timeout', previous.lock_timeout, true) AS lock_timeout
-FROM claimed, previous`;
+SELECT live.fingerprint, live.result, live.created_at, live.expires_at, now() AS db_now,
+  (SELECT pg_try_advisory_xact_lock($3::bigint) WHERE NOT EXISTS (SELECT FROM live)) AS free
+FROM (SELECT) AS one LEFT JOIN live ON true`;
 
 /** Stores the encoded result on the claimed row. $1 scope, $2 key, $3 encoded result. */
 export const saveResult = `
 UPDATE ${IDEMPOTENCY_TABLE} SET result = $3::text WHERE scope = $1::text AND key = $2::text`;
+
+/**
+ * Whether the transaction that claimed a key committed, after its COMMIT failed without an answer
+ * (PostgreSQL's `pg_xact_status`: `committed`, `aborted` or `in progress`), and whether the row it
+ * wrote is still there, so that a transaction id reused after a failover is not mistaken for it.
+ * $1 transaction id (xid8 as text), $2 scope, $3 key, $4 created_at of the claim.
+ */
+export const transactionStatus = `
+SELECT pg_xact_status($1::xid8) AS status, EXISTS (
+  SELECT FROM ${IDEMPOTENCY_TABLE} WHERE scope = $2::text AND key = $3::text AND created_at = $4::timestamptz
+) AS row_exists`;
 
 /**
  * Deletes one batch of expired keys and returns how many went. Rows that live traffic holds

