@@ -470,7 +470,7 @@ async function analysis(c: AnalysisContext) {
   //    Prisma executor wrapped to count and time each statement).
   const kinds = new Map<string, { n: number; ms: number[]; rows: number }>();
   const kindOf = (text: string) =>
-    text === sql.claimMessages ? "claimMessages" : text === sql.recordProgress ? "recordProgress" : text.trim().slice(0, 30);
+    text === sql.claimMessages || text === sql.claimUnkeyedMessages ? "claimMessages" : text === sql.recordProgress ? "recordProgress" : text.trim().slice(0, 30);
   const timed: SqlExecutor = {
     async query(text: string, params: readonly unknown[]): Promise<Row[]> {
       const t0 = performance.now();

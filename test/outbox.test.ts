@@ -370,6 +370,30 @@ describe("claims and progress", () => {
     }
   });
 
+  test("keyed messages committed while the relay drains an unkeyed backlog (short claims) are published, in order", async () => {
+    const t = txonce(db.prisma);
+    await db.pool.query(`INSERT INTO txonce_outbox_messages (id, topic, payload)
+      SELECT gen_random_uuid(), 'bulk', '{"json":0}' FROM generate_series(1, 4000)`);
+    const keyed: unknown[] = [];
+    let bulk = 0;
+    const relay = t.outbox.relay({
+      pollInterval: 50,
+      publisher: async (m) => {
+        if (m.key === null) bulk++;
+        else keyed.push(m.payload);
+      },
+    });
+    await relay.start();
+    try {
+      await until(() => bulk >= 500);
+      for (let n = 0; n < 5; n++) await db.prisma.$transaction((tx) => t.outbox.enqueue(tx, { topic: "keyed", key: "k", payload: n }));
+      await until(() => keyed.length === 5 && bulk === 4000, 20_000);
+    } finally {
+      await relay.stop();
+    }
+    expect(keyed).toEqual([0, 1, 2, 3, 4]);
+  });
+
   test("published messages are recorded as they go, not when the claim ends", async () => {
     const t = txonce(db.prisma);
     await db.prisma.$transaction((tx) =>

@@ -287,29 +287,40 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
     // The records of the previous batch: the next claim runs while they are written, and the next
     // publish waits for them, so a worker never has more than one batch handed over unrecorded.
     let recorded: Promise<void> | undefined;
+    // While the full claim finds no pending key, full batches of unkeyed messages are claimed with
+    // the short statement; the full claim runs again after a short batch or a poll interval, so
+    // a keyed message waits at most that long behind an unkeyed backlog.
+    let unkeyedOnlySince: number | undefined;
     while (state === "running") {
       const seen = generation;
       try {
         const token = randomUUID();
         const claimedAt = performance.now();
         const from = cursor;
+        const unkeyedOnly = unkeyedOnlySince !== undefined && claimedAt - unkeyedOnlySince < config.pollMs;
         const claimed = withSchemaCheck(
-          db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE]),
+          unkeyedOnly
+            ? db.query(sql.claimUnkeyedMessages, [config.batchSize, config.leaseMs, token])
+            : db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE]),
         );
         const overlapped = recorded !== undefined;
         const [result] = await Promise.all([claimed, recorded]);
         recorded = undefined;
-        const walkedToEnd = result[0]?.walked_to_end !== false;
-        cursor = walkedToEnd ? "" : String(result[0]?.resume_after ?? "");
         const rows = result.filter((row) => row.id !== null && row.id !== undefined);
+        if (!unkeyedOnly) {
+          const walkedToEnd = result[0]?.walked_to_end !== false;
+          cursor = walkedToEnd ? "" : String(result[0]?.resume_after ?? "");
+          unkeyedOnlySince = from === "" && Number(result[0]?.keys_walked ?? 0) === 0 && rows.length === config.batchSize ? claimedAt : undefined;
+        } else if (rows.length < config.batchSize) unkeyedOnlySince = undefined;
         // The claim ran while the previous batch was being recorded, so it saw that batch's keys
         // still leased (a few busy keys): claim again now that the records are in.
         if (rows.length === 0 && overlapped) continue;
+        if (rows.length === 0 && unkeyedOnly) continue;
         if (rows.length === 0) {
           // Nothing due among the keys walked: go on walking, unless the walks since the last
           // claim that found something covered every key.
           if (from === "") sweptFromStart = true;
-          if (walkedToEnd && sweptFromStart) {
+          if (cursor === "" && sweptFromStart) {
             sweptFromStart = false;
             await idle(seen);
           }

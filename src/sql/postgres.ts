@@ -170,8 +170,8 @@ const isDue = (m: string) => `${m}.available_at <= now() AND (${m}.lease_until I
  * Rows another relay is claiming or recording right now are skipped (`SKIP LOCKED`), never
  * waited for. The claim does not count attempts: the relay does, when it hands a message to the
  * publisher. Returns one row per leased message, with the columns `resume_after` (the cursor for
- * the next claim) and `walked_to_end` (the walk reached the last pending key) repeated on each;
- * when nothing was leased, one row with only those two.
+ * the next claim), `walked_to_end` (the walk reached the last pending key) and `keys_walked`
+ * repeated on each; when nothing was leased, one row with only those three.
  */
 export const claimMessages = `
 WITH RECURSIVE walk AS (
@@ -246,15 +246,37 @@ WITH RECURSIVE walk AS (
 ), walked AS (
   -- Heads locked but left out of the batch (no room) are walked again by the next claim.
   SELECT CASE WHEN left_out THEN COALESCE((SELECT max(key) FROM firsts), $4::text) ELSE last_key END AS resume_after,
-    walked_to_end AND NOT left_out AS walked_to_end
+    walked_to_end AND NOT left_out AS walked_to_end, keys_walked
   FROM (
-    SELECT COALESCE(max(key), $4::text) AS last_key,
+    SELECT COALESCE(max(key), $4::text) AS last_key, count(*)::integer AS keys_walked,
       count(*) < $5::integer AND COALESCE(max(due_seen), 0) < $1::integer AS walked_to_end,
       EXISTS (SELECT 1 FROM heads WHERE id NOT IN (SELECT id FROM firsts)) AS left_out
     FROM walk
   ) AS w
 )
-SELECT w.resume_after, w.walked_to_end, l.* FROM walked w LEFT JOIN leased l ON true`;
+SELECT w.resume_after, w.walked_to_end, w.keys_walked, l.* FROM walked w LEFT JOIN leased l ON true`;
+
+/**
+ * {@link claimMessages} for unkeyed messages only: up to $1 due ones for $2 ms under lease token
+ * $3, in available_at order, with `SKIP LOCKED`. A much shorter statement, which the relay sends
+ * instead of the full claim while no keyed message is pending (the full claim's walk found no
+ * key), so that draining an unkeyed backlog does not pay for the walk's parsing and planning.
+ */
+export const claimUnkeyedMessages = `
+WITH due AS (
+  SELECT m.id FROM ${OUTBOX_TABLE} m
+  WHERE m.published_at IS NULL AND m.dead_at IS NULL AND m.key IS NULL AND m.available_at <= now()
+    AND (m.lease_until IS NULL OR m.lease_until < now())
+  ORDER BY m.published_at, m.dead_at, m.key, m.available_at
+  LIMIT $1::integer
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE ${OUTBOX_TABLE} m
+SET lease_until = now() + $2::double precision * interval '1 millisecond', lease_token = $3::uuid,
+  available_at = now() + $2::double precision * interval '1 millisecond'
+FROM due WHERE m.id = due.id
+RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
+  m.created_at, m.attempts`;
 
 /**
  * Records what the relay did with the messages it holds, in one statement for a group of them.
