@@ -15,6 +15,7 @@ export { createTxonce, type Txonce, type TxonceOptions, type AdapterHooks } from
 export { createOutbox, type Outbox, type OutboxOptions, type OutboxBacklog } from "./outbox/outbox.js";
 export type { OutboxMessage, OutboxMessageInput, Publisher } from "./outbox/message.js";
 export { createRelay, type Relay, type RelayOptions } from "./outbox/relay.js";
+export type { RelayLogger } from "./outbox/relay-logger.js";
 export type { BackoffOptions } from "./outbox/backoff.js";
 export type { ListenClientLike } from "./outbox/listener.js";
 export {
