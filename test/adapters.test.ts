@@ -287,7 +287,7 @@ describe.each(adapterRows)("$name", (row) => {
       }
     });
 
-    test("a key, scope or option that is not acceptable", async () => {
+    test("a key, scope, option or isolation level that is not acceptable", async () => {
       const t = subject.txonce();
       const before = (await db.pool.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys")).rows[0].n;
       for (const [argument, call] of [
@@ -296,6 +296,7 @@ describe.each(adapterRows)("$name", (row) => {
         ["scope", () => t.withIdempotency("k", async () => 1, { scope: 7 as never })],
         ["retention", () => t.withIdempotency("k", async () => 1, { retention: "two days" })],
         ["operation", () => t.withIdempotency("k", "run" as never)],
+        ["transaction.isolationLevel", () => t.withIdempotency("k", async () => 1, { transaction: { isolationLevel: "chaos" } })],
       ] as const) {
         await expect(call()).rejects.toMatchObject({ argument, code: "TXONCE_INVALID_ARGUMENT" });
       }

@@ -11,6 +11,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
 import { keepingWorkError } from "./work-error.js";
 import { refusingEndedTransactions } from "./ended-transactions.js";
 
@@ -40,6 +41,9 @@ export type DrizzleTransactionOf<Client> = Client extends {
 }
   ? Tx
   : never;
+
+const ISOLATION_LEVELS = ["read uncommitted", "read committed", "repeatable read", "serializable"] as const;
+const ACCESS_MODES = ["read only", "read write"] as const;
 
 const KIND = "a Drizzle PostgreSQL database (drizzle(...) of drizzle-orm/node-postgres or drizzle-orm/postgres-js)";
 
@@ -97,8 +101,12 @@ export function drizzleDatabase<Tx extends DrizzleTransactionLike>(
       }
       return undefined;
     },
-    transaction: (work, options) =>
-      keepingWorkError((guard) => db.transaction((tx) => guard(() => work(tx, executorOf(tx))), options), driverError),
+    transaction: (work, options) => {
+      // Drizzle writes these into BEGIN as they are: a misspelt one would be a syntax error there.
+      checkOption(options?.isolationLevel, ISOLATION_LEVELS, "transaction.isolationLevel");
+      checkOption(options?.accessMode, ACCESS_MODES, "transaction.accessMode");
+      return keepingWorkError((guard) => db.transaction((tx) => guard(() => work(tx, executorOf(tx))), options), driverError);
+    },
   });
 }
 

@@ -7,6 +7,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
 import { keepingWorkError } from "./work-error.js";
 
 /** Knex's `TransactionConfig`, the part that shapes the transaction. */
@@ -34,6 +35,8 @@ export type KnexTransactionOf<Client> = Client extends {
 }
   ? Tx
   : never;
+
+const ISOLATION_LEVELS = ["read uncommitted", "read committed", "snapshot", "repeatable read", "serializable"] as const;
 
 const KIND = "a Knex instance on PostgreSQL (knex({ client: \"pg\", ... }))";
 
@@ -82,8 +85,10 @@ export function knexDatabase<Tx extends KnexTransactionLike>(knex: KnexLike<Tx>)
       }
       return undefined;
     },
-    transaction: (work, options) =>
-      keepingWorkError((guard) => knex.transaction((trx) => guard(() => work(trx, executorOf(trx))), options)),
+    transaction: (work, options) => {
+      checkOption(options?.isolationLevel, ISOLATION_LEVELS, "transaction.isolationLevel");
+      return keepingWorkError((guard) => knex.transaction((trx) => guard(() => work(trx, executorOf(trx))), options));
+    },
   };
 }
 

@@ -6,6 +6,7 @@
 import { CompiledQuery } from "kysely";
 import { InvalidArgumentError } from "../errors.js";
 import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
 import { keepingWorkError } from "./work-error.js";
 import { refusingEndedTransactions } from "./ended-transactions.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
@@ -42,6 +43,9 @@ export interface KyselyLike<Tx> extends KyselyTransactionLike {
 export type KyselyTransactionOf<Client> = Client extends { transaction(): { execute<T>(callback: (trx: infer Tx) => Promise<T>): Promise<T> } }
   ? Tx
   : never;
+
+const ISOLATION_LEVELS = ["read uncommitted", "read committed", "repeatable read", "serializable", "snapshot"] as const;
+const ACCESS_MODES = ["read only", "read write"] as const;
 
 const KIND = "a Kysely instance (new Kysely<DB>({ dialect: new PostgresDialect(...) }))";
 
@@ -80,9 +84,11 @@ export function kyselyDatabase<Tx extends KyselyTransactionLike>(
       return undefined;
     },
     transaction(work, options) {
+      const isolationLevel = checkOption(options?.isolationLevel, ISOLATION_LEVELS, "transaction.isolationLevel");
+      const accessMode = checkOption(options?.accessMode, ACCESS_MODES, "transaction.accessMode");
       let builder = db.transaction();
-      if (options?.isolationLevel !== undefined) builder = builder.setIsolationLevel(options.isolationLevel);
-      if (options?.accessMode !== undefined) builder = builder.setAccessMode(options.accessMode);
+      if (isolationLevel !== undefined) builder = builder.setIsolationLevel(isolationLevel);
+      if (accessMode !== undefined) builder = builder.setAccessMode(accessMode);
       return keepingWorkError((guard) => builder.execute((trx) => guard(() => work(trx, executorOf(trx)))));
     },
   });

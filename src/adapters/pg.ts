@@ -6,6 +6,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
 
 /** The subset of a pg `PoolClient` that txonce uses. */
 export interface PgClientLike {
@@ -97,17 +98,10 @@ export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>):
   };
 }
 
+const ISOLATION_LEVELS = ["read committed", "repeatable read", "serializable"] as const;
+
 function isolation(level: PgTransactionOptions["isolationLevel"]): string {
-  switch (level) {
-    case "read committed":
-      return "READ COMMITTED";
-    case "repeatable read":
-      return "REPEATABLE READ";
-    case "serializable":
-      return "SERIALIZABLE";
-    default:
-      throw new InvalidArgumentError("isolationLevel", `unknown isolation level ${JSON.stringify(level)}`);
-  }
+  return checkOption(level, ISOLATION_LEVELS, "transaction.isolationLevel")!.toUpperCase();
 }
 
 export type TxonceOptions = TxonceOptionsOver<PgTransactionOptions>;

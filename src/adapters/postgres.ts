@@ -7,6 +7,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
 import { keepingWorkError } from "./work-error.js";
 import { refusingEndedTransactions } from "./ended-transactions.js";
 
@@ -39,25 +40,17 @@ export type PostgresTransactionOf<Client> = Client extends {
 
 const KIND = "a postgres.js instance (postgres(url, options))";
 
-const ISOLATION_LEVELS = new Set(["read uncommitted", "read committed", "repeatable read", "serializable"]);
-const ACCESS_MODES = new Set(["read only", "read write"]);
+const ISOLATION_LEVELS = ["read uncommitted", "read committed", "repeatable read", "serializable"] as const;
+const ACCESS_MODES = ["read only", "read write"] as const;
 
 /** The options as the mode string of `sql.begin(mode, ...)`, after checking each (postgres.js drops what is not a letter). */
 function beginMode(options: PostgresTransactionOptions | undefined): string {
   if (options === undefined) return "";
   const parts: string[] = [];
-  if (options.isolationLevel !== undefined) {
-    if (!ISOLATION_LEVELS.has(options.isolationLevel)) {
-      throw new InvalidArgumentError("transaction.isolationLevel", `unknown isolation level ${JSON.stringify(options.isolationLevel)}`);
-    }
-    parts.push(`isolation level ${options.isolationLevel}`);
-  }
-  if (options.accessMode !== undefined) {
-    if (!ACCESS_MODES.has(options.accessMode)) {
-      throw new InvalidArgumentError("transaction.accessMode", `unknown access mode ${JSON.stringify(options.accessMode)}`);
-    }
-    parts.push(options.accessMode);
-  }
+  const isolationLevel = checkOption(options.isolationLevel, ISOLATION_LEVELS, "transaction.isolationLevel");
+  const accessMode = checkOption(options.accessMode, ACCESS_MODES, "transaction.accessMode");
+  if (isolationLevel !== undefined) parts.push(`isolation level ${isolationLevel}`);
+  if (accessMode !== undefined) parts.push(accessMode);
   if (options.deferrable !== undefined) parts.push(options.deferrable ? "deferrable" : "not deferrable");
   return parts.join(" ");
 }

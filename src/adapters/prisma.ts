@@ -9,6 +9,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce as TxonceOver, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
 import { refusingEndedTransactions } from "./ended-transactions.js";
 
 /** Prisma's interactive transaction options. */
@@ -46,6 +47,8 @@ export const prismaDecimalType: CustomType<Decimal, string> = {
   serialize: (value) => value.toFixed(),
   deserialize: (text) => new Decimal(text),
 };
+
+const ISOLATION_LEVELS = ["ReadUncommitted", "ReadCommitted", "RepeatableRead", "Serializable"] as const;
 
 const KIND = "a Prisma client (new PrismaClient(...), or one made by $extends)";
 
@@ -86,7 +89,10 @@ export function prismaDatabase<Client extends PrismaClientLike>(
   };
   return refusingEndedTransactions({
     query: (sql, params) => primary.$queryRawUnsafe<Row[]>(sql, ...params),
-    transaction: (work, options) => prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options),
+    transaction: (work, options) => {
+      checkOption(options?.isolationLevel, ISOLATION_LEVELS, "transaction.isolationLevel");
+      return prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options);
+    },
     sqlFor,
     // A transaction client lacks the root client's `$connect` (Prisma's ITXClientDenyList); it
     // has `$transaction` since Prisma 7, so that cannot tell them apart.

@@ -7,6 +7,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
 import { keepingWorkError } from "./work-error.js";
 
 /** TypeORM's transaction options. */
@@ -42,6 +43,8 @@ export type TypeormEntityManagerOf<Client> = Client extends {
 }
   ? Tx
   : never;
+
+const ISOLATION_LEVELS = ["READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] as const;
 
 const KIND = "a TypeORM DataSource on PostgreSQL (new DataSource({ type: \"postgres\", ... }))";
 
@@ -98,14 +101,16 @@ export function typeormDatabase<Tx extends TypeormEntityManagerLike>(
       return undefined;
     },
     // TypeORM keeps the error of `work` when its ROLLBACK fails; a failed COMMIT comes wrapped.
-    transaction: (work, options) =>
-      keepingWorkError(
+    transaction(work, options) {
+      const isolationLevel = checkOption(options?.isolationLevel, ISOLATION_LEVELS, "transaction.isolationLevel");
+      return keepingWorkError(
         (guard) =>
-          options?.isolationLevel === undefined
+          isolationLevel === undefined
             ? dataSource.transaction((manager) => guard(() => work(manager, sqlFor(manager))))
-            : dataSource.transaction(options.isolationLevel, (manager) => guard(() => work(manager, sqlFor(manager)))),
+            : dataSource.transaction(isolationLevel, (manager) => guard(() => work(manager, sqlFor(manager)))),
         driverErrorOf,
-      ),
+      );
+    },
   };
 }
 
