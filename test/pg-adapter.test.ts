@@ -49,3 +49,29 @@ test("an unknown isolation level is refused before anything is written", async (
     txonce(pool).withIdempotency("pg-4", async () => 1, { transaction: { isolationLevel: "chaos" as never } }),
   ).rejects.toBeInstanceOf(InvalidArgumentError);
 });
+
+test("withIdempotencyIn under REPEATABLE READ: a record committed after the caller's snapshot fails the claim with 40001, and the caller's transaction is aborted", async () => {
+  const t = txonce(pool);
+  const key = "pg-joined-repeatable-read";
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
+    await client.query("SELECT 1"); // the snapshot is taken here
+    await txonce(pool).withIdempotency(key, async () => "committed by another call");
+    const error = await t.withIdempotencyIn(client, key, async () => "must not run").catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: "40001" });
+    expect(client.getTransactionStatus?.()).toBe("E");
+  } finally {
+    await client.query("ROLLBACK");
+    client.release();
+  }
+  // Retried as a whole, the caller's transaction replays the record.
+  const retried = await pool.connect();
+  try {
+    await retried.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
+    await expect(t.withIdempotencyIn(retried, key, async () => "must not run")).resolves.toBe("committed by another call");
+    await retried.query("COMMIT");
+  } finally {
+    retried.release();
+  }
+});
