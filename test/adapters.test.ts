@@ -166,12 +166,13 @@ describe.each(adapterRows)("$name", (row) => {
         ts[i % 3]!.withIdempotencyOutcome(key, async (tx) => {
           runs++;
           const charge = await subject.charge(tx, amount);
-          await sleep(400); // holds the key while the others pile up
+          await sleep(600); // holds the key while the others pile up
           return charge;
         }, { scope }),
       ),
     );
-    const peak = await watchSessions(calls, 200);
+    // Long: open for 300 ms or more. The waiters' claims (BEGIN, claim, ROLLBACK) last a few ms.
+    const peak = await watchSessions(calls, 300);
     const outcomes = await calls;
     expect(runs).toBe(1);
     expect(peak.samples).toBeGreaterThan(3);
@@ -314,6 +315,15 @@ describe.each(adapterRows)("$name", (row) => {
       }
       expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE topic = $1", [topic])).rows[0].n).toBe(0);
     });
+  });
+
+  test.runIf(row.tellsEndedTransactions)("a transaction the application opened that has ended is refused too", async () => {
+    const t = subject.txonce();
+    const topic = `${scope}.refused-own`;
+    const ended = await subject.transaction(async (tx) => tx);
+    await expect(t.outbox.enqueue(ended, { topic, payload: 1 })).rejects.toMatchObject({ argument: "tx", reason: expect.stringMatching(/ended|not in a transaction/) });
+    await expect(t.withIdempotencyIn(ended, newKey("refused-own"), async () => 1, { scope })).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE topic = $1", [topic])).rows[0].n).toBe(0);
   });
 
   test("outbox: a message enqueued in the business transaction is published after commit; a rolled-back one never", async () => {

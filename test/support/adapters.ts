@@ -48,6 +48,11 @@ export interface AdapterRow {
   txonceOf(client: unknown): unknown;
   /** Opens a client on `url` with a pool of at most `max` connections. */
   open(url: string, max: number): Subject | Promise<Subject>;
+  /**
+   * Whether the adapter can tell that a transaction the application opened (not txonce) has
+   * ended (docs/adapters.md, "what each supports").
+   */
+  readonly tellsEndedTransactions: boolean;
   /** txonce's `transaction` option for each isolation level, in the library's spelling. */
   readonly isolation: { readonly repeatableRead: object; readonly serializable: object };
 }
@@ -97,6 +102,7 @@ const TypeormCharge = new EntitySchema<{ id: number; accountId: string; amount: 
 export const adapterRows: readonly AdapterRow[] = [
   {
     name: "txonce/prisma",
+    tellsEndedTransactions: false,
     txonceOf: (client) => txoncePrisma(client as never),
     isolation: { repeatableRead: { isolationLevel: "RepeatableRead" }, serializable: { isolationLevel: "Serializable" } },
     open(url, max) {
@@ -113,6 +119,7 @@ export const adapterRows: readonly AdapterRow[] = [
   },
   {
     name: "txonce/prisma (client extension)",
+    tellsEndedTransactions: false,
     txonceOf: (client) => txoncePrisma(client as never),
     isolation: { repeatableRead: { isolationLevel: "RepeatableRead" }, serializable: { isolationLevel: "Serializable" } },
     open(url, max) {
@@ -130,6 +137,7 @@ export const adapterRows: readonly AdapterRow[] = [
   },
   {
     name: "txonce/pg",
+    tellsEndedTransactions: true,
     txonceOf: (client) => txoncePg(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
     open(url, max) {
@@ -159,6 +167,7 @@ export const adapterRows: readonly AdapterRow[] = [
   },
   {
     name: "txonce/kysely",
+    tellsEndedTransactions: false,
     txonceOf: (client) => txonceKysely(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
     open(url, max) {
@@ -176,6 +185,7 @@ export const adapterRows: readonly AdapterRow[] = [
   },
   {
     name: "txonce/drizzle (node-postgres)",
+    tellsEndedTransactions: true,
     txonceOf: (client) => txonceDrizzle(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
     open(url, max) {
@@ -193,6 +203,7 @@ export const adapterRows: readonly AdapterRow[] = [
   },
   {
     name: "txonce/drizzle (postgres.js)",
+    tellsEndedTransactions: false,
     txonceOf: (client) => txonceDrizzle(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
     open(url, max) {
@@ -210,6 +221,7 @@ export const adapterRows: readonly AdapterRow[] = [
   },
   {
     name: "txonce/knex",
+    tellsEndedTransactions: true,
     txonceOf: (client) => txonceKnex(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
     open(url, max) {
@@ -227,6 +239,7 @@ export const adapterRows: readonly AdapterRow[] = [
   },
   {
     name: "txonce/typeorm",
+    tellsEndedTransactions: true,
     txonceOf: (client) => txonceTypeorm(client as never),
     isolation: { repeatableRead: { isolationLevel: "REPEATABLE READ" }, serializable: { isolationLevel: "SERIALIZABLE" } },
     async open(url, max) {
@@ -245,6 +258,7 @@ export const adapterRows: readonly AdapterRow[] = [
   },
   {
     name: "txonce/postgres",
+    tellsEndedTransactions: false,
     txonceOf: (client) => txoncePostgres(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
     open(url, max) {
