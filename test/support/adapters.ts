@@ -99,42 +99,31 @@ const TypeormCharge = new EntitySchema<{ id: number; accountId: string; amount: 
   },
 });
 
+/** A row for Prisma: `make` is how txonce is put on the client (the function, or the extension). */
+function prismaRow(name: string, make: (prisma: PrismaClient, options?: TxonceOptions<any>) => unknown): AdapterRow {
+  return {
+    name,
+    tellsEndedTransactions: false,
+    txonceOf: (client) => txoncePrisma(client as never),
+    isolation: { repeatableRead: { isolationLevel: "RepeatableRead" }, serializable: { isolationLevel: "Serializable" } },
+    open(url, max) {
+      const prisma = prismaClient(url, max);
+      return {
+        client: prisma,
+        txonce: (options) => make(prisma, options) as Txonce<any, any>,
+        transaction: (work) => prisma.$transaction((tx) => work(tx)),
+        charge: (tx: PrismaClient, amount) => tx.charge.create({ data: { accountId: "acc", amount } }),
+        select: (tx: PrismaClient, sql) => tx.$queryRawUnsafe<Row[]>(sql),
+        close: () => prisma.$disconnect(),
+      };
+    },
+  };
+}
+
 export const adapterRows: readonly AdapterRow[] = [
-  {
-    name: "txonce/prisma",
-    tellsEndedTransactions: false,
-    txonceOf: (client) => txoncePrisma(client as never),
-    isolation: { repeatableRead: { isolationLevel: "RepeatableRead" }, serializable: { isolationLevel: "Serializable" } },
-    open(url, max) {
-      const prisma = prismaClient(url, max);
-      return {
-        client: prisma,
-        txonce: (options) => txoncePrisma(prisma, options) as Txonce<any, any>,
-        transaction: (work) => prisma.$transaction((tx) => work(tx)),
-        charge: (tx: PrismaClient, amount) => tx.charge.create({ data: { accountId: "acc", amount } }),
-        select: (tx: PrismaClient, sql) => tx.$queryRawUnsafe<Row[]>(sql),
-        close: () => prisma.$disconnect(),
-      };
-    },
-  },
-  {
-    name: "txonce/prisma (client extension)",
-    tellsEndedTransactions: false,
-    txonceOf: (client) => txoncePrisma(client as never),
-    isolation: { repeatableRead: { isolationLevel: "RepeatableRead" }, serializable: { isolationLevel: "Serializable" } },
-    open(url, max) {
-      const prisma = prismaClient(url, max);
-      return {
-        client: prisma,
-        // Each instance is the extension on a client of its own over the same pool.
-        txonce: (options) => prisma.$extends(txonceExtension(options)).$txonce() as Txonce<any, any>,
-        transaction: (work) => prisma.$transaction((tx) => work(tx)),
-        charge: (tx: PrismaClient, amount) => tx.charge.create({ data: { accountId: "acc", amount } }),
-        select: (tx: PrismaClient, sql) => tx.$queryRawUnsafe<Row[]>(sql),
-        close: () => prisma.$disconnect(),
-      };
-    },
-  },
+  prismaRow("txonce/prisma", (prisma, options) => txoncePrisma(prisma, options)),
+  // Each instance is the extension on a client of its own over the same pool.
+  prismaRow("txonce/prisma (client extension)", (prisma, options) => prisma.$extends(txonceExtension(options)).$txonce()),
   {
     name: "txonce/pg",
     tellsEndedTransactions: true,
