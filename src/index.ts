@@ -8,6 +8,7 @@ export {
   type IdempotencyDefaults,
   type IdempotencyOptions,
   type IdempotencyOutcome,
+  type JoinedIdempotencyOptions,
   type Operation,
 } from "./idempotency.js";
 export { createTxonce, type Txonce, type TxonceOptions, type AdapterHooks } from "./txonce.js";

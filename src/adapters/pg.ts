@@ -5,6 +5,8 @@
 import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
+import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
 
 /** The subset of a pg `PoolClient` that txonce uses. */
 export interface PgClientLike {
@@ -43,6 +45,13 @@ export interface PgTransactionOptions {
 
 /** A {@link Database} over a pg pool; the transaction handle is the checked-out client. */
 export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>): Database<Client, PgTransactionOptions> {
+  const shape = pool as Partial<PgPoolLike> & { release?: unknown };
+  if (typeof pool !== "object" || pool === null || typeof shape.connect !== "function" || typeof shape.query !== "function") {
+    throw new InvalidArgumentError("pool", `expected a pg Pool (new pg.Pool(...)), got ${describeValue(pool)}`);
+  }
+  if (typeof shape.release === "function") {
+    throw new InvalidArgumentError("pool", "expected a pg Pool (new pg.Pool(...)), got a client checked out of one: give txonce the pool, and join a transaction with withIdempotencyIn(client, ...)");
+  }
   const sqlFor = (client: Client): SqlExecutor => ({
     query: async (sql, params) => (await client.query(sql, params as unknown[])).rows as Row[],
   });
@@ -89,17 +98,10 @@ export function pgDatabase<Client extends PgClientLike>(pool: PgPoolOf<Client>):
   };
 }
 
+const ISOLATION_LEVELS = ["read committed", "repeatable read", "serializable"] as const;
+
 function isolation(level: PgTransactionOptions["isolationLevel"]): string {
-  switch (level) {
-    case "read committed":
-      return "READ COMMITTED";
-    case "repeatable read":
-      return "REPEATABLE READ";
-    case "serializable":
-      return "SERIALIZABLE";
-    default:
-      throw new InvalidArgumentError("isolationLevel", `unknown isolation level ${JSON.stringify(level)}`);
-  }
+  return checkOption(level, ISOLATION_LEVELS, "transaction.isolationLevel")!.toUpperCase();
 }
 
 export type TxonceOptions = TxonceOptionsOver<PgTransactionOptions>;
