@@ -60,7 +60,9 @@ test("withIdempotencyIn under REPEATABLE READ: a record committed after the call
     await txonce(pool).withIdempotency(key, async () => "committed by another call");
     const error = await t.withIdempotencyIn(client, key, async () => "must not run").catch((e: unknown) => e);
     expect(error).toMatchObject({ code: "40001" });
-    expect(client.getTransactionStatus?.()).toBe("E");
+    // Aborted: its next statement is refused (getTransactionStatus() may not have seen the
+    // ReadyForQuery that follows the error yet, so ask the server).
+    await expect(client.query("SELECT 1")).rejects.toMatchObject({ code: "25P02" });
   } finally {
     await client.query("ROLLBACK");
     client.release();
