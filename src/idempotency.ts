@@ -19,6 +19,8 @@ import { backoffPolicy } from "./outbox/backoff.js";
 import { RecordCache, type StoredRecord } from "./record-cache.js";
 import * as sql from "./sql/postgres.js";
 import { connectionFailureOf, isCodelessDriverError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
+import { idempotencyTelemetry, type LockWait } from "./telemetry/idempotency.js";
+import type { TelemetryOptions } from "./telemetry/telemetry.js";
 
 /** Options shared by every call of one txonce instance; each can be overridden per call. */
 export interface IdempotencyDefaults<TxOptions = unknown> {
@@ -60,6 +62,11 @@ export interface IdempotencyDefaults<TxOptions = unknown> {
    * faithfully (see {@link CustomType}). (Default: none beyond the built-in ones)
    */
   types?: readonly CustomType[];
+  /**
+   * OpenTelemetry spans and metrics (docs/observability.md): on when `@opentelemetry/api` is
+   * installed, a no-op until an SDK is registered. (Default: `{ enabled: true, recordKeys: false }`)
+   */
+  telemetry?: TelemetryOptions;
 }
 
 /** Options of one call. */
@@ -83,6 +90,12 @@ export interface IdempotencyOptions<TxOptions = unknown> {
   lockTimeout?: Duration;
   /** Overrides {@link IdempotencyDefaults.transaction} for this call. */
   transaction?: TxOptions;
+  /**
+   * What the operation is, for telemetry: the span is named `withIdempotency {name}` and the
+   * metrics carry it as `txonce.operation.name`. Keep it low-cardinality (`"charge"`,
+   * `"POST /orders"`), never a key or an id. (Default: none; the span is named `withIdempotency`)
+   */
+  name?: string;
 }
 
 /** What a call did, with the metadata an HTTP layer needs (e.g. for an `Idempotent-Replayed` header). */
@@ -155,6 +168,8 @@ interface Call<Tx, TxOptions, T> {
   readonly lockTimeoutMs: number;
   /** The key's advisory lock id, see {@link keyLockId}. */
   readonly lockId: string;
+  /** Where the call notes its waits for another call on the key, for telemetry. */
+  readonly wait: LockWait;
 }
 
 /** Concurrent calls on one (scope, key) in this process share one attempt: the first one's. */
@@ -191,6 +206,7 @@ export function createIdempotency<Tx, TxOptions>(
   const cache = createCache(defaults.replayCache);
   const codec = new Codec(defaults.types);
   const flights = new Map<string, Flight>();
+  const telemetry = idempotencyTelemetry(defaults.telemetry);
 
   function checkIdentifier(value: unknown, argument: string): string {
     if (typeof value !== "string") {
@@ -206,15 +222,42 @@ export function createIdempotency<Tx, TxOptions>(
     return value;
   }
 
-  async function withIdempotencyOutcome<T>(
+  // ---- telemetry: one wrapper around the call (span and metrics from what it returns or throws)
+  function withIdempotencyOutcome<T>(
     key: string,
     operation: Operation<Tx, T>,
     options: IdempotencyOptions<TxOptions> = {},
+  ): Promise<IdempotencyOutcome<T>> {
+    if (!telemetry) return runCall(key, operation, options, { waited: false, ms: 0 });
+    const name = typeof options.name === "string" ? options.name : undefined;
+    return telemetry.call({ name, scope: options.scope, key }, (wait) => runCall(key, operation, options, wait));
+  }
+
+  /** Adds the time `waiting` takes to the call's lock wait (a wait for a flight here, a sleep between polls). */
+  async function timedWait<R>(call: Call<Tx, TxOptions, unknown>, waiting: Promise<R>): Promise<R> {
+    const started = performance.now();
+    call.wait.waited = true;
+    try {
+      return await waiting;
+    } finally {
+      call.wait.ms += performance.now() - started;
+    }
+  }
+  // ---- end of telemetry
+
+  async function runCall<T>(
+    key: string,
+    operation: Operation<Tx, T>,
+    options: IdempotencyOptions<TxOptions>,
+    wait: LockWait,
   ): Promise<IdempotencyOutcome<T>> {
     checkIdentifier(key, "key");
     const scope = options.scope === undefined ? "" : checkIdentifier(options.scope, "scope");
     if (typeof operation !== "function") {
       throw new InvalidArgumentError("operation", `expected a function, got ${typeof operation}`);
+    }
+    if (options.name !== undefined && typeof options.name !== "string") {
+      throw new InvalidArgumentError("name", `expected a string, got ${typeof options.name}`);
     }
     const retentionMs =
       options.retention === undefined ? defaultRetentionMs : toMilliseconds(options.retention, "retention");
@@ -233,6 +276,7 @@ export function createIdempotency<Tx, TxOptions>(
       deadline: startedAt + lockTimeoutMs,
       lockTimeoutMs,
       lockId: keyLockId(scope, key),
+      wait,
     };
     const id = cacheId(call);
     for (;;) {
@@ -240,7 +284,7 @@ export function createIdempotency<Tx, TxOptions>(
       if (cached) return replay(call, cached);
       const flight = flights.get(id);
       if (!flight) return lead(call, id);
-      const record = await waitFor(flight, call);
+      const record = await timedWait(call, waitFor(flight, call));
       if (record) return replay(call, record);
       // That attempt ended without a record (it rolled back, failed or gave up waiting): the
       // first call to get here leads the next attempt, the others join it.
@@ -383,7 +427,7 @@ export function createIdempotency<Tx, TxOptions>(
       if (poll > 0) {
         const left = call.deadline - Date.now();
         if (left <= 0) throw inUse(call);
-        await sleep(Math.min(pollDelay(poll), left));
+        await timedWait(call, sleep(Math.min(pollDelay(poll), left)));
       }
       let rows: Row[];
       try {
