@@ -19,7 +19,7 @@ import { backoffPolicy } from "./outbox/backoff.js";
 import { RecordCache, type StoredRecord } from "./record-cache.js";
 import * as sql from "./sql/postgres.js";
 import { connectionFailureOf, isCodelessDriverError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
-import { idempotencyTelemetry, type LockWait } from "./telemetry/idempotency.js";
+import { idempotencyTelemetry, LockWait } from "./telemetry/idempotency.js";
 import type { TelemetryOptions } from "./telemetry/telemetry.js";
 
 /** Options shared by every call of one txonce instance; each can be overridden per call. */
@@ -228,21 +228,11 @@ export function createIdempotency<Tx, TxOptions>(
     operation: Operation<Tx, T>,
     options: IdempotencyOptions<TxOptions> = {},
   ): Promise<IdempotencyOutcome<T>> {
-    if (!telemetry) return runCall(key, operation, options, { waited: false, ms: 0 });
+    if (!telemetry) return runCall(key, operation, options, new LockWait());
     const name = typeof options.name === "string" ? options.name : undefined;
     return telemetry.call({ name, scope: options.scope, key }, (wait) => runCall(key, operation, options, wait));
   }
 
-  /** Adds the time `waiting` takes to the call's lock wait (a wait for a flight here, a sleep between polls). */
-  async function timedWait<R>(call: Call<Tx, TxOptions, unknown>, waiting: Promise<R>): Promise<R> {
-    const started = performance.now();
-    call.wait.waited = true;
-    try {
-      return await waiting;
-    } finally {
-      call.wait.ms += performance.now() - started;
-    }
-  }
   // ---- end of telemetry
 
   async function runCall<T>(
@@ -284,7 +274,9 @@ export function createIdempotency<Tx, TxOptions>(
       if (cached) return replay(call, cached);
       const flight = flights.get(id);
       if (!flight) return lead(call, id);
-      const record = await timedWait(call, waitFor(flight, call));
+      call.wait.begin();
+      call.wait.waiting();
+      const record = await waitFor(flight, call).finally(() => call.wait.end());
       if (record) return replay(call, record);
       // That attempt ended without a record (it rolled back, failed or gave up waiting): the
       // first call to get here leads the next attempt, the others join it.
@@ -307,7 +299,8 @@ export function createIdempotency<Tx, TxOptions>(
         // Taken: by a live record (a replay, found by the first poll, at once) or by a call in
         // another process (polled until it ends). Free without a live record: claim again, this
         // time replacing the key's row if it has expired.
-        const polled = await pollUntilDone(call, polls);
+        call.wait.begin();
+        const polled = await pollUntilDone(call, polls).finally(() => call.wait.end());
         if (polled) {
           record = polled;
           return replay(call, record);
@@ -427,7 +420,8 @@ export function createIdempotency<Tx, TxOptions>(
       if (poll > 0) {
         const left = call.deadline - Date.now();
         if (left <= 0) throw inUse(call);
-        await timedWait(call, sleep(Math.min(pollDelay(poll), left)));
+        call.wait.waiting();
+        await sleep(Math.min(pollDelay(poll), left));
       }
       let rows: Row[];
       try {

@@ -12,12 +12,33 @@ import { DURATION_BUCKETS, errorType, Instrumentation, secondsSince, telemetryAp
 export type IdempotencyCallOutcome = "executed" | "replayed" | "waited_then_replayed" | "in_use" | "reused_key" | "failed";
 
 /**
- * What a call reports of its waits for another call on the same key (in this process, or polled
- * in another): whether it waited, and for how long in all.
+ * What a call reports of its waits for another call on the same key, in this process or polled in
+ * another: whether it waited, and for how long in all. A wait runs from {@link begin} (the call
+ * found the key taken) to {@link end}, and counts only if the call had to wait in between
+ * ({@link waiting}): a first poll that finds the record at once is a replay, not a wait.
  */
-export interface LockWait {
-  waited: boolean;
-  ms: number;
+export class LockWait {
+  waited = false;
+  ms = 0;
+  #since: number | undefined;
+  #waiting = false;
+
+  begin(): void {
+    this.#since ??= performance.now();
+  }
+
+  waiting(): void {
+    this.#waiting = true;
+  }
+
+  end(): void {
+    if (this.#since !== undefined && this.#waiting) {
+      this.waited = true;
+      this.ms += performance.now() - this.#since;
+    }
+    this.#since = undefined;
+    this.#waiting = false;
+  }
 }
 
 /** The part of a call's outcome telemetry reads. */
@@ -59,7 +80,7 @@ const spanName = (name: string | undefined) => (name === undefined ? "withIdempo
 export function idempotencyTelemetry(options: TelemetryOptions | undefined): IdempotencyTelemetry | undefined {
   const api = telemetryApi(options);
   if (!api) return undefined;
-  const otel = new Instrumentation(api, options ?? {}, (meter) => ({
+  const otel = new Instrumentation<Instruments>(api, options ?? {}, (meter) => ({
     calls: meter.createCounter(IdempotencyMetrics.calls, {
       description: "withIdempotency calls, by outcome.",
       unit: "{call}",
@@ -87,7 +108,7 @@ export function idempotencyTelemetry(options: TelemetryOptions | undefined): Ide
       }
       const span = otel.tracer.startSpan(spanName(call.name), { kind: api.SpanKind.INTERNAL, attributes: spanAttributes });
       const started = performance.now();
-      const wait: LockWait = { waited: false, ms: 0 };
+      const wait = new LockWait();
       let outcome: IdempotencyCallOutcome;
       let failed = false;
       let failure: unknown;
