@@ -4,12 +4,16 @@
  * call, the outbox's create/send spans and the trace context carried to a consumer, metric values
  * after known traffic, and cleanup's.
  */
+import { createServer, type IncomingHttpHeaders } from "node:http";
+import type { AddressInfo } from "node:net";
 import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { txonce } from "../src/adapters/prisma.js";
 import { IdempotencyKeyInUseError, IdempotencyKeyReusedError } from "../src/errors.js";
 import { continueTrace, type OutboxMessage } from "../src/index.js";
 import { headersOf, PublishRejectedError } from "../src/outbox/publishers/common.js";
+import { redisStreamFields } from "../src/outbox/publishers/redis.js";
+import { webhookPublisher } from "../src/outbox/publishers/webhook.js";
 import * as sql from "../src/sql/postgres.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { parentOf, registerTestTelemetry, type TestTelemetry } from "./support/telemetry.js";
@@ -256,6 +260,52 @@ describe("outbox", () => {
     expect(send!.links).toEqual([]);
     expect(send!.attributes["messaging.system"]).toBe("txonce");
     expect(received[0]!.traceContext).toEqual({ traceparent: `00-${send!.spanContext().traceId}-${send!.spanContext().spanId}-01` });
+  });
+});
+
+describe("publishers carry the creation context", () => {
+  const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  const message: OutboxMessage = {
+    id: "01a21fde-431c-7470-ba69-9b057936d5cf",
+    seq: "1",
+    topic: "orders.created",
+    key: null,
+    payload: 1,
+    encodedPayload: "1",
+    headers: { traceparent: "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-01", "x-app": "a" },
+    createdAt: new Date(),
+    attempts: 1,
+    traceContext: { traceparent, tracestate: "vendor=1" },
+  };
+
+  test("in the headers (AMQP, NATS, webhook), over a same-named header of the message's own", () => {
+    expect(headersOf(message)).toEqual({ traceparent, tracestate: "vendor=1", "x-app": "a", "txonce-message-id": message.id, "txonce-topic": "orders.created" });
+  });
+
+  test("in a Redis stream entry's own fields, which continueTrace reads as they are", async () => {
+    const fields = redisStreamFields(message);
+    expect(fields).toMatchObject({ traceparent, tracestate: "vendor=1", id: message.id, topic: "orders.created" });
+    let seen: string | undefined;
+    await continueTrace({ headers: fields, system: "redis", topic: fields.topic, id: fields.id }, async () => {
+      seen = trace.getActiveSpan()!.spanContext().traceId;
+    });
+    expect(seen).toBe("0af7651916cd43dd8448eb211c80319c");
+    expect(otel.spansNamed("process orders.created")[0]!.parentSpanContext!.spanId).toBe("b7ad6b7169203331");
+  });
+
+  test("in the webhook's HTTP request headers", async () => {
+    let received: IncomingHttpHeaders | undefined;
+    const server = createServer((req, res) => {
+      received = req.headers;
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, resolve));
+    try {
+      await webhookPublisher({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook` }).publish(message);
+    } finally {
+      server.close();
+    }
+    expect(received).toMatchObject({ traceparent, tracestate: "vendor=1", "idempotency-key": message.id });
   });
 });
 
