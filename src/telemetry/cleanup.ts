@@ -57,6 +57,7 @@ export function cleanupTelemetry(options: TelemetryOptions | undefined): Cleanup
 
   return {
     async run(run) {
+      if (!otel.active) return run();
       const span = otel.tracer.startSpan("txonce cleanup", { kind: api.SpanKind.INTERNAL });
       const started = performance.now();
       try {
@@ -74,6 +75,7 @@ export function cleanupTelemetry(options: TelemetryOptions | undefined): Cleanup
       }
     },
     deleted(table, count) {
+      if (!otel.active) return;
       otel.instruments.deleted.add(count, { [TABLE_ATTRIBUTE]: table });
     },
     skipped() {

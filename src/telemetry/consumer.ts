@@ -67,7 +67,7 @@ function consumerInstrumentation() {
  */
 export async function continueTrace<T>(message: ReceivedMessage, handler: () => Promise<T> | T): Promise<T> {
   const otel = consumerInstrumentation();
-  if (!otel) return handler();
+  if (!otel?.active) return handler();
   const { api } = otel;
   const headers = message.headers ?? {};
   const topic = message.topic ?? stringOf(headerOf(headers, MetadataHeaders.topic));

@@ -99,6 +99,7 @@ export function idempotencyTelemetry(options: TelemetryOptions | undefined): Ide
 
   return {
     async call(call, run) {
+      if (!otel.active) return run(new LockWait());
       const attributes: Attributes = {};
       if (call.name !== undefined) attributes[IdempotencyAttributes.operation] = call.name;
       const spanAttributes: Attributes = { ...attributes };

@@ -133,6 +133,7 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
 
   return {
     create(messages) {
+      if (!otel.active) return { traceContexts: messages.map(() => null), end() {} };
       const parent = context.active();
       const spans: Span[] = [];
       const traceContexts = messages.map((m) => {
@@ -155,6 +156,7 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
     },
 
     send(message, system, publish) {
+      if (!otel.active) return { published: (async () => publish(message))(), end() {} };
       const attributes = messagingAttributes(system, "send", message.topic);
       const creation = creationContext(api, message.traceContext);
       const links: Link[] = creation ? [{ context: creation }] : [];
@@ -191,6 +193,7 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
     },
 
     deadLettered(topic, system) {
+      if (!otel.active) return;
       const attributes: Attributes = { [MessagingAttributes.system]: system };
       if (topic !== undefined) attributes[MessagingAttributes.destination] = topic;
       otel.instruments.deadLettered.add(1, attributes);

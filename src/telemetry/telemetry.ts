@@ -33,6 +33,7 @@ export class Instrumentation<Instruments> {
   #meterProvider: MeterProvider | undefined;
   #meter: Meter | undefined;
   #instruments: Instruments | undefined;
+  #metering = false;
 
   constructor(
     readonly api: OtelApi,
@@ -77,8 +78,21 @@ export class Instrumentation<Instruments> {
     if (provider !== this.#meterProvider || !this.#instruments) {
       this.#meterProvider = provider;
       this.#meter = provider.getMeter(SCOPE_NAME, scopeVersion());
+      this.#metering = this.#meter !== this.api.createNoopMeter();
       this.#instruments = this.createInstruments(this.#meter);
     }
+  }
+
+  /**
+   * Whether an SDK is registered (a tracer provider or a meter provider): when neither is, the
+   * callers skip their spans and metrics altogether rather than make no-op ones. Two reads of
+   * the API's registry.
+   */
+  get active(): boolean {
+    const tracers = this.api.trace.getTracerProvider();
+    if (!(tracers instanceof this.api.ProxyTracerProvider) || tracers.getDelegate() !== noopTracerProvider(this.api)) return true;
+    this.#refresh();
+    return this.#metering;
   }
 
   /** Marks a span failed with `error`: status, `error.type` and the exception event. */
@@ -87,6 +101,17 @@ export class Instrumentation<Instruments> {
     if (error instanceof Error) span.recordException(error);
     span.setStatus({ code: this.api.SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
   }
+}
+
+let noopTracer: { api: OtelApi; provider: TracerProvider } | undefined;
+
+/**
+ * The no-op provider that the API's proxy (what `trace.getTracerProvider()` returns) delegates to
+ * while no SDK is registered.
+ */
+function noopTracerProvider(api: OtelApi): TracerProvider {
+  if (noopTracer?.api !== api) noopTracer = { api, provider: new api.ProxyTracerProvider().getDelegate() };
+  return noopTracer.provider;
 }
 
 /** The API when telemetry is on and `@opentelemetry/api` is installed, else `undefined`. */
