@@ -5,6 +5,8 @@
  *   off      `txonce(prisma, { telemetry: { enabled: false } })`: the reference, 1.00x
  *   no SDK   `txonce(prisma)` with `@opentelemetry/api` installed and nothing registered (the
  *            default for an application that does not use OpenTelemetry)
+ *   SDK, txonce off   the SDK below registered, txonce's telemetry off: what the SDK costs any
+ *            application (its context manager tracks every promise), before txonce emits anything
  *   SDK      `txonce(prisma)` with an SDK registered as an application registers it: a
  *            NodeTracerProvider with a BatchSpanProcessor, the AsyncLocalStorage context manager
  *            and the W3C propagator; a MeterProvider with a PeriodicExportingMetricReader (1 s).
@@ -17,6 +19,9 @@
  *    BENCH_CONCURRENCY (1 and 8) workers back to back, TELEMETRY_ROUNDS (5) rounds of
  *    BENCH_SECONDS (1.5) per mode; calls/s is the median of the rounds, a ratio the median of
  *    the per-round ratios to off; Node CPU per call.
+ * 0. txonce's own CPU per call, on a database stub that answers at once (no I/O): 20,000
+ *    sequential first executions per mode and round, so that the cost of the instrumentation
+ *    is seen apart from the database's.
  * 2. Relay throughput: TELEMETRY_MESSAGES (5,000) unkeyed messages enqueued in that mode (so
  *    the SDK's messages carry a creation context and its send spans link to it), then drained
  *    by one relay (defaults, a publisher that resolves at once), TELEMETRY_ROUNDS rounds.
@@ -31,6 +36,8 @@ import { ExportResultCode, W3CTraceContextPropagator, type ExportResult } from "
 import { AggregationTemporality, MeterProvider, PeriodicExportingMetricReader, type PushMetricExporter, type ResourceMetrics } from "@opentelemetry/sdk-metrics";
 import { BatchSpanProcessor, NodeTracerProvider, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-node";
 import { txonce } from "../src/adapters/prisma.js";
+import type { Database, Row } from "../src/executor.js";
+import { createIdempotency } from "../src/idempotency.js";
 import * as sql from "../src/sql/postgres.js";
 import { env, fmt, loadavg, log, median, num, table, type BenchContext } from "./common.js";
 
@@ -40,8 +47,9 @@ const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,8").split(",").map((s) 
 const MESSAGES = Math.max(100, Math.round(env("TELEMETRY_MESSAGES", 5000)));
 const ACCOUNT = "bench";
 
-type Mode = "off" | "no SDK" | "SDK";
-const MODES: Mode[] = ["off", "no SDK", "SDK"];
+type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK";
+const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
+const telemetryOf = (mode: Mode) => ({ enabled: mode === "no SDK" || mode === "SDK" });
 
 /** Counts what it is handed and drops it. */
 class DroppingSpanExporter implements SpanExporter {
@@ -78,7 +86,7 @@ function enter(mode: Mode) {
   context.disable();
   propagation.disable();
   metrics.disable();
-  if (mode !== "SDK") return;
+  if (!mode.startsWith("SDK")) return;
   trace.setGlobalTracerProvider(tracerProvider);
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   propagation.setGlobalPropagator(new W3CTraceContextPropagator());
@@ -107,11 +115,39 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   log("Telemetry (issue 12)");
   log(`settings: ${ROUNDS} interleaved rounds per mode; first execution ${SECONDS}s per round at concurrency ${CONCURRENCY.join(" and ")}; relay ${num(MESSAGES)} unkeyed messages per drain`);
   log(`load: ${loadavg()}`);
-  const instances: Record<Mode, ReturnType<typeof txonce>> = {
-    off: txonce(prisma, { telemetry: { enabled: false } }),
-    "no SDK": txonce(prisma),
-    SDK: txonce(prisma),
+  const instances = Object.fromEntries(MODES.map((mode) => [mode, txonce(prisma, { telemetry: telemetryOf(mode) })])) as Record<Mode, ReturnType<typeof txonce>>;
+
+  // 0. txonce's own CPU per call, on a stub.
+  const claimed: Row[] = [{ created_at: new Date(), expires_at: new Date(Date.now() + 3_600_000), xact: "1" }];
+  const stub: Database<null> = {
+    query: async () => [],
+    transaction: async (work) => work(null, { query: async (text) => (text === sql.claimKey ? claimed : []) }),
+    sqlFor: () => ({ query: async () => [] }),
   };
+  const stubs = Object.fromEntries(MODES.map((mode) => [mode, createIdempotency(stub, { replayCache: false, telemetry: telemetryOf(mode) })]));
+  const stubRounds: Record<Mode, number>[] = [];
+  for (let round = 0; round < ROUNDS + 1; round++) {
+    const result = {} as Record<Mode, number>;
+    for (let i = 0; i < MODES.length; i++) {
+      const mode = MODES[(i + round) % MODES.length]!;
+      enter(mode);
+      const calls = 20_000;
+      const cpu0 = process.cpuUsage();
+      for (let n = 0; n < calls; n++) await stubs[mode]!.withIdempotency(`stub-${round}-${n}`, async () => n, { name: "charge" });
+      const cpu = process.cpuUsage(cpu0);
+      result[mode] = (cpu.user + cpu.system) / calls;
+    }
+    if (round > 0) stubRounds.push(result); // round 0 warms up
+  }
+  log();
+  log("txonce's own CPU per first execution, on a database stub (20,000 calls per mode and round):");
+  table(
+    ["mode", "µs/call", "added to off"],
+    MODES.map((mode) => {
+      const us = median(stubRounds.map((r) => r[mode]));
+      return [mode, fmt(us, 2), `${fmt(median(stubRounds.map((r) => r[mode] - r.off)), 2)} µs`];
+    }),
+  );
   const tag = randomBytes(4).toString("hex");
   let serial = 0;
   const first = (mode: Mode) => () =>
