@@ -20,7 +20,7 @@ import { RecordCache, type StoredRecord } from "./record-cache.js";
 import * as sql from "./sql/postgres.js";
 import { connectionFailureOf, isCodelessDriverError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
 import { idempotencyTelemetry, LockWait } from "./telemetry/idempotency.js";
-import type { TelemetryOptions } from "./telemetry/telemetry.js";
+import type { TelemetryOptions } from "./telemetry/options.js";
 
 /** Options shared by every call of one txonce instance; each can be overridden per call. */
 export interface IdempotencyDefaults<TxOptions = unknown> {

@@ -4,7 +4,7 @@ import type { SqlExecutor } from "../executor.js";
 import * as sql from "../sql/postgres.js";
 import { withSchemaCheck } from "../sqlstate.js";
 import { cleanupTelemetry, type CleanupTelemetry } from "../telemetry/cleanup.js";
-import type { TelemetryOptions } from "../telemetry/telemetry.js";
+import type { TelemetryOptions } from "../telemetry/options.js";
 
 /** Options of one cleanup run. */
 export interface CleanupOptions {

@@ -4,7 +4,7 @@ import type { Database } from "../executor.js";
 import * as sql from "../sql/postgres.js";
 import { checkCleanupOptions, runCleanup, type CleanupOptions, type CleanupResult, type PrunableTable } from "./cleanup.js";
 import { cleanupTelemetry } from "../telemetry/cleanup.js";
-import type { TelemetryOptions } from "../telemetry/telemetry.js";
+import type { TelemetryOptions } from "../telemetry/options.js";
 
 /** Options of {@link scheduleCleanup}: when to run, what to tell you, and each run's options. */
 export interface ScheduleCleanupOptions extends Omit<CleanupOptions, "dryRun" | "signal"> {

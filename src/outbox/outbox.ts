@@ -7,7 +7,7 @@ import type { PrunableTable } from "../cleanup/cleanup.js";
 import * as sql from "../sql/postgres.js";
 import { withSchemaCheck } from "../sqlstate.js";
 import { outboxTelemetry } from "../telemetry/outbox.js";
-import type { TelemetryOptions } from "../telemetry/telemetry.js";
+import type { TelemetryOptions } from "../telemetry/options.js";
 import type { OutboxMessageInput } from "./message.js";
 import { createRelay, type Relay, type RelayOptions } from "./relay.js";
 

@@ -3,7 +3,8 @@
  * run duration, and the scheduled runs skipped because another replica held the lock.
  */
 import type { Counter, Histogram } from "@opentelemetry/api";
-import { errorType, Instrumentation, secondsSince, telemetryApi, type TelemetryOptions } from "./telemetry.js";
+import { errorType, Instrumentation, secondsSince, telemetryApi } from "./telemetry.js";
+import type { TelemetryOptions } from "./options.js";
 
 export const CleanupMetrics = {
   deleted: "txonce.cleanup.rows.deleted",

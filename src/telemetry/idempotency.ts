@@ -6,7 +6,8 @@
  */
 import type { Counter, Histogram } from "@opentelemetry/api";
 import { IdempotencyKeyInUseError, IdempotencyKeyReusedError } from "../errors.js";
-import { DURATION_BUCKETS, errorType, Instrumentation, secondsSince, telemetryApi, type Attributes, type TelemetryOptions } from "./telemetry.js";
+import { DURATION_BUCKETS, errorType, Instrumentation, secondsSince, telemetryApi, type Attributes } from "./telemetry.js";
+import type { TelemetryOptions } from "./options.js";
 
 /** How a call ended, the `txonce.idempotency.outcome` attribute. */
 export type IdempotencyCallOutcome = "executed" | "replayed" | "waited_then_replayed" | "in_use" | "reused_key" | "failed";

@@ -9,7 +9,8 @@
 import type { Context, Counter, Histogram, Link, ObservableGauge, Span } from "@opentelemetry/api";
 import type { OutboxMessage } from "../outbox/message.js";
 import type { OtelApi } from "./otel.js";
-import { DURATION_BUCKETS, errorType, Instrumentation, secondsSince, telemetryApi, type Attributes, type TelemetryOptions } from "./telemetry.js";
+import { DURATION_BUCKETS, errorType, Instrumentation, secondsSince, telemetryApi, type Attributes } from "./telemetry.js";
+import type { TelemetryOptions } from "./options.js";
 
 /** Attribute names of the messaging conventions that txonce sets. */
 export const MessagingAttributes = {

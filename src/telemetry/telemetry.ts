@@ -4,23 +4,10 @@
  * docs/observability.md lists what is emitted.
  */
 import type { Attributes, Meter, MeterProvider, Span, Tracer, TracerProvider } from "@opentelemetry/api";
+import type { TelemetryOptions } from "./options.js";
 import { otelApi, scopeVersion, SCOPE_NAME, type OtelApi } from "./otel.js";
 
-/** Options of txonce's OpenTelemetry spans and metrics, on `txonce(client, { telemetry })`. */
-export interface TelemetryOptions {
-  /**
-   * Emit spans and metrics through `@opentelemetry/api`. They cost nothing measurable until an
-   * OpenTelemetry SDK is registered, and nothing at all when the package is not installed; `false`
-   * turns them off even when an SDK is registered. (Default: `true`)
-   */
-  enabled?: boolean;
-  /**
-   * Put the idempotency key and scope on the `withIdempotency` spans (`txonce.idempotency.key`,
-   * `txonce.idempotency.scope`). Keys and scopes may be personal data (an e-mail address, a
-   * customer id): turn this on only when yours are not. They never go on metrics. (Default: `false`)
-   */
-  recordKeys?: boolean;
-}
+export type { TelemetryOptions };
 
 /** The bucket boundaries OpenTelemetry's messaging conventions advise for durations, in seconds. */
 export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
