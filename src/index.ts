@@ -48,3 +48,5 @@ export {
 } from "./errors.js";
 export { SqlState, sqlStateOf, connectionFailureOf, type ConnectionFailure } from "./sqlstate.js";
 export { migrations, schemaSql } from "./sql/schema.js";
+export type { TelemetryOptions } from "./telemetry/options.js";
+export { continueTrace, type ReceivedMessage, type MessageHeaders } from "./telemetry/consumer.js";

@@ -44,16 +44,17 @@ export function createTxonce<Tx, TxOptions>(
   hooks: AdapterHooks<TxOptions> = {},
 ): Txonce<Tx, TxOptions> {
   const { outbox: outboxOptions, ...idempotencyDefaults } = options;
+  const { telemetry } = options;
   const idempotency = createIdempotency(db, idempotencyDefaults);
-  const { outbox, prunable } = createOutbox(db, idempotency.codec, outboxOptions);
+  const { outbox, prunable } = createOutbox(db, idempotency.codec, outboxOptions, telemetry);
   const tables = [idempotencyKeysTable, prunable];
   return {
     ...idempotency,
     outbox,
     transaction: (operation, transactionOptions) =>
       db.transaction((tx) => operation(tx), transactionOptions?.transaction ?? idempotencyDefaults.transaction),
-    cleanup: (cleanupOptions) => runCleanup(db, tables, cleanupOptions),
+    cleanup: (cleanupOptions) => runCleanup(db, tables, cleanupOptions, telemetry),
     scheduleCleanup: (scheduleOptions) =>
-      scheduleCleanup(db as Database<unknown, TxOptions>, tables, scheduleOptions, hooks.lockTransactionOptions),
+      scheduleCleanup(db as Database<unknown, TxOptions>, tables, scheduleOptions, hooks.lockTransactionOptions, telemetry),
   };
 }

@@ -70,8 +70,11 @@ describe("enqueue", () => {
         big: 10n,
       });
       expect(t.codec.decode(message!.encodedPayload)).toStrictEqual(message!.payload);
-      const { rows } = await db.pool.query("SELECT published_at FROM txonce_outbox_messages WHERE id = $1", [message!.id]);
-      expect(rows[0].published_at).toBeInstanceOf(Date);
+      // Marked published once the relay records it, shortly after the publisher resolved.
+      const publishedAt = async () =>
+        (await db.pool.query("SELECT published_at FROM txonce_outbox_messages WHERE id = $1", [message!.id])).rows[0].published_at;
+      await until(async () => (await publishedAt()) !== null);
+      expect(await publishedAt()).toBeInstanceOf(Date);
     } finally {
       await relay.stop();
     }

@@ -111,13 +111,14 @@ test("a Prisma 7 client reads and writes every column of the outbox table", asyn
     lastError: "broker down",
     publishedAt: new Date("2030-01-01T00:02:00.000Z"),
     deadAt: null,
+    traceContext: { traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" },
   };
   const created = await db.prisma.txonceOutboxMessage.create({ data });
   expect(created).toEqual({ ...data, seq: expect.any(BigInt), createdAt: expect.any(Date) });
   const read = await db.prisma.txonceOutboxMessage.findUniqueOrThrow({ where: { id: data.id } });
   expect(read).toEqual(created);
   const minimal = await db.prisma.txonceOutboxMessage.create({ data: { id: "0190d7f0-0000-7000-8000-000000000002", topic: "t", payload: "p" } });
-  expect(minimal).toMatchObject({ key: null, headers: null, attempts: 0, leaseUntil: null, publishedAt: null, deadAt: null });
+  expect(minimal).toMatchObject({ key: null, headers: null, attempts: 0, leaseUntil: null, publishedAt: null, deadAt: null, traceContext: null });
   expect(minimal.seq).toBeGreaterThan(created.seq);
   await db.prisma.txonceOutboxMessage.deleteMany({ where: { id: { in: [data.id, minimal.id] } } });
 });

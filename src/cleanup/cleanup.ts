@@ -3,6 +3,8 @@ import { InvalidArgumentError } from "../errors.js";
 import type { SqlExecutor } from "../executor.js";
 import * as sql from "../sql/postgres.js";
 import { withSchemaCheck } from "../sqlstate.js";
+import { cleanupTelemetry, type CleanupTelemetry } from "../telemetry/cleanup.js";
+import type { TelemetryOptions } from "../telemetry/options.js";
 
 /** Options of one cleanup run. */
 export interface CleanupOptions {
@@ -104,8 +106,23 @@ export async function runCleanup(
   db: SqlExecutor,
   tables: readonly PrunableTable[],
   options: CleanupOptions = {},
+  /** Spans and metrics of the run (docs/observability.md). (Default: on) */
+  telemetryOptions?: TelemetryOptions,
 ): Promise<CleanupResult> {
   const { batchSize, maxDurationMs } = checkCleanupOptions(options);
+  // telemetry: the run in a span, its duration, and the rows each batch deleted
+  const telemetry = cleanupTelemetry(telemetryOptions);
+  return telemetry ? telemetry.run(() => clean(db, tables, options, batchSize, maxDurationMs, telemetry)) : clean(db, tables, options, batchSize, maxDurationMs);
+}
+
+async function clean(
+  db: SqlExecutor,
+  tables: readonly PrunableTable[],
+  options: CleanupOptions,
+  batchSize: number,
+  maxDurationMs: number,
+  telemetry?: CleanupTelemetry,
+): Promise<CleanupResult> {
   const started = performance.now();
   const elapsed = () => performance.now() - started;
   const results: Record<string, TableCleanupResult> = {};
@@ -128,6 +145,7 @@ export async function runCleanup(
       const batchDeleted = Number(rows[0]?.deleted ?? 0);
       // A statement that found nothing left to delete is how the run learns it is done, not a batch.
       if (batchDeleted > 0) {
+        telemetry?.deleted(t.table, batchDeleted);
         tableDeleted += batchDeleted;
         deleted += batchDeleted;
         tableBatches++;

@@ -3,6 +3,8 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database } from "../executor.js";
 import * as sql from "../sql/postgres.js";
 import { checkCleanupOptions, runCleanup, type CleanupOptions, type CleanupResult, type PrunableTable } from "./cleanup.js";
+import { cleanupTelemetry } from "../telemetry/cleanup.js";
+import type { TelemetryOptions } from "../telemetry/options.js";
 
 /** Options of {@link scheduleCleanup}: when to run, what to tell you, and each run's options. */
 export interface ScheduleCleanupOptions extends Omit<CleanupOptions, "dryRun" | "signal"> {
@@ -43,6 +45,8 @@ export function scheduleCleanup<TxOptions>(
   options: ScheduleCleanupOptions = {},
   /** Options for the transaction that holds the lock; it must outlive a whole run. */
   lockTransactionOptions?: (maxDurationMs: number) => TxOptions,
+  /** Spans and metrics of the runs, and of the runs skipped (docs/observability.md). (Default: on) */
+  telemetryOptions?: TelemetryOptions,
 ): CleanupSchedule {
   const { every = "1h", runOnStart = true, onError = warn, onRun, onSkip, ...cleanupOptions } = options;
   const everyMs = toMilliseconds(every, "every");
@@ -51,6 +55,7 @@ export function scheduleCleanup<TxOptions>(
     if (hook !== undefined && typeof hook !== "function") throw new InvalidArgumentError(name, "expected a function");
   }
 
+  const skipTelemetry = cleanupTelemetry(telemetryOptions);
   const abort = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> | undefined;
@@ -60,10 +65,13 @@ export function scheduleCleanup<TxOptions>(
       const result = await db.transaction(async (_tx, inTransaction) => {
         const [row] = await inTransaction.query(sql.tryCleanupLock, []);
         if (!row?.locked) return undefined;
-        return runCleanup(db, tables, { ...cleanupOptions, signal: abort.signal });
+        return runCleanup(db, tables, { ...cleanupOptions, signal: abort.signal }, telemetryOptions);
       }, lockTransactionOptions?.(maxDurationMs));
       if (result) onRun?.(result);
-      else onSkip?.();
+      else {
+        skipTelemetry?.skipped();
+        onSkip?.();
+      }
     } catch (error) {
       try {
         onError(error);

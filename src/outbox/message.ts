@@ -34,6 +34,13 @@ export interface OutboxMessage<Payload = unknown> {
   readonly createdAt: Date;
   /** This attempt's number, from 1. */
   readonly attempts: number;
+  /**
+   * The trace context of the code that enqueued the message (W3C `traceparent` and `tracestate`,
+   * as the registered OpenTelemetry propagator wrote it), for the publisher to carry in the
+   * broker's headers; empty when nothing was traced (the relay always sets it; it is optional for
+   * messages made by hand, e.g. in a publisher's tests). See docs/observability.md.
+   */
+  readonly traceContext?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -44,6 +51,11 @@ export interface OutboxMessage<Payload = unknown> {
  */
 export interface Publisher {
   publish(message: OutboxMessage): Promise<void>;
+  /**
+   * The broker, as OpenTelemetry's `messaging.system` names it (`"rabbitmq"`, `"kafka"` ...), for
+   * the relay's `send` spans and metrics. (Default: `"txonce"`)
+   */
+  readonly system?: string;
   /** Releases the publisher's connections; the relay does not call it. */
   close?(): Promise<void>;
 }

@@ -6,6 +6,8 @@ import type { Database } from "../executor.js";
 import type { PrunableTable } from "../cleanup/cleanup.js";
 import * as sql from "../sql/postgres.js";
 import { withSchemaCheck } from "../sqlstate.js";
+import { outboxTelemetry } from "../telemetry/outbox.js";
+import type { TelemetryOptions } from "../telemetry/options.js";
 import type { OutboxMessageInput } from "./message.js";
 import { createRelay, type Relay, type RelayOptions } from "./relay.js";
 
@@ -54,9 +56,11 @@ export function createOutbox<Tx>(
   db: Database<Tx, unknown>,
   codec: Codec,
   options: OutboxOptions = {},
+  telemetryOptions?: TelemetryOptions,
 ): { outbox: Outbox<Tx>; prunable: PrunableTable } {
   const retentionMs = toMilliseconds(options.retention ?? "7d", "outbox.retention");
   const deleteOnPublish = options.deleteOnPublish ?? false;
+  const telemetry = outboxTelemetry(telemetryOptions);
 
   const checkName = (value: unknown, argument: string) => {
     if (typeof value !== "string" || value.length === 0 || value.length > MAX_NAME_LENGTH || value.includes("\u0000")) {
@@ -95,35 +99,46 @@ export function createOutbox<Tx>(
     if (!Array.isArray(messages)) throw new InvalidArgumentError("messages", "expected an array of messages");
     if (messages.length === 0) return [];
     const rows = messages.map(prepare);
-    await withSchemaCheck(
-      db.sqlFor(tx).query(sql.enqueueMessages, [
-        rows.map((r) => r.id),
-        rows.map((r) => r.topic),
-        rows.map((r) => r.key),
-        rows.map((r) => r.payload),
-        rows.map((r) => r.headers),
-        rows.map((r) => r.delayMs),
-      ]),
-    );
+    // telemetry: a `create` span per message, whose context is stored with it
+    const creating = telemetry?.create(rows);
+    try {
+      await withSchemaCheck(
+        db.sqlFor(tx).query(sql.enqueueMessages, [
+          rows.map((r) => r.id),
+          rows.map((r) => r.topic),
+          rows.map((r) => r.key),
+          rows.map((r) => r.payload),
+          rows.map((r) => r.headers),
+          rows.map((r) => r.delayMs),
+          creating?.traceContexts ?? rows.map(() => null),
+        ]),
+      );
+    } catch (error) {
+      creating?.end(error);
+      throw error;
+    }
+    creating?.end();
     return rows.map((r) => r.id);
+  };
+
+  const backlog = async (): Promise<OutboxBacklog> => {
+    const [row] = await withSchemaCheck(db.query(sql.outboxBacklog, []));
+    return {
+      pending: Number(row?.pending ?? 0),
+      dead: Number(row?.dead ?? 0),
+      oldestAgeMs: Math.round(Number(row?.oldest_age_ms ?? 0)),
+    };
   };
 
   const outbox: Outbox<Tx> = {
     enqueue: async (tx, message) => (await enqueueMany(tx, [message]))[0]!,
     enqueueMany,
-    relay: (relayOptions) => createRelay(db, codec, deleteOnPublish, relayOptions),
+    relay: (relayOptions) => createRelay(db, codec, deleteOnPublish, relayOptions, telemetry && { telemetry, backlog }),
     async requeueDead(filter = {}) {
       const rows = await withSchemaCheck(db.query(sql.requeueDead, [filter.ids ? [...filter.ids] : null, filter.topic ?? null]));
       return Number(rows[0]?.requeued ?? 0);
     },
-    async backlog() {
-      const [row] = await withSchemaCheck(db.query(sql.outboxBacklog, []));
-      return {
-        pending: Number(row?.pending ?? 0),
-        dead: Number(row?.dead ?? 0),
-        oldestAgeMs: Math.round(Number(row?.oldest_age_ms ?? 0)),
-      };
-    },
+    backlog,
   };
   return {
     outbox,

@@ -10,6 +10,7 @@ import { listen, pgListenConnection, type ListenClientLike, type Listener } from
 import type { OutboxMessage, Publisher } from "./message.js";
 import { describeError, progressWriter, type Outcome } from "./progress.js";
 import { consoleLogger, type RelayLogger } from "./relay-logger.js";
+import { OUTBOX_SYSTEM, type BacklogReading, type OutboxTelemetry } from "../telemetry/outbox.js";
 
 /** Options of a relay. */
 export interface RelayOptions {
@@ -131,9 +132,19 @@ function configure(options: RelayOptions): Config {
  * published, will be retried, or is dead. Several relays, in this process or others, can run side
  * by side.
  */
-export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: boolean, options: RelayOptions): Relay {
+export function createRelay(
+  db: SqlExecutor,
+  codec: Codec,
+  deleteOnPublish: boolean,
+  options: RelayOptions,
+  /** The outbox's telemetry, and how to read the backlog its gauges report. (Default: none) */
+  instrumented?: { telemetry: OutboxTelemetry; backlog: () => Promise<BacklogReading> },
+): Relay {
   const config = configure(options);
   const { logger } = config;
+  const telemetry = instrumented?.telemetry;
+  const system = (typeof options.publisher === "object" ? options.publisher.system : undefined) ?? OUTBOX_SYSTEM;
+  let stopObserving: (() => void) | undefined;
   const onError = (error: unknown) => {
     logger?.error({ err: error }, `txonce relay: ${describeError(error)}`);
     options.onError?.(error);
@@ -172,6 +183,7 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
     onWritten(ended) {
       const published: OutboxMessage[] = [];
       for (const { message, outcome } of ended) {
+        if (outcome.kind === "dead") telemetry?.deadLettered("topic" in message ? message.topic : undefined, system);
         if (!("topic" in message)) {
           // Dead before a publish: its payload could not be decoded.
           if (outcome.kind === "dead") {
@@ -208,6 +220,7 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
     headers: row.headers ? (JSON.parse(row.headers as string) as Record<string, string>) : {},
     createdAt: new Date(row.created_at as Date | string),
     attempts: Number(row.attempts) + 1,
+    traceContext: row.trace_context ? (JSON.parse(row.trace_context as string) as Record<string, string>) : {},
   });
 
   /** Hands one message to the publisher and records the attempt; resolves to whether it was published. */
@@ -221,8 +234,10 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
       return false;
     }
     let timer: NodeJS.Timeout | undefined;
+    // telemetry: the publish runs in a `send {topic}` span, ended with its outcome below
+    const sending = telemetry?.send(message, system, config.publish);
     try {
-      const published = (async () => config.publish(message))();
+      const published = sending?.published ?? (async () => config.publish(message))();
       progress.started(message, token);
       published.catch(() => {}); // a rejection after the timeout below is not news
       await Promise.race([
@@ -232,6 +247,7 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
         }),
       ]);
       progress.ended(message, token, { kind: "published" });
+      sending?.end();
       return true;
     } catch (error) {
       // A publisher marks failures that no retry can fix (e.g. a webhook's 4xx) `permanent`.
@@ -241,6 +257,7 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
           ? { kind: "dead", error }
           : { kind: "failed", error, retryInMs: config.backoff(message.attempts) };
       progress.ended(message, token, outcome);
+      sending?.end(error);
       return false;
     } finally {
       clearTimeout(timer);
@@ -351,11 +368,13 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
         }
       }
       workers = Array.from({ length: config.workers }, () => work());
+      if (instrumented) stopObserving = instrumented.telemetry.observeBacklog(instrumented.backlog);
     },
     async stop() {
       if (state !== "running") return;
       state = "stopping";
       notify();
+      stopObserving?.();
       await Promise.all(workers);
       await progress.close();
       await listener?.stop();

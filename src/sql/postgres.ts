@@ -126,7 +126,7 @@ export const OUTBOX_CHANNEL = "txonce_outbox";
  * It also notifies the relays, which PostgreSQL delivers when the transaction commits.
  *
  * $1 ids, $2 topics, $3 keys (nulls allowed), $4 payloads, $5 headers (JSON text or null),
- * $6 delays in ms; all arrays of the same length.
+ * $6 delays in ms, $7 trace contexts (JSON text or null); all arrays of the same length.
  */
 export const enqueueMessages = `
 WITH locks AS MATERIALIZED (
@@ -135,10 +135,10 @@ WITH locks AS MATERIALIZED (
     FROM (SELECT DISTINCT k FROM unnest($3::text[]) AS k WHERE k IS NOT NULL ORDER BY k) AS keys
   ) AS taken
 ), inserted AS (
-  INSERT INTO ${OUTBOX_TABLE} (id, topic, key, payload, headers, available_at)
-  SELECT m.id, m.topic, m.key, m.payload, m.headers::jsonb, now() + m.delay_ms * interval '1 millisecond'
-  FROM locks, unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::double precision[])
-    WITH ORDINALITY AS m(id, topic, key, payload, headers, delay_ms, ord)
+  INSERT INTO ${OUTBOX_TABLE} (id, topic, key, payload, headers, available_at, trace_context)
+  SELECT m.id, m.topic, m.key, m.payload, m.headers::jsonb, now() + m.delay_ms * interval '1 millisecond', m.trace_context::jsonb
+  FROM locks, unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::double precision[], $7::text[])
+    WITH ORDINALITY AS m(id, topic, key, payload, headers, delay_ms, trace_context, ord)
   ORDER BY m.ord
   RETURNING 1
 )
@@ -242,7 +242,7 @@ WITH RECURSIVE walk AS (
     available_at = now() + $2::double precision * interval '1 millisecond'
   WHERE m.id = ANY(ARRAY(SELECT id FROM firsts UNION ALL SELECT id FROM runs))
   RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
-    m.created_at, m.attempts
+    m.created_at, m.attempts, m.trace_context::text AS trace_context
 ), walked AS (
   -- Heads locked but left out of the batch (no room) are walked again by the next claim.
   SELECT CASE WHEN left_out THEN COALESCE((SELECT max(key) FROM firsts), $4::text) ELSE last_key END AS resume_after,
@@ -276,7 +276,7 @@ SET lease_until = now() + $2::double precision * interval '1 millisecond', lease
   available_at = now() + $2::double precision * interval '1 millisecond'
 FROM due WHERE m.id = due.id
 RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
-  m.created_at, m.attempts`;
+  m.created_at, m.attempts, m.trace_context::text AS trace_context`;
 
 /**
  * Records what the relay did with the messages it holds, in one statement for a group of them.

@@ -21,6 +21,10 @@ export const migrations: readonly { readonly name: string; readonly sql: string 
   {
     "name": "20261128002600_txonce_outbox_autovacuum",
     "sql": "-- Autovacuum settings for the outbox table (Prisma does not model storage parameters; this\n-- migration was written by hand, as Prisma's docs describe for custom SQL).\n--\n-- Every message is inserted, leased, and marked published (or deleted): each leaves about two dead\n-- row versions behind, and dead index entries among the pending ones that every claim steps over\n-- until VACUUM removes them. PostgreSQL's default vacuums a table once 20% of it is dead, which\n-- for an outbox that keeps a week of published messages is far too late: vacuum it once 1% (at\n-- least 1,000 rows) is dead, and analyze it as often, so the planner's picture of the pending\n-- rows stays current. See docs/outbox.md, \"Table health\".\nALTER TABLE \"txonce_outbox_messages\" SET (\n    autovacuum_vacuum_scale_factor = 0.01,\n    autovacuum_vacuum_threshold = 1000,\n    autovacuum_analyze_scale_factor = 0.02,\n    autovacuum_analyze_threshold = 1000\n);\n"
+  },
+  {
+    "name": "20261128014852_txonce_outbox_trace_context",
+    "sql": "-- AlterTable\nALTER TABLE \"txonce_outbox_messages\" ADD COLUMN     \"trace_context\" JSONB;\n\n"
   }
 ];
 

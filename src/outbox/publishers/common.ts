@@ -38,7 +38,8 @@ export const jsonFormat: WireFormat = {
 
 /**
  * Metadata headers every publisher adds next to the message's own headers (which win on a clash
- * only for names other than these). Header names are lower case, as HTTP/2 and NATS tools show them.
+ * only for names other than these) and its trace context (`traceparent`, `tracestate`). Header
+ * names are lower case, as HTTP/2 and NATS tools show them.
  */
 export const MetadataHeaders = {
   /** The message id (UUID v7): the consumer's idempotency key. */
@@ -49,10 +50,15 @@ export const MetadataHeaders = {
   key: "txonce-key",
 } as const;
 
-/** The message's headers plus txonce's metadata headers (the metadata wins). */
+/**
+ * The message's headers, its trace context (W3C `traceparent` and `tracestate` when it was
+ * enqueued in a trace: continue it with `continueTrace`) and txonce's metadata headers, each
+ * winning over the ones before.
+ */
 export function headersOf(message: OutboxMessage): Record<string, string> {
   return {
     ...message.headers,
+    ...message.traceContext,
     [MetadataHeaders.id]: message.id,
     [MetadataHeaders.topic]: message.topic,
     ...(message.key === null ? {} : { [MetadataHeaders.key]: message.key }),

@@ -102,6 +102,7 @@ export function natsPublisher(options: NatsPublisherOptions): NatsPublisher {
   });
 
   return {
+    system: "nats",
     async publish(message) {
       if (closed) throw new PublishRejectedError("the NATS publisher is closed", message.id);
       const subject = subjectOf(message);

@@ -144,6 +144,7 @@ export function rabbitmqPublisher(options: RabbitMqPublisherOptions): RabbitMqPu
   });
 
   return {
+    system: "rabbitmq",
     async publish(message) {
       if (closed) throw new PublishRejectedError("the RabbitMQ publisher is closed", message.id);
       const body = format.encode(message);

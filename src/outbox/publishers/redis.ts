@@ -4,7 +4,8 @@
  * connects by itself.
  *
  * Each entry has the fields `id` (the outbox message id: the consumer's idempotency key),
- * `topic`, `key` (when the message has one), `headers` (JSON), `content-type` and `payload`.
+ * `topic`, `key` (when the message has one), `headers` (JSON), `content-type` and `payload`, and
+ * `traceparent` / `tracestate` when the message was enqueued in a trace.
  * The entry's stream id is Redis's own (`*`): outbox ids are not in Redis's order across keys.
  *
  * @example
@@ -72,10 +73,14 @@ interface OwnedRedisClient extends RedisStreamClientLike {
   on(event: "error", listener: (error: Error) => void): unknown;
 }
 
-/** The fields of the stream entry written for a message. */
+/**
+ * The fields of the stream entry written for a message; its trace context (`traceparent`,
+ * `tracestate`) is in `headers` and also in fields of its own, so that `continueTrace` can take
+ * the entry's fields as they are.
+ */
 export function redisStreamFields(message: OutboxMessage, format: WireFormat = txonceFormat): Record<string, string> {
   const body = format.encode(message);
-  return {
+  const fields: Record<string, string> = {
     id: message.id,
     topic: message.topic,
     ...(message.key === null ? {} : { key: message.key }),
@@ -83,6 +88,8 @@ export function redisStreamFields(message: OutboxMessage, format: WireFormat = t
     "content-type": format.contentType,
     payload: typeof body === "string" ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString("base64"),
   };
+  for (const [name, value] of Object.entries(message.traceContext ?? {})) fields[name] ??= value;
+  return fields;
 }
 
 /** A publisher that `XADD`s each message to `stream(message)` and resolves once Redis replied with the entry id. */
@@ -127,6 +134,7 @@ export function redisPublisher(options: RedisPublisherOptions): RedisPublisher {
   });
 
   return {
+    system: "redis",
     async publish(message) {
       if (closed) throw new PublishRejectedError("the Redis publisher is closed", message.id);
       const fields = redisStreamFields(message, format);

@@ -77,6 +77,7 @@ export function webhookPublisher(options: WebhookPublisherOptions): Publisher & 
   const controllers = new Set<AbortController>();
 
   return {
+    system: "webhook",
     async publish(message) {
       const target = typeof url === "function" ? url(message) : url;
       const body = format.encode(message);

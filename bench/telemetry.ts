@@ -1,0 +1,259 @@
+/**
+ * Telemetry benchmark (issue 12): what txonce's OpenTelemetry instrumentation costs, in one run,
+ * three ways, in interleaved rounds:
+ *
+ *   off      `txonce(prisma, { telemetry: { enabled: false } })`: the reference, 1.00x
+ *   no SDK   `txonce(prisma)` with `@opentelemetry/api` installed and nothing registered (the
+ *            default for an application that does not use OpenTelemetry)
+ *   SDK, txonce off   the SDK below registered, txonce's telemetry off: what the SDK costs any
+ *            application (its context manager tracks every promise), before txonce emits anything
+ *   SDK      `txonce(prisma)` with an SDK registered as an application registers it: a
+ *            NodeTracerProvider with a BatchSpanProcessor, the AsyncLocalStorage context manager
+ *            and the W3C propagator; a MeterProvider with a PeriodicExportingMetricReader (1 s).
+ *            Both exporters drop what they get (after counting it): the cost measured is txonce's
+ *            and the SDK's in the process, not a collector's network.
+ *
+ *   npm run bench -- telemetry
+ *
+ * 1. First execution: `withIdempotency(freshKey, tx => tx.charge.create(...))` at
+ *    BENCH_CONCURRENCY (1 and 8) workers back to back, TELEMETRY_ROUNDS (5) rounds of
+ *    BENCH_SECONDS (1.5) per mode; calls/s is the median of the rounds, a ratio the median of
+ *    the per-round ratios to off; Node CPU per call.
+ * 0. txonce's own CPU per call, on a database stub that answers at once (no I/O): 20,000
+ *    sequential first executions per mode and round, so that the cost of the instrumentation
+ *    is seen apart from the database's.
+ * 2. Relay throughput: TELEMETRY_MESSAGES (5,000) unkeyed messages enqueued in that mode (so
+ *    the SDK's messages carry a creation context and its send spans link to it), then drained
+ *    by one relay (defaults, a publisher that resolves at once), TELEMETRY_ROUNDS rounds.
+ *
+ * The targets (issue 12): no SDK costs nothing measurable; the SDK at most 5% of first-execution
+ * and relay throughput.
+ */
+import { randomBytes } from "node:crypto";
+import { context, metrics, propagation, trace } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import { ExportResultCode, W3CTraceContextPropagator, type ExportResult } from "@opentelemetry/core";
+import { AggregationTemporality, MeterProvider, PeriodicExportingMetricReader, type PushMetricExporter, type ResourceMetrics } from "@opentelemetry/sdk-metrics";
+import { BatchSpanProcessor, NodeTracerProvider, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-node";
+import { txonce } from "../src/adapters/prisma.js";
+import type { Database, Row } from "../src/executor.js";
+import { createIdempotency } from "../src/idempotency.js";
+import * as sql from "../src/sql/postgres.js";
+import { env, fmt, loadavg, log, median, num, table, type BenchContext } from "./common.js";
+
+const SECONDS = env("BENCH_SECONDS", 1.5);
+const ROUNDS = Math.max(1, Math.round(env("TELEMETRY_ROUNDS", 5)));
+const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,8").split(",").map((s) => Math.max(1, Number(s)));
+const MESSAGES = Math.max(100, Math.round(env("TELEMETRY_MESSAGES", 5000)));
+const ACCOUNT = "bench";
+
+type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK";
+const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
+const telemetryOf = (mode: Mode) => ({ enabled: mode === "no SDK" || mode === "SDK" });
+
+/** Counts what it is handed and drops it. */
+class DroppingSpanExporter implements SpanExporter {
+  spans = 0;
+  export(spans: ReadableSpan[], done: (result: ExportResult) => void) {
+    this.spans += spans.length;
+    done({ code: ExportResultCode.SUCCESS });
+  }
+  async shutdown() {}
+}
+class DroppingMetricExporter implements PushMetricExporter {
+  exports = 0;
+  export(_metrics: ResourceMetrics, done: (result: ExportResult) => void) {
+    this.exports++;
+    done({ code: ExportResultCode.SUCCESS });
+  }
+  selectAggregationTemporality() {
+    return AggregationTemporality.CUMULATIVE;
+  }
+  async forceFlush() {}
+  async shutdown() {}
+}
+
+const spanExporter = new DroppingSpanExporter();
+const metricExporter = new DroppingMetricExporter();
+const tracerProvider = new NodeTracerProvider({ spanProcessors: [new BatchSpanProcessor(spanExporter)] });
+const meterProvider = new MeterProvider({
+  readers: [new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 1000 })],
+});
+
+/** Puts the process in a mode: the SDK registered, or nothing registered. */
+function enter(mode: Mode) {
+  trace.disable();
+  context.disable();
+  propagation.disable();
+  metrics.disable();
+  if (!mode.startsWith("SDK")) return;
+  trace.setGlobalTracerProvider(tracerProvider);
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+  metrics.setGlobalMeterProvider(meterProvider);
+}
+
+/** `concurrency` workers calling `op` back to back for `seconds`: calls/s and Node CPU µs per call. */
+async function closedLoop(concurrency: number, seconds: number, op: () => Promise<unknown>) {
+  let calls = 0;
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const deadline = t0 + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < deadline) {
+        await op();
+        calls++;
+      }
+    }),
+  );
+  const cpu = process.cpuUsage(cpu0);
+  return { rate: calls / ((performance.now() - t0) / 1000), cpuUsPerCall: (cpu.user + cpu.system) / Math.max(1, calls) };
+}
+
+export async function telemetryBench({ prisma, pool }: BenchContext) {
+  log("Telemetry (issue 12)");
+  log(`settings: ${ROUNDS} interleaved rounds per mode; first execution ${SECONDS}s per round at concurrency ${CONCURRENCY.join(" and ")}; relay ${num(MESSAGES)} unkeyed messages per drain`);
+  log(`load: ${loadavg()}`);
+  const instances = Object.fromEntries(MODES.map((mode) => [mode, txonce(prisma, { telemetry: telemetryOf(mode) })])) as Record<Mode, ReturnType<typeof txonce>>;
+
+  // 0. txonce's own CPU per call, on a stub.
+  const claimed: Row[] = [{ created_at: new Date(), expires_at: new Date(Date.now() + 3_600_000), xact: "1" }];
+  const stub: Database<null> = {
+    query: async () => [],
+    transaction: async (work) => work(null, { query: async (text) => (text === sql.claimKey ? claimed : []) }),
+    sqlFor: () => ({ query: async () => [] }),
+  };
+  const stubs = Object.fromEntries(MODES.map((mode) => [mode, createIdempotency(stub, { replayCache: false, telemetry: telemetryOf(mode) })]));
+  const stubRounds: Record<Mode, number>[] = [];
+  for (let round = 0; round < ROUNDS + 1; round++) {
+    const result = {} as Record<Mode, number>;
+    for (let i = 0; i < MODES.length; i++) {
+      const mode = MODES[(i + round) % MODES.length]!;
+      enter(mode);
+      const calls = 20_000;
+      const cpu0 = process.cpuUsage();
+      for (let n = 0; n < calls; n++) await stubs[mode]!.withIdempotency(`stub-${round}-${n}`, async () => n, { name: "charge" });
+      const cpu = process.cpuUsage(cpu0);
+      result[mode] = (cpu.user + cpu.system) / calls;
+    }
+    if (round > 0) stubRounds.push(result); // round 0 warms up
+  }
+  log();
+  log("txonce's own CPU per first execution, on a database stub (20,000 calls per mode and round):");
+  table(
+    ["mode", "µs/call", "added to off"],
+    MODES.map((mode) => {
+      const us = median(stubRounds.map((r) => r[mode]));
+      return [mode, fmt(us, 2), `${fmt(median(stubRounds.map((r) => r[mode] - r.off)), 2)} µs`];
+    }),
+  );
+  const tag = randomBytes(4).toString("hex");
+  let serial = 0;
+  const first = (mode: Mode) => () =>
+    instances[mode].withIdempotency(`otel-${tag}-${serial++}`, (tx) => tx.charge.create({ data: { accountId: ACCOUNT, amount: 1 } }), {
+      name: "charge",
+    });
+
+  // 1. First execution.
+  for (const concurrency of CONCURRENCY) {
+    for (const mode of MODES) {
+      enter(mode);
+      await closedLoop(concurrency, 0.5, first(mode)); // warm-up
+    }
+    const rounds: Record<Mode, { rate: number; cpuUsPerCall: number }>[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      const result = {} as Record<Mode, { rate: number; cpuUsPerCall: number }>;
+      // Rotate the order, so that no mode always runs first or last in a round.
+      for (let i = 0; i < MODES.length; i++) {
+        const mode = MODES[(i + round) % MODES.length]!;
+        enter(mode);
+        result[mode] = await closedLoop(concurrency, SECONDS, first(mode));
+      }
+      rounds.push(result);
+    }
+    log();
+    log(`First execution, concurrency ${concurrency} (load ${loadavg()}):`);
+    table(
+      ["mode", "calls/s", "ratio to off", "min-max ratio", "Node CPU µs/call"],
+      MODES.map((mode) => {
+        const ratios = rounds.map((r) => r[mode].rate / r.off.rate);
+        return [
+          mode,
+          num(median(rounds.map((r) => r[mode].rate))),
+          `${fmt(median(ratios), 3)}x`,
+          `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
+          num(median(rounds.map((r) => r[mode].cpuUsPerCall))),
+        ];
+      }),
+    );
+  }
+
+  // 2. Relay throughput.
+  const enqueue = async (t: ReturnType<typeof txonce>, n: number) => {
+    const chunk = 500;
+    for (let from = 0; from < n; from += chunk) {
+      const messages = Array.from({ length: Math.min(chunk, n - from) }, (_, j) => ({ topic: "bench.telemetry", payload: { n: from + j } }));
+      await prisma.$transaction((tx) => t.outbox.enqueueMany(tx, messages));
+    }
+  };
+  const drain = async (t: ReturnType<typeof txonce>, n: number) => {
+    let done = 0;
+    let finish!: () => void;
+    const finished = new Promise<void>((resolve) => (finish = resolve));
+    const relay = t.outbox.relay({
+      publisher: async () => {},
+      logger: false,
+      onPublished: (messages) => {
+        done += messages.length;
+        if (done >= n) finish();
+      },
+    });
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    await relay.start();
+    await finished;
+    const seconds = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
+    await relay.stop();
+    return { rate: n / seconds, cpuUsPerMsg: (cpu.user + cpu.system) / n };
+  };
+  const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
+    for (let i = 0; i < MODES.length; i++) {
+      const mode = MODES[(i + round) % MODES.length]!;
+      enter(mode);
+      await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
+      await enqueue(instances[mode], MESSAGES);
+      await pool.query("VACUUM ANALYZE txonce_outbox_messages");
+      result[mode] = await drain(instances[mode], MESSAGES);
+    }
+    drains.push(result);
+  }
+  log();
+  log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker (load ${loadavg()}):`);
+  table(
+    ["mode", "messages/s", "ratio to off", "min-max ratio", "Node CPU µs/msg"],
+    MODES.map((mode) => {
+      const ratios = drains.map((r) => r[mode].rate / r.off.rate);
+      return [
+        mode,
+        num(median(drains.map((r) => r[mode].rate))),
+        `${fmt(median(ratios), 3)}x`,
+        `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
+        num(median(drains.map((r) => r[mode].cpuUsPerMsg))),
+      ];
+    }),
+  );
+
+  enter("SDK");
+  await tracerProvider.forceFlush();
+  await meterProvider.forceFlush();
+  log();
+  log(`The SDK's exporters got ${num(spanExporter.spans)} spans and ${num(metricExporter.exports)} metric exports in all (they were live).`);
+  enter("off");
+  await tracerProvider.shutdown();
+  await meterProvider.shutdown();
+  await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
+}
