@@ -91,6 +91,27 @@ ON CONFLICT (scope, key) DO UPDATE
   SET fingerprint = excluded.fingerprint, result = excluded.result, created_at = excluded.created_at, expires_at = excluded.expires_at
   WHERE k.expires_at <= now()
 RETURNING pg_current_xact_id()::text AS xact`;
+/**
+ * The shipped claim that also returns the live record it conflicts with, so that a cold replay
+ * needs no poll: the lookup runs only when nothing was inserted (a one-time filter).
+ */
+const claimOrRecord = `
+WITH claimed AS (
+  INSERT INTO ${sql.IDEMPOTENCY_TABLE} (scope, key, fingerprint, expires_at)
+  SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
+  WHERE pg_try_advisory_xact_lock($5::bigint)
+  ON CONFLICT (scope, key) DO NOTHING
+  RETURNING ctid, created_at, expires_at
+)
+SELECT c.ctid::text AS ctid, pg_current_xact_id_if_assigned()::text AS xact, now() AS db_now,
+  coalesce(c.created_at, k.created_at) AS created_at, coalesce(c.expires_at, k.expires_at) AS expires_at,
+  k.fingerprint, k.result
+FROM (SELECT) AS one
+LEFT JOIN claimed AS c ON true
+LEFT JOIN LATERAL (
+  SELECT fingerprint, result, created_at, expires_at FROM ${sql.IDEMPOTENCY_TABLE}
+  WHERE c.ctid IS NULL AND scope = $1::text AND key = $2::text AND expires_at > now()
+) AS k ON true`;
 const findLive = `SELECT fingerprint, result, created_at, expires_at FROM ${sql.IDEMPOTENCY_TABLE}
 WHERE scope = $1::text AND key = $2::text AND expires_at > now()`;
 
@@ -125,10 +146,20 @@ try {
     await c.query(end);
   };
   const claim = (key: string) => c.query(sql.claimKey, ["", key, null, RETENTION, lockId(key)]);
+  /** claimKey then saveResult (by the claim's ctid), as shipped. */
+  const claimAndSave = async (key: string, result = RESULT) => {
+    const { rows: [row] } = await claim(key);
+    await c.query(sql.saveResult, [row.ctid, result]);
+  };
+  /** claimKey then the save by (scope, key), as the first pass of issue 8 shipped it. */
+  const claimAndSaveByKey = async (key: string) => {
+    await claim(key);
+    await c.query(sql.saveResultByKey, ["", key, RESULT]);
+  };
   const selectClaimOf = (key: string) => c.query(selectClaim, ["", key, lockId(key)]);
   const insertSaveOf = (key: string) => c.query(insertSave, ["", key, null, RETENTION, RESULT]);
   // Keys that are completed, for the replay paths.
-  for (let i = 0; i < 1000; i++) await tx(async () => { await claim(`done.${i}`); await c.query(sql.saveResult, ["", `done.${i}`, RESULT]); });
+  for (let i = 0; i < 1000; i++) await tx(() => claimAndSave(`done.${i}`));
 
   // The claims end with ROLLBACK, so that the WAL flush of COMMIT (the same for all) stays out.
   const rows: [string, (i: number) => Promise<unknown>][] = [
@@ -143,12 +174,16 @@ try {
       tx(() => c.query(claimReturningRecord, ["", k("r", i), null, RETENTION, lockId(k("r", i))]), "ROLLBACK")],
     ["tx: the same, named (prepared) statement", (i) =>
       tx(() => c.query({ name: "claimr", text: claimReturningRecord, values: ["", k("n", i), null, RETENTION, lockId(k("n", i))] }), "ROLLBACK")],
-    ["tx: claimKey, saveResult", (i) => tx(async () => { await claim(k("s", i)); await c.query(sql.saveResult, ["", k("s", i), RESULT]); }, "ROLLBACK")],
+    ["tx: claimKey, saveResult by ctid (shipped)", (i) => tx(() => claimAndSave(k("s", i)), "ROLLBACK")],
+    ["tx: claimKey, save by (scope, key) (first pass)", (i) => tx(() => claimAndSaveByKey(k("sk", i)), "ROLLBACK")],
     ["tx: claimKey on a completed key (cold replay)", (i) => tx(() => claim(`done.${i % 1000}`), "ROLLBACK")],
+    ["tx: claimOrRecord, new key", (i) => tx(() => c.query(claimOrRecord, ["", k("cr", i), null, RETENTION, lockId(k("cr", i))]), "ROLLBACK")],
+    ["tx: claimOrRecord on a completed key (cold replay)", (i) => tx(() => c.query(claimOrRecord, ["", `done.${i % 1000}`, null, RETENTION, lockId(`done.${i % 1000}`)]), "ROLLBACK")],
     ["tx: selectClaim, new key", (i) => tx(() => selectClaimOf(k("sc", i)), "ROLLBACK")],
     ["tx: selectClaim on a completed key (cold replay)", (i) => tx(() => selectClaimOf(`done.${i % 1000}`), "ROLLBACK")],
     ["tx: selectClaim, insertSave", (i) => tx(async () => { await selectClaimOf(k("ss", i)); await insertSaveOf(k("ss", i)); }, "ROLLBACK")],
-    ["tx: first execution, committed (claimKey, saveResult, COMMIT)", (i) => tx(async () => { await claim(k("f", i)); await c.query(sql.saveResult, ["", k("f", i), RESULT]); })],
+    ["tx: first execution, committed (claimKey, saveResult by ctid, COMMIT)", (i) => tx(() => claimAndSave(k("f", i)))],
+    ["tx: first execution, committed (claimKey, save by key, COMMIT)", (i) => tx(() => claimAndSaveByKey(k("fk", i)))],
     ["tx: first execution, committed (selectClaim, insertSave, COMMIT)", (i) => tx(async () => { await selectClaimOf(k("fs", i)); await insertSaveOf(k("fs", i)); })],
     ["findLiveRecord (no tx; the replay before issue 8)", (i) => c.query(findLive, ["", `done.${i % 1000}`])],
     ["pollKey, completed key (no tx)", (i) => c.query(sql.pollKey, ["", `done.${i % 1000}`, lockId(`done.${i % 1000}`)])],
@@ -203,7 +238,7 @@ try {
     return [fmt(Math.min(...wal)), fmt(median(wal))];
   };
   table(["design", "WAL bytes min", "median"], [
-    ["claimKey (INSERT), saveResult (UPDATE)", ...(await walOf(async (key) => { await claim(key); await c.query(sql.saveResult, ["", key, RESULT]); }))],
+    ["claimKey (INSERT), saveResult (UPDATE by ctid)", ...(await walOf((key) => claimAndSave(key)))],
     ["selectClaim (SELECT), insertSave (INSERT)", ...(await walOf(async (key) => { await selectClaimOf(key); await insertSaveOf(key); }))],
   ]);
   if (env("CLAIM_SQL_FILLFACTOR", 1)) await fillfactorSection();
@@ -226,7 +261,7 @@ try {
       const wal: number[] = [];
       for (let i = 0; i < n; i++) {
         const lsn0 = (await c.query<{ l: string }>("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0]!.l;
-        await tx(async () => { await claim(k("wal", i)); await c.query(sql.saveResult, ["", k("wal", i), result]); });
+        await tx(() => claimAndSave(k("wal", i), result));
         wal.push(Number((await c.query<{ b: string }>("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn) AS b", [lsn0])).rows[0]!.b));
       }
       // The statistics collector lags: wait for the counters of this backend to be flushed.

@@ -458,9 +458,9 @@ async function wakeUp(url: string, pool: pg.Pool, runTag: string) {
     const client = await pool.connect();
     try {
       await client.query("BEGIN");
-      await client.query(sql.claimKey, ["", key, null, 3600_000, lockId]);
+      const { rows: [claimed] } = await client.query(sql.claimKey, ["", key, null, 3600_000, lockId]);
       await sleep(holdMs);
-      await client.query(sql.saveResult, ["", key, '{"json":1}']);
+      await client.query(sql.saveResult, [claimed.ctid, '{"json":1}']);
       await client.query("COMMIT");
       return performance.now();
     } finally {

@@ -283,7 +283,7 @@ export function createIdempotency<Tx, TxOptions>(
   async function attemptOnce<T>(call: Call<Tx, TxOptions, T>, replaceExpired: boolean): Promise<Attempt<T>> {
     const { scope, key } = call;
     let began = false;
-    let claimed: { firstSeenAt: Date; expiresAt: Date; xact: string; answeredAt: number } | undefined;
+    let claimed: { ctid: string; firstSeenAt: Date; expiresAt: Date; xact: string; answeredAt: number } | undefined;
     let produced: { value: T; encoded: string } | undefined;
     /** The attempt committed: the caller's outcome, and the record for the cache and the calls waiting. */
     const ran = (): Attempt<T> => {
@@ -316,6 +316,7 @@ export function createIdempotency<Tx, TxOptions>(
         const row = rows[0];
         if (!row) throw new KeyTaken();
         claimed = {
+          ctid: String(row.ctid),
           firstSeenAt: toDate(row.created_at),
           expiresAt: toDate(row.expires_at),
           xact: String(row.xact),
@@ -324,7 +325,8 @@ export function createIdempotency<Tx, TxOptions>(
         const value = await call.operation(tx);
         const encoded = codec.encode(value, "result");
         try {
-          await inTransaction.query(sql.saveResult, [scope, key, encoded]);
+          const [saved] = await inTransaction.query(sql.saveResult, [claimed.ctid, encoded]);
+          if (!saved) await inTransaction.query(sql.saveResultByKey, [scope, key, encoded]);
         } catch (error) {
           throw classified(error, call, "save");
         }
