@@ -30,15 +30,17 @@
  *    CPU, and WAL bytes (pg_current_wal_insert_lsn before and after each call: the least of 50,
  *    since other sessions of a shared server write WAL too, and the median).
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
 import { PrismaClient } from "../generated/prisma/client.js";
-import { txonce as txoncePg } from "../src/adapters/pg.js";
-import { txonce } from "../src/adapters/prisma.js";
+import { Codec } from "../src/codec.js";
+import { txonce as txoncePg, type PgPoolOf } from "../src/adapters/pg.js";
+import { prismaDecimalType, txonce } from "../src/adapters/prisma.js";
 import { backoffPolicy } from "../src/outbox/backoff.js";
 import * as sql from "../src/sql/postgres.js";
 import { env, fmt, loadavg, log, median, percentile, sleep, sorted, table, type BenchContext } from "./common.js";
+import * as designs from "./designs.js";
 
 const SECONDS = env("BENCH_SECONDS", 1.5);
 const ROUNDS = Math.max(1, Math.round(env("BENCH_ROUNDS", 5)));
@@ -48,6 +50,9 @@ const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,8").split(",").map((s) 
 const TRAFFIC = Math.max(1, Math.round(env("TRAFFIC", 4)));
 const STORM_WAVES = Math.max(1, Math.round(env("STORM_WAVES", 4)));
 const STORM_ROUNDS = Math.max(1, Math.round(env("STORM_ROUNDS", 2)));
+/** 0 leaves out the "what if" cases (designs measured beside the shipped one). */
+const WHAT_IF = env("BENCH_WHAT_IF", 1) !== 0;
+const RETENTION_MS = 48 * 3600_000;
 
 const ACCOUNT = "bench";
 const STORM_ACCOUNT = "storm";
@@ -115,6 +120,32 @@ class CountingClient extends pg.Client {
     }
     return (super.query as (...a: any[]) => any)(...args);
   }
+}
+
+/** Thrown to roll a transaction back with what its claim found. */
+class Replay {
+  constructor(readonly result: string | null) {}
+}
+
+/**
+ * A pg pool whose clients send txonce's own statements as named statements (parsed and planned
+ * once per connection); the operation's statements stay unnamed.
+ */
+function namingPool(pool: pg.Pool): PgPoolOf<pg.PoolClient> {
+  const names = new Map<string, string>(
+    (Object.values(sql) as unknown[])
+      .filter((text): text is string => typeof text === "string" && /\$1/.test(text))
+      .map((text) => [text, `txonce_${createHash("sha1").update(text).digest("hex").slice(0, 12)}`]),
+  );
+  const query = (target: { query: pg.Pool["query"] }) => (text: string, values?: unknown[]) =>
+    target.query(names.has(text) ? { name: names.get(text), text, values } : { text, values });
+  return {
+    query: query(pool) as PgPoolOf<pg.PoolClient>["query"],
+    connect: (async () => {
+      const client = await pool.connect();
+      return new Proxy(client, { get: (c, p) => (p === "query" ? query(c as never) : Reflect.get(c, p)) });
+    }) as PgPoolOf<pg.PoolClient>["connect"],
+  };
 }
 
 function shortSql(text: string): string {
@@ -264,6 +295,113 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
     { name: "pg: replay, same process", group: "pg", run: loop(() => tp.withIdempotency(recent(completedPg), mustNotRun)) },
     { name: "pg: replay, cold process", group: "pg", run: loop(() => tpCold.withIdempotency(any(completedPg), mustNotRun)) },
   ];
+
+  if (WHAT_IF) cases.push(...whatIfCases());
+  /**
+   * Designs measured beside the shipped one (docs/benchmarks.md, "tried and dropped"): the
+   * statement sequences by hand, without txonce's JavaScript, so that the shipped sequence by hand
+   * is their reference; and txonce/pg with its statements named (prepared once per connection).
+   */
+  function whatIfCases(): Case[] {
+    const codec = new Codec([prismaDecimalType]);
+    const lockIdOf = (key: string) => String(BigInt.asIntN(64, BigInt(`0x${createHash("sha256").update(key).digest("hex").slice(0, 16)}`)));
+    type Raw = { $queryRawUnsafe<T = unknown>(query: string, ...values: unknown[]): Promise<T> };
+    const shippedByHand = (tx: Pick<PrismaClient, "charge"> & Raw, key: string) => async () => {
+      const [claimed] = await tx.$queryRawUnsafe<{ ctid: string }[]>(sql.claimKey, "", key, null, RETENTION_MS, lockIdOf(key));
+      const charge = await insertCharge(tx);
+      await tx.$queryRawUnsafe(sql.saveResult, claimed!.ctid, codec.encode(charge, "result"));
+      return charge;
+    };
+    const selectClaimByHand = (tx: Pick<PrismaClient, "charge"> & Raw, key: string) => async () => {
+      const [claim] = await tx.$queryRawUnsafe<{ free: boolean; created_at: Date | null }[]>(designs.selectClaim, "", key, lockIdOf(key));
+      if (!claim!.free || claim!.created_at) throw new Error("taken");
+      const charge = await insertCharge(tx);
+      const saved = await tx.$queryRawUnsafe<unknown[]>(designs.insertSave, "", key, null, RETENTION_MS, codec.encode(charge, "result"));
+      if (saved.length === 0) throw new Error("taken");
+      return charge;
+    };
+    const pgTx = async <T>(work: (client: pg.PoolClient) => Promise<T>, end = "COMMIT") => {
+      const client = await pool.connect();
+      try {
+        await client.query("BEGIN");
+        const result = await work(client);
+        await client.query(end);
+        return result;
+      } finally {
+        client.release();
+      }
+    };
+    const named = txoncePg(namingPool(pool));
+    const namedCold = txoncePg(namingPool(pool), { replayCache: false });
+    return [
+      {
+        name: "what if: shipped statements by hand (no txonce JS)",
+        group: "prisma",
+        run: loop(() => prisma.$transaction((tx) => shippedByHand(tx, freshKey())())),
+      },
+      {
+        name: "what if: claim writes nothing (SELECT claim, INSERT save)",
+        group: "prisma",
+        run: loop(() => prisma.$transaction((tx) => selectClaimByHand(tx, freshKey())())),
+      },
+      {
+        name: "what if: its cold replay (BEGIN, SELECT claim, ROLLBACK)",
+        group: "prisma",
+        run: loop(async () => {
+          const key = any(completed);
+          const record = await prisma.$transaction(async (tx) => {
+            const [claim] = await tx.$queryRawUnsafe<{ result: string | null }[]>(designs.selectClaim, "", key, lockIdOf(key));
+            throw new Replay(claim!.result);
+          }).catch((error: unknown) => (error instanceof Replay ? error.result : Promise.reject(error)));
+          if (record === null) throw new Error("no record");
+          return codec.decode(record);
+        }),
+      },
+      {
+        name: "pg what if: shipped statements by hand (no txonce JS)",
+        group: "pg",
+        run: loop(() => pgTx(async (client) => {
+          const key = freshKey();
+          const { rows: [claimed] } = await client.query(sql.claimKey, ["", key, null, RETENTION_MS, lockIdOf(key)]);
+          const charge = await pgInsert(client);
+          await client.query(sql.saveResult, [claimed.ctid, codec.encode(charge, "result")]);
+          return charge;
+        })),
+      },
+      {
+        name: "pg what if: claim writes nothing (SELECT claim, INSERT save)",
+        group: "pg",
+        run: loop(() => pgTx(async (client) => {
+          const key = freshKey();
+          const { rows: [claim] } = await client.query(designs.selectClaim, ["", key, lockIdOf(key)]);
+          if (!claim.free || claim.created_at) throw new Error("taken");
+          const charge = await pgInsert(client);
+          const { rows } = await client.query(designs.insertSave, ["", key, null, RETENTION_MS, codec.encode(charge, "result")]);
+          if (rows.length === 0) throw new Error("taken");
+          return charge;
+        })),
+      },
+      {
+        name: "pg what if: its cold replay (BEGIN, SELECT claim, ROLLBACK)",
+        group: "pg",
+        run: loop(() => pgTx(async (client) => {
+          const key = any(completedPg);
+          const { rows: [claim] } = await client.query(designs.selectClaim, ["", key, lockIdOf(key)]);
+          return codec.decode(claim.result as string);
+        }, "ROLLBACK")),
+      },
+      {
+        name: "pg what if: named statements, first execution",
+        group: "pg",
+        run: loop(() => named.withIdempotency(freshKey(), pgInsert)),
+      },
+      {
+        name: "pg what if: named statements, replay cold process",
+        group: "pg",
+        run: loop(() => namedCold.withIdempotency(any(completedPg), mustNotRun)),
+      },
+    ];
+  }
 
   log(`warming up (${cases.length} cases x ${WARMUP_SECONDS}s)...`);
   for (const c of cases) await c.run(Math.max(...CONCURRENCY), WARMUP_SECONDS);
