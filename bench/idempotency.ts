@@ -35,7 +35,7 @@ import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
 import { PrismaClient } from "../generated/prisma/client.js";
 import { Codec } from "../src/codec.js";
-import { txonce as txoncePg, type PgPoolOf } from "../src/adapters/pg.js";
+import { txonce as txoncePg } from "../src/adapters/pg.js";
 import { prismaDecimalType, txonce } from "../src/adapters/prisma.js";
 import { backoffPolicy } from "../src/outbox/backoff.js";
 import * as sql from "../src/sql/postgres.js";
@@ -125,27 +125,6 @@ class CountingClient extends pg.Client {
 /** Thrown to roll a transaction back with what its claim found. */
 class Replay {
   constructor(readonly result: string | null) {}
-}
-
-/**
- * A pg pool whose clients send txonce's own statements as named statements (parsed and planned
- * once per connection); the operation's statements stay unnamed.
- */
-function namingPool(pool: pg.Pool): PgPoolOf<pg.PoolClient> {
-  const names = new Map<string, string>(
-    (Object.values(sql) as unknown[])
-      .filter((text): text is string => typeof text === "string" && /\$1/.test(text))
-      .map((text) => [text, `txonce_${createHash("sha1").update(text).digest("hex").slice(0, 12)}`]),
-  );
-  const query = (target: { query: pg.Pool["query"] }) => (text: string, values?: unknown[]) =>
-    target.query(names.has(text) ? { name: names.get(text), text, values } : { text, values });
-  return {
-    query: query(pool) as PgPoolOf<pg.PoolClient>["query"],
-    connect: (async () => {
-      const client = await pool.connect();
-      return new Proxy(client, { get: (c, p) => (p === "query" ? query(c as never) : Reflect.get(c, p)) });
-    }) as PgPoolOf<pg.PoolClient>["connect"],
-  };
 }
 
 function shortSql(text: string): string {
@@ -300,7 +279,8 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
   /**
    * Designs measured beside the shipped one (docs/benchmarks.md, "tried and dropped"): the
    * statement sequences by hand, without txonce's JavaScript, so that the shipped sequence by hand
-   * is their reference; and txonce/pg with its statements named (prepared once per connection).
+   * is their reference; and txonce/pg with `preparedStatements: true` (its statements prepared once
+   * per connection).
    */
   function whatIfCases(): Case[] {
     const codec = new Codec([prismaDecimalType]);
@@ -331,8 +311,8 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
         client.release();
       }
     };
-    const named = txoncePg(namingPool(pool));
-    const namedCold = txoncePg(namingPool(pool), { replayCache: false });
+    const named = txoncePg(pool, { preparedStatements: true });
+    const namedCold = txoncePg(pool, { preparedStatements: true, replayCache: false });
     return [
       {
         name: "what if: shipped statements by hand (no txonce JS)",
@@ -391,12 +371,12 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
         }, "ROLLBACK")),
       },
       {
-        name: "pg what if: named statements, first execution",
+        name: "pg: preparedStatements, first execution",
         group: "pg",
         run: loop(() => named.withIdempotency(freshKey(), pgInsert)),
       },
       {
-        name: "pg what if: named statements, replay cold process",
+        name: "pg: preparedStatements, replay cold process",
         group: "pg",
         run: loop(() => namedCold.withIdempotency(any(completedPg), mustNotRun)),
       },
@@ -465,6 +445,10 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
       `replay same process ${check(r("replay, same process"), 1.5)}, replay cold process ${check(r("replay, cold process"), 1.5)}`);
     log(`        txonce/pg:     first ${check(r("pg: withIdempotency, first execution"), 0.6)}, ` +
       `replay same process ${check(r("pg: replay, same process"), 1.5)}, replay cold process ${check(r("pg: replay, cold process"), 1.5)}`);
+    if (WHAT_IF) {
+      log(`        txonce/pg, preparedStatements: first ${check(r("pg: preparedStatements, first execution"), 0.6)}, ` +
+        `replay cold process ${check(r("pg: preparedStatements, replay cold process"), 1.5)}`);
+    }
   }
   log();
 
