@@ -17,7 +17,7 @@ import * as sql from "../src/sql/postgres.js";
 import { schemaSql } from "../src/sql/schema.js";
 import { databaseUrl } from "../test/support/postgres-server.js";
 import { env, fmt, loadavg, log, median, table } from "./common.js";
-import { claimOrRecord, claimReturningRecord, insertSave, plainUpsert, pollKeyJoin, selectClaim, waitingClaim } from "./designs.js";
+import { claimOrRecord, claimReturningRecord, insertSave, plainUpsert, pollKeyCte, selectClaim, waitingClaim } from "./designs.js";
 
 const serverUrl = process.env.DATABASE_URL;
 if (!serverUrl) throw new Error("set DATABASE_URL");
@@ -102,8 +102,8 @@ try {
     ["findLiveRecord (no tx; the replay before issue 8)", (i) => c.query(findLive, ["", `done.${i % 1000}`])],
     ["pollKey, completed key (no tx)", (i) => c.query(sql.pollKey, ["", `done.${i % 1000}`, lockId(`done.${i % 1000}`)])],
     ["pollKey, unknown key (no tx)", (i) => c.query(sql.pollKey, ["", k("none", i), lockId(k("none", i))])],
-    ["pollKeyJoin (no CTE), completed key (no tx)", (i) => c.query(pollKeyJoin, ["", `done.${i % 1000}`, lockId(`done.${i % 1000}`)])],
-    ["pollKeyJoin (no CTE), unknown key (no tx)", (i) => c.query(pollKeyJoin, ["", k("nonej", i), lockId(k("nonej", i))])],
+    ["pollKey with a CTE (first pass), completed key (no tx)", (i) => c.query(pollKeyCte, ["", `done.${i % 1000}`, lockId(`done.${i % 1000}`)])],
+    ["pollKey with a CTE (first pass), unknown key (no tx)", (i) => c.query(pollKeyCte, ["", k("nonej", i), lockId(k("nonej", i))])],
   ];
   const timings = new Map<string, number[]>();
   const cpu = new Map<string, number[]>();

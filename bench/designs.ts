@@ -96,12 +96,12 @@ LEFT JOIN LATERAL (
   WHERE c.ctid IS NULL AND scope = $1::text AND key = $2::text AND expires_at > now()
 ) AS k ON true`;
 
-/**
- * {@link sql.pollKey} without the CTE: the live record by a LEFT JOIN, and the key's lock tried
- * (in a CASE) only when there is none. Same parameters and result.
- */
-export const pollKeyJoin = `
-SELECT k.fingerprint, k.result, k.created_at, k.expires_at, now() AS db_now,
-  CASE WHEN k.created_at IS NULL THEN pg_try_advisory_xact_lock($3::bigint) END AS free
-FROM (SELECT) AS one
-LEFT JOIN ${sql.IDEMPOTENCY_TABLE} AS k ON k.scope = $1::text AND k.key = $2::text AND k.expires_at > now()`;
+/** The poll as the first pass of issue 8 shipped it: the live record in a MATERIALIZED CTE. */
+export const pollKeyCte = `
+WITH live AS MATERIALIZED (
+  SELECT fingerprint, result, created_at, expires_at FROM ${sql.IDEMPOTENCY_TABLE}
+  WHERE scope = $1::text AND key = $2::text AND expires_at > now()
+)
+SELECT live.fingerprint, live.result, live.created_at, live.expires_at, now() AS db_now,
+  (SELECT pg_try_advisory_xact_lock($3::bigint) WHERE NOT EXISTS (SELECT FROM live)) AS free
+FROM (SELECT) AS one LEFT JOIN live ON true`;

@@ -127,12 +127,16 @@ class Replay {
   constructor(readonly result: string | null) {}
 }
 
+const normalized = (text: string) => text.replace(/\s+/g, " ").trim();
+/** txonce's statements by their text: `claimKey`, `saveResult`, `pollKey`, ... */
+const statementNames = new Map(
+  Object.entries(sql).filter(([, text]) => typeof text === "string").map(([name, text]) => [normalized(text as string), name]),
+);
+
 function shortSql(text: string): string {
-  const t = text.replace(/\s+/g, " ").trim();
-  if (t.startsWith(`INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k`)) return "claimExpiredKey";
-  if (t.startsWith(`INSERT INTO ${sql.IDEMPOTENCY_TABLE}`)) return "claimKey";
-  if (t.startsWith("WITH live AS")) return "pollKey";
-  if (t.startsWith(`UPDATE ${sql.IDEMPOTENCY_TABLE} SET result`)) return "saveResult";
+  const t = normalized(text);
+  const name = statementNames.get(t);
+  if (name) return name;
   if (/^INSERT INTO "?(public"?\.)?"?charges/i.test(t)) return "INSERT charge";
   const m = /^(SELECT 1|BEGIN|COMMIT|ROLLBACK|\w+)/i.exec(t);
   return m ? m[1]! : t.slice(0, 40);

@@ -55,19 +55,18 @@ RETURNING k.ctid::text AS ctid, k.created_at, k.expires_at, pg_current_xact_id()
 /**
  * Where a taken key stands, in one statement outside any transaction: its live record if one is
  * committed (`free` is then null), else whether its advisory lock is free at this instant (taken
- * and, the statement being its own transaction, released at once). A row only becomes visible
- * when the transaction that claimed it commits, and that transaction writes the result before it
- * commits, so a visible live row always holds a result. `db_now` is the database's clock, for
- * the in-process cache. $1 scope, $2 key, $3 the key's advisory lock id.
+ * and, the statement being its own transaction, released at once; the CASE tries it only when
+ * there is no live record). A row only becomes visible when the transaction that claimed it
+ * commits, and that transaction writes the result before it commits, so a visible live row always
+ * holds a result. `db_now` is the database's clock, for the in-process cache. A LEFT JOIN rather
+ * than a CTE: about a fifth less server time (bench/claim-sql.ts). $1 scope, $2 key, $3 the key's
+ * advisory lock id.
  */
 export const pollKey = `
-WITH live AS MATERIALIZED (
-  SELECT fingerprint, result, created_at, expires_at FROM ${IDEMPOTENCY_TABLE}
-  WHERE scope = $1::text AND key = $2::text AND expires_at > now()
-)
-SELECT live.fingerprint, live.result, live.created_at, live.expires_at, now() AS db_now,
-  (SELECT pg_try_advisory_xact_lock($3::bigint) WHERE NOT EXISTS (SELECT FROM live)) AS free
-FROM (SELECT) AS one LEFT JOIN live ON true`;
+SELECT k.fingerprint, k.result, k.created_at, k.expires_at, now() AS db_now,
+  CASE WHEN k.created_at IS NULL THEN pg_try_advisory_xact_lock($3::bigint) END AS free
+FROM (SELECT) AS one
+LEFT JOIN ${IDEMPOTENCY_TABLE} AS k ON k.scope = $1::text AND k.key = $2::text AND k.expires_at > now()`;
 
 /**
  * Stores the encoded result on the row the claim inserted, found by its `ctid` (a TID scan): no
