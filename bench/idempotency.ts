@@ -16,7 +16,11 @@
  *      retry storm     STORM_CALLERS (8) callers per key at once, new keys each round
  *    and the same for txonce/pg against BEGIN / INSERT / COMMIT on a pg pool. Rates are medians
  *    of the rounds; a ratio is the median of the per-round ratios to the bare case of the same
- *    round and concurrency.
+ *    round and concurrency. With BENCH_WHAT_IF (1; 0 leaves them out), designs measured beside the
+ *    shipped one in the same rounds: the shipped statements by hand (without txonce's JavaScript),
+ *    the claim that writes nothing (bench/designs.ts) and its cold replay, txonce/pg with
+ *    `preparedStatements: true`, and a Prisma client whose application names every statement
+ *    (PrismaPg's `statementNameGenerator`), against its own bare transaction.
  * 2. Storm beside traffic (the issue's scenario): one Prisma client with a pool of 10. TRAFFIC
  *    workers (4) make unrelated first executions back to back; then, while they keep going,
  *    STORM_WAVES (4) waves of 3 hot keys x 60 callers whose operation holds the key 1.2 s,
@@ -142,7 +146,16 @@ function shortSql(text: string): string {
   return m ? m[1]! : t.slice(0, 40);
 }
 
-export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
+export async function idempotencyBench(context: BenchContext) {
+  const atEnd: (() => Promise<unknown>)[] = [];
+  try {
+    await throughputAndTheRest(context, atEnd);
+  } finally {
+    await Promise.allSettled(atEnd.map((f) => f()));
+  }
+}
+
+async function throughputAndTheRest({ url, prisma, pool }: BenchContext, atEnd: (() => Promise<unknown>)[]) {
   log("Idempotency (issue 8)");
   log(`settings: ${SECONDS}s per case x ${ROUNDS} rounds (interleaved, median), warm-up ${WARMUP_SECONDS}s, ` +
     `concurrency ${CONCURRENCY.join(",")}, storm ${STORM_CALLERS} callers/key`);
@@ -222,7 +235,7 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
 
   interface Case {
     name: string;
-    group: "prisma" | "pg";
+    group: "prisma" | "prisma-named" | "pg";
     run(concurrency: number, seconds: number): Promise<Sample>;
   }
   const loop = (op: () => Promise<unknown>) => (c: number, s: number) => closedLoop(c, s, op);
@@ -315,6 +328,12 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
         client.release();
       }
     };
+    const nameOf = (query: { sql: string }) => `s_${createHash("sha256").update(query.sql).digest("hex").slice(0, 20)}`;
+    const namedPrisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: url, max: 24 }, { statementNameGenerator: nameOf }) });
+    atEnd.push(() => namedPrisma.$disconnect());
+    const tNamed = txonce(namedPrisma);
+    const tNamedCold = txonce(namedPrisma, { replayCache: false });
+    const completedNamed: string[] = [];
     const named = txoncePg(pool, { preparedStatements: true });
     const namedCold = txoncePg(pool, { preparedStatements: true, replayCache: false });
     return [
@@ -340,6 +359,25 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
           if (record === null) throw new Error("no record");
           return codec.decode(record);
         }),
+      },
+      {
+        name: "statementNameGenerator: bare $transaction + insert",
+        group: "prisma-named",
+        run: loop(() => namedPrisma.$transaction((tx) => insertCharge(tx))),
+      },
+      {
+        name: "statementNameGenerator: withIdempotency, first execution",
+        group: "prisma-named",
+        run: loop(async () => {
+          const key = freshKey();
+          await tNamed.withIdempotency(key, insertCharge);
+          completedNamed.push(key);
+        }),
+      },
+      {
+        name: "statementNameGenerator: replay, cold process",
+        group: "prisma-named",
+        run: loop(() => tNamedCold.withIdempotency(any(completedNamed.length > 0 ? completedNamed : completed), mustNotRun)),
       },
       {
         name: "pg what if: shipped statements by hand (no txonce JS)",
@@ -408,10 +446,14 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
     return median(samples.get(`${name}@${concurrency}`)!.map((s, i) => (units ? s.units : s.calls) / s.seconds / (bare[i]!.calls / bare[i]!.seconds)));
   };
   const ratios = new Map<string, number>();
-  for (const group of ["prisma", "pg"] as const) {
-    log(group === "prisma"
-      ? "Throughput, txonce/prisma against a bare Prisma interactive transaction (calls/s: median of rounds; ratio: median of per-round ratios)"
-      : "Throughput, txonce/pg against a bare pg transaction (BEGIN, INSERT, COMMIT on a pg.Pool client)");
+  const titles: Record<Case["group"], string> = {
+    prisma: "Throughput, txonce/prisma against a bare Prisma interactive transaction (calls/s: median of rounds; ratio: median of per-round ratios)",
+    "prisma-named": "What if the application names its statements (PrismaPg's statementNameGenerator, every statement prepared once per connection): both sides on that client",
+    pg: "Throughput, txonce/pg against a bare pg transaction (BEGIN, INSERT, COMMIT on a pg.Pool client)",
+  };
+  for (const group of ["prisma", "prisma-named", "pg"] as const) {
+    if (!cases.some((c) => c.group === group)) continue;
+    log(titles[group]);
     const rows: string[][] = [];
     for (const concurrency of CONCURRENCY) {
       for (const c of cases.filter((x) => x.group === group)) {
@@ -450,6 +492,8 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
     log(`        txonce/pg:     first ${check(r("pg: withIdempotency, first execution"), 0.6)}, ` +
       `replay same process ${check(r("pg: replay, same process"), 1.5)}, replay cold process ${check(r("pg: replay, cold process"), 1.5)}`);
     if (WHAT_IF) {
+      log(`        txonce/prisma, statementNameGenerator: first ${check(r("statementNameGenerator: withIdempotency, first execution"), 0.6)}, ` +
+        `replay cold process ${check(r("statementNameGenerator: replay, cold process"), 1.5)}`);
       log(`        txonce/pg, preparedStatements: first ${check(r("pg: preparedStatements, first execution"), 0.6)}, ` +
         `replay cold process ${check(r("pg: preparedStatements, replay cold process"), 1.5)}`);
     }
