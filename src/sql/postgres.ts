@@ -27,7 +27,11 @@ export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
  *
  * Kept to one plain INSERT on purpose: parsing and planning dominate this statement's server
  * time (bench/claim-sql.ts: a version that also returned the live record in the same statement,
- * through CTEs and a UNION, cost about three times the server CPU).
+ * through CTEs and a UNION, cost about three times the server CPU). And an INSERT rather than a
+ * SELECT of the lock and the live record (with the row inserted by the save): a SELECT's snapshot
+ * is taken before its lock, so it misses a record committed in between and the operation would run
+ * a second time; and under SERIALIZABLE its read of the key index makes concurrent first
+ * executions fail each other (bench/claim-races.ts, docs/benchmarks.md).
  *
  * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms, $5 the key's advisory lock
  * id (a bigint, see `keyLockId` in idempotency.ts).
