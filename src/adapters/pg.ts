@@ -47,7 +47,7 @@ export interface PgDatabaseOptions {
   /**
    * Send txonce's own statements as named (prepared) statements, which each connection parses and
    * plans once instead of on every call: about half the server time of the claim, and a first
-   * execution about 0.1x of a bare transaction faster (docs/benchmarks.md). Your own statements
+   * execution up to 0.15x of a bare transaction faster (docs/benchmarks.md). Your own statements
    * are not affected. Leave it off behind a pooler that does not keep prepared statements per
    * client: PgBouncer in transaction or statement mode before 1.21, or with
    * `max_prepared_statements = 0`; they fail there with "prepared statement ... does not exist".
