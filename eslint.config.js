@@ -23,34 +23,42 @@ export default defineConfig(
   },
   {
     // The core and the adapters take structural types and never import an ORM or a driver at
-    // run time (type-only imports are fine). The Prisma adapter's runtime import of
-    // `@prisma/client/runtime/client` (for `Decimal`) is the one exception, allowed below.
+    // run time (type-only imports are fine). The exceptions, allowed below, are each adapter's
+    // own library where it needs a value of it: Prisma's `Decimal` and `Prisma.defineExtension`,
+    // Kysely's `CompiledQuery`, Drizzle's `sql` and `is`.
     files: ["src/**/*.ts"],
     rules: {
       "@typescript-eslint/no-restricted-imports": [
         "error",
         {
-          paths: [{ name: "pg", message: "Use the structural PgPoolLike type.", allowTypeImports: true }],
+          paths: [
+            { name: "pg", message: "Use the structural PgPoolLike type.", allowTypeImports: true },
+            { name: "knex", message: "Use the structural KnexLike type.", allowTypeImports: true },
+            { name: "typeorm", message: "Use the structural TypeormDataSourceLike type.", allowTypeImports: true },
+            { name: "postgres", message: "Use the structural PostgresSqlLike type.", allowTypeImports: true },
+          ],
           patterns: [
             {
               group: ["@prisma/*", "**/generated/**"],
-              message: "Use the structural PrismaClientLike type; only src/adapters/prisma.ts may import Prisma.",
+              message: "Use the structural PrismaClientLike type; only txonce/prisma may import Prisma.",
               allowTypeImports: true,
             },
+            { group: ["kysely", "kysely/*"], message: "Only txonce/kysely may import Kysely.", allowTypeImports: true },
+            { group: ["drizzle-orm", "drizzle-orm/*"], message: "Only txonce/drizzle may import Drizzle.", allowTypeImports: true },
           ],
         },
       ],
     },
   },
   {
-    files: ["src/adapters/prisma.ts"],
+    files: ["src/adapters/prisma.ts", "src/adapters/prisma-extension.ts", "src/adapters/kysely.ts", "src/adapters/drizzle.ts"],
     rules: { "@typescript-eslint/no-restricted-imports": "off" },
   },
   {
-    // Structural types of clients we do not import (PrismaClientLike, PgPoolLike, CustomType's
-    // defaults) need `any`: the real clients' signatures are generic or overloaded in ways that
-    // `unknown` does not accept. Limited to the files that declare them.
-    files: ["src/adapters/prisma.ts", "src/adapters/pg.ts", "src/codec.ts"],
+    // Structural types of clients we do not import (PrismaClientLike, PgPoolLike, KnexLike ...,
+    // CustomType's defaults) need `any`: the real clients' signatures are generic or overloaded
+    // in ways that `unknown` does not accept. Limited to the files that declare them.
+    files: ["src/adapters/*.ts", "src/codec.ts"],
     rules: { "@typescript-eslint/no-explicit-any": "off" },
   },
   {

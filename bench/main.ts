@@ -22,6 +22,7 @@ import { migrationSqlFor } from "../scripts/prisma6/migration-sql.js";
 import { loadavg, log } from "./common.js";
 import { schemaSql } from "../src/sql/schema.js";
 import { databaseUrl, startPostgres } from "../test/support/postgres-server.js";
+import { adaptersBench } from "./adapters.js";
 import { cleanupBench } from "./cleanup.js";
 import { idempotencyBench } from "./idempotency.js";
 import { outboxBench } from "./outbox.js";
@@ -29,7 +30,7 @@ import { outboxBench } from "./outbox.js";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 /** Sections to run: `npm run bench -- outbox cleanup`; none named = all. */
-const SECTIONS = ["idempotency", "cleanup", "outbox"] as const;
+const SECTIONS = ["idempotency", "adapters", "cleanup", "outbox"] as const;
 const requested = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 for (const r of requested) {
   if (!(SECTIONS as readonly string[]).includes(r)) throw new Error(`unknown section ${r}; expected ${SECTIONS.join(", ")}`);
@@ -74,6 +75,7 @@ async function main() {
     pool.on("error", () => {});
     cleanups.push(() => prisma.$disconnect(), () => pool.end());
     if (selected("idempotency")) await timed("idempotency", () => idempotencyBench({ url, prisma, pool }));
+    if (selected("adapters")) await timed("adapters", () => adaptersBench({ url, prisma, pool }));
     if (selected("cleanup")) await timed("cleanup", () => cleanupBench({ url, prisma, pool }));
     if (selected("outbox")) await timed("outbox", () => outboxBench({ url, prisma, pool }));
     log(`run took ${Math.round((Date.now() - started.getTime()) / 1000)}s; load average now ${loadavg()}`);
@@ -123,6 +125,7 @@ function printHeader(started: Date, source: string, facts: Facts) {
   log(`            via ${source}; ${Object.entries(facts.settings).map(([k, v]) => `${k}=${v}`).join(", ")}`);
   log(`node:       ${process.version} on ${os.platform()} ${os.release()}, ${cpus.length} x ${cpus[0]?.model ?? "?"}, ${Math.round(os.totalmem() / 2 ** 30)} GiB`);
   log(`libraries:  @prisma/client ${pkg("@prisma/client")}, @prisma/adapter-pg ${pkg("@prisma/adapter-pg")}, pg ${pkg("pg")}`);
+  log(`            kysely ${pkg("kysely")}, drizzle-orm ${pkg("drizzle-orm")}, knex ${pkg("knex")}, typeorm ${pkg("typeorm")}, postgres ${pkg("postgres")}`);
   log(`settings:   shared Prisma client and pg pool max ${POOL_MAX}`);
   log(`load:       ${loadavg()} (1/5/15 min load average before the run; other processes skew the figures)`);
   log();

@@ -1,6 +1,9 @@
 /**
- * Outbox benchmark (issue 4): relay throughput with a no-op publisher, commit-to-publish latency
- * with NOTIFY and with polling, and the same work done with pg-boss 10 on the same database.
+ * Outbox benchmark (issues 4 and 13): relay throughput with a no-op publisher, commit-to-publish
+ * latency with NOTIFY and with polling, and the same work done with pg-boss 10 on the same
+ * database; then what a claim costs as the backlog grows (bench/outbox-claims.ts) and drains with
+ * relays killed every few seconds (bench/outbox-kills.ts). OUTBOX_PARTS picks among "throughput",
+ * "claims" and "kills" (default: all three).
  *
  *   npm run bench -- outbox
  *
@@ -32,9 +35,12 @@ import PgBoss from "pg-boss";
 import pg from "pg";
 import { txonce } from "../src/adapters/prisma.js";
 import { txonce as txoncePg } from "../src/adapters/pg.js";
-import { createRelay, type RelayOptions } from "../src/outbox/relay.js";
+import { createRelay, KEYS_WALKED_PER_MESSAGE, type RelayOptions } from "../src/outbox/relay.js";
 import type { Row, SqlExecutor } from "../src/executor.js";
 import * as sql from "../src/sql/postgres.js";
+import { claimBench } from "./outbox-claims.js";
+import { churnBench } from "./outbox-churn.js";
+import { killBench } from "./outbox-kills.js";
 import {
   env, fmt, hostBusySince, hostCpu, loadavg, log, median, num, pct, percentile, sleep, sorted, table,
   type BenchContext,
@@ -50,9 +56,18 @@ const BATCH_SIZES = (process.env.OUTBOX_BATCH_SIZES ?? "100,500,1000").split(","
 const WORKERS = (process.env.OUTBOX_WORKERS ?? "1,2,4").split(",").map(Number);
 /** "0": none; "1" (default): EXPLAIN of the claim and what-if drains; "full": also statement timings, Prisma vs pg, keyed messages, a CPU profile. */
 const ANALYSIS = process.env.OUTBOX_ANALYSIS ?? "1";
+/**
+ * Which parts run: "throughput" (grid, full backlog, latency and the analysis), "claims"
+ * (bench/outbox-claims.ts), "kills" (bench/outbox-kills.ts), "churn" (bench/outbox-churn.ts,
+ * minutes long: not in the default).
+ */
+const PARTS = (process.env.OUTBOX_PARTS ?? "throughput,claims,kills").split(",");
 const ENQUEUE_CHUNK = 1000;
 const KEYED_CAP_SECONDS = env("OUTBOX_KEYED_CAP_SECONDS", 5);
 const TOPIC = "bench.order-paid";
+
+/** The claim's parameters for an EXPLAIN: batch size, lease, a token, the walk from the first key. */
+const claimParams = (batchSize: number) => [batchSize, 30_000, "00000000-0000-4000-8000-000000000000", "", batchSize * KEYS_WALKED_PER_MESSAGE];
 
 const payload = (i: number) => ({ orderId: i, customerId: `c-${i % 997}`, amount: "12.50", currency: "EUR", status: "paid" });
 
@@ -64,7 +79,15 @@ interface Drain {
   busy: number | undefined;
 }
 
-export async function outboxBench({ prisma, pool, url }: BenchContext) {
+export async function outboxBench(context: BenchContext) {
+  for (const part of PARTS) if (!["throughput", "claims", "kills", "churn"].includes(part)) throw new Error(`OUTBOX_PARTS: unknown part ${part}`);
+  if (PARTS.includes("throughput")) await throughputBench(context);
+  if (PARTS.includes("claims")) await claimBench(context.pool);
+  if (PARTS.includes("kills")) await killBench(context.pool, context.url);
+  if (PARTS.includes("churn")) await churnBench(context.pool, context.url);
+}
+
+async function throughputBench({ prisma, pool, url }: BenchContext) {
   const t = txonce(prisma);
   const tPg = txoncePg(pool);
   log("Outbox (issue 4)");
@@ -396,13 +419,13 @@ async function analysis(c: AnalysisContext) {
   const explainClaim = async (text: string, batchSize: number, jitOff = false) => {
     await client.query("BEGIN");
     if (jitOff) await client.query("SET LOCAL jit = off");
-    const plan = (await client.query(`EXPLAIN (ANALYZE, BUFFERS) ${text}`, [batchSize, 30_000, "00000000-0000-4000-8000-000000000000"])).rows
+    const plan = (await client.query(`EXPLAIN (ANALYZE, BUFFERS) ${text}`, claimParams(batchSize))).rows
       .map((r) => r["QUERY PLAN"] as string);
     await client.query("ROLLBACK");
     const grab = (re: RegExp) => plan.find((l) => re.test(l))?.match(/([\d.]+) ms/)?.[1] ?? "-";
     const jit = plan.find((l) => /Timing: Generation/.test(l))?.match(/Total ([\d.]+) ms/)?.[1] ?? "-";
     const sort = plan.find((l) => /Sort Method/.test(l))?.trim().replace("Sort Method: ", "") ?? "no sort";
-    const scan = plan.find((l) => /Scan on txonce_outbox_messages m_1/.test(l))?.trim().replace(/\s*\(.*$/, "").replace("->  ", "") ?? "?";
+    const scan = plan.filter((l) => /Scan on txonce_outbox_messages/.test(l)).map((l) => l.trim().replace(/\s*\(.*$/, "").replace("->  ", "").replace(/ on txonce_outbox_messages.*/, "")).filter((v, i, all) => all.indexOf(v) === i).join(", ") || "?";
     const cost = plan[0]?.match(/cost=[\d.]+\.\.([\d.]+)/)?.[1] ?? "?";
     return [grab(/Execution Time/), jit, cost, scan, sort];
   };
@@ -447,7 +470,7 @@ async function analysis(c: AnalysisContext) {
   //    Prisma executor wrapped to count and time each statement).
   const kinds = new Map<string, { n: number; ms: number[]; rows: number }>();
   const kindOf = (text: string) =>
-    text === sql.claimMessages ? "claimMessages" : text === sql.markPublished ? "markPublished" : text === sql.markFailed ? "markFailed" : text.trim().slice(0, 30);
+    text === sql.claimMessages || text === sql.claimUnkeyedMessages ? "claimMessages" : text === sql.recordProgress ? "recordProgress" : text.trim().slice(0, 30);
   const timed: SqlExecutor = {
     async query(text: string, params: readonly unknown[]): Promise<Row[]> {
       const t0 = performance.now();
@@ -468,8 +491,8 @@ async function analysis(c: AnalysisContext) {
     kinds.clear();
     const d = await c.drainTxonce(N, { batchSize, workers }, instrumented);
     const claim = kinds.get("claimMessages")!;
-    const mark = kinds.get("markPublished")!;
-    const batches = mark.n;
+    const mark = kinds.get("recordProgress")!;
+    const batches = claim.n;
     breakdown.push([
       `batchSize ${batchSize}, ${workers} worker(s)`, num(d.rate), String(batches), fmt((claim.n + mark.n) / batches, 2),
       fmt(median(claim.ms), 1), fmt(median(mark.ms), 1),
@@ -494,16 +517,15 @@ async function analysis(c: AnalysisContext) {
   log(`The relay over Prisma (txonce(prisma)) vs over plain pg (txonce/pg, same SQL), ${num(N)} messages:`);
   table(["relay", "Prisma msg/s", "node µs/msg", "pg msg/s", "node µs/msg", "pg / Prisma"], rows);
 
-  // d. Keyed messages: per-key order makes the claim check, for each candidate, that no earlier
-  //    message of its key is still unpublished (NOT EXISTS over the (key, seq) index, which also
-  //    holds the published rows kept for retention). Then the same with a partial index of the
-  //    unpublished rows only, created in this throwaway database (a suggestion, not in src/).
+  // d. Keyed messages: the claim walks the pending keys (one index probe per key) and leases runs
+  //    behind their heads; with 10 keys, with 1,000, and with 1,000 plus published rows kept for
+  //    retention (which the walk's index keeps apart from the pending ones).
   log();
   const explainKeyed = async () => {
     const cl = await pool.connect();
     try {
       await cl.query("BEGIN");
-      const plan = (await cl.query(`EXPLAIN (ANALYZE, BUFFERS) ${sql.claimMessages}`, [c.bestBatch, 30_000, "00000000-0000-4000-8000-000000000000"])).rows
+      const plan = (await cl.query(`EXPLAIN (ANALYZE, BUFFERS) ${sql.claimMessages}`, claimParams(c.bestBatch))).rows
         .map((r) => r["QUERY PLAN"] as string);
       await cl.query("ROLLBACK");
       return plan.find((l) => /Execution Time/.test(l))?.match(/([\d.]+) ms/)?.[1] ?? "?";
@@ -526,15 +548,8 @@ async function analysis(c: AnalysisContext) {
   const keyedCases: [number, number][] = [[1000, 0], [10, 0], [1000, MESSAGES]];
   const keyed: string[][] = [];
   for (const [keys, published] of keyedCases) keyed.push([`${num(keys)} keys, ${num(published)} published kept`, "as shipped", ...(await keyedCase(keys, published))]);
-  const partial = `txonce_bench_unpublished_key_seq`;
-  await pool.query(`CREATE INDEX ${partial} ON ${sql.OUTBOX_TABLE} (key, seq) WHERE published_at IS NULL AND dead_at IS NULL`);
-  try {
-    for (const [keys, published] of keyedCases) keyed.push([`${num(keys)} keys, ${num(published)} published kept`, "+ partial index", ...(await keyedCase(keys, published))]);
-  } finally {
-    await pool.query(`DROP INDEX ${partial}`);
-  }
   log(`Keyed messages (${num(N)} messages, key = one of K values; batchSize ${c.bestBatch}, ${c.bestWorkers} workers; at most ${KEYED_CAP_SECONDS} s;`);
-  log(`claim ms = EXPLAIN ANALYZE execution of one claim on the backlog before the drain; partial index = (key, seq) WHERE published_at IS NULL AND dead_at IS NULL):`);
+  log(`claim ms = EXPLAIN ANALYZE execution of one claim on the backlog before the drain):`);
   table(["messages", "index", "published", "seconds", "msg/s", "claim ms"], keyed);
 
   // e. CPU profile of a drain (this process only), self time by origin.

@@ -5,7 +5,8 @@
  *     generated/, examples/ or the dev schema;
  *   - package.json: a `types` condition (listed first) and a `.d.ts` for every `exports` subpath,
  *     optional peer dependencies, and that dist imports nothing at run time that is neither a
- *     dependency nor a peer (and `@prisma/client` only from txonce/prisma);
+ *     dependency nor a peer (and `@prisma/client`, `kysely`, `drizzle-orm` only from their own
+ *     adapters; `pg`, `knex`, `typeorm`, `postgres` from nowhere);
  *   - in a fresh project with the tarball installed (from the npm registry or cache only):
  *     `txonce` and `txonce/pg` load without any peer installed; with the peers, every subpath
  *     loads with `import` and with `require()` (Node >= 20.19), as the same module; `instanceof`
@@ -183,13 +184,20 @@ try {
   }
   const unused = Object.keys(pkg.dependencies ?? {}).filter((name) => !runtimeImports.has(name));
   if (unused.length > 0) console.log(`  note  dependencies that dist never imports: ${unused.join(", ")}`);
-  const prismaImporters = [...(staticImports.get("@prisma/client") ?? [])];
-  check(
-    prismaImporters.every((file) => file === "dist/adapters/prisma.js"),
-    "only txonce/prisma imports @prisma/client statically",
-    prismaImporters.join(", "),
-  );
-  check(!staticImports.has("pg"), "nothing imports pg statically (structural types only)", [...(staticImports.get("pg") ?? [])].join(", "));
+  // Each adapter's library is imported at run time by that adapter alone, and only where it needs
+  // one of its values; the others take structural types only.
+  const ownImporters: Record<string, string[]> = {
+    "@prisma/client": ["dist/adapters/prisma.js", "dist/adapters/prisma-extension.js"],
+    kysely: ["dist/adapters/kysely.js"],
+    "drizzle-orm": ["dist/adapters/drizzle.js"],
+  };
+  for (const [library, allowed] of Object.entries(ownImporters)) {
+    const importers = [...(staticImports.get(library) ?? [])];
+    check(importers.every((file) => allowed.includes(file)), `only ${allowed.join(" and ")} import ${library} statically`, importers.join(", "));
+  }
+  for (const library of ["pg", "knex", "typeorm", "postgres"]) {
+    check(!staticImports.has(library), `nothing imports ${library} statically (structural types only)`, [...(staticImports.get(library) ?? [])].join(", "));
+  }
 
   section("install in a fresh project");
   const project = join(work, "consumer");
@@ -205,7 +213,8 @@ try {
   // Without peers: the core and the pg adapter must not need @prisma/client or pg (nor express or koa,
   // whose types only txonce/express and txonce/koa use); txonce/fastify needs fastify-plugin,
   // txonce/nestjs @nestjs/common, @nestjs/core and rxjs, txonce/hono hono, like txonce/prisma @prisma/client.
-  const needPeers = new Set(["./prisma", "./fastify", "./nestjs", "./hono"]);
+  // txonce/kysely and txonce/drizzle import Kysely's CompiledQuery and Drizzle's sql.
+  const needPeers = new Set(["./prisma", "./kysely", "./drizzle", "./fastify", "./nestjs", "./hono"]);
   for (const subpath of subpaths.filter((subpath) => !needPeers.has(subpath))) {
     const result = node(`await import(${JSON.stringify(specifierOf(subpath))})`, "esm");
     check(result.status === 0, `${specifierOf(subpath)} loads with no peer dependency installed`, result.stderr);
@@ -227,6 +236,11 @@ try {
     "hono",
     "koa",
     "@types/koa",
+    "kysely",
+    "drizzle-orm",
+    "knex",
+    "typeorm",
+    "postgres",
   ].map((name) => `${name}@${localVersion(name)}`);
   runOrThrow("npm", [...npmInstall, tarball, ...peers], project);
   check(true, `npm install ${peers.join(" ")} (the versions this repository tests with)`);
@@ -267,7 +281,7 @@ try {
     const require = createRequire(import.meta.url);
     const results = {};
     const thrown = (f) => { try { f(); } catch (error) { return error; } throw new Error("did not throw"); };
-    const fakePrisma = { $queryRawUnsafe: async () => [], $transaction: async (fn) => fn({}) };
+    const fakePrisma = { $queryRawUnsafe: async () => [], $transaction: async (fn) => fn({}), $connect: async () => {} };
     const fakePool = { query: async () => ({ rows: [] }), connect: async () => ({ query: async () => ({ rows: [] }), release() {} }) };
     const fromPrisma = thrown(() => prisma.txonce(fakePrisma, { retention: "soon" }));
     const fromPg = thrown(() => pg.txonce(fakePool, { maxKeyLength: 0 }));
@@ -317,7 +331,29 @@ const koaRoute = koaIdempotency(txoncePg(pool))();
 const nestModule = TxonceModule.forRoot({ txonce: txoncePg(pool), scope: (req) => req.headers["x-account"] });
 const idempotent: MethodDecorator = Idempotent({ lockTimeout: "1s" });
 const client: pg.PoolClient | undefined = new TxonceTransaction<pg.PoolClient>().optionalTx;
+
+// The other adapters: the operation gets each library's own transaction type.
+import { Kysely, PostgresDialect, type Transaction } from "kysely";
+import { drizzle } from "drizzle-orm/node-postgres";
+import knexFactory, { type Knex } from "knex";
+import { DataSource, type EntityManager } from "typeorm";
+import postgres from "postgres";
+import { txonce as txonceKysely } from "txonce/kysely";
+import { txonce as txonceDrizzle } from "txonce/drizzle";
+import { txonce as txonceKnex } from "txonce/knex";
+import { txonce as txonceTypeorm } from "txonce/typeorm";
+import { txonce as txoncePostgres } from "txonce/postgres";
+import { txonceExtension } from "txonce/prisma";
+interface Db { charges: { id: number } }
+const kysely = new Kysely<Db>({ dialect: new PostgresDialect({ pool }) });
+const fromKysely: Promise<number> = txonceKysely(kysely).withIdempotency("key", async (trx: Transaction<Db>) => 1);
+const fromDrizzle: Promise<number> = txonceDrizzle(drizzle({ client: pool })).withIdempotency("key", async (tx) => (typeof tx.rollback === "function" ? 1 : 0));
+const fromKnex: Promise<number> = txonceKnex(knexFactory({ client: "pg" })).withIdempotency("key", async (trx: Knex.Transaction) => 1);
+const fromTypeorm: Promise<number> = txonceTypeorm(new DataSource({ type: "postgres" })).withIdempotency("key", async (manager: EntityManager) => 1);
+const fromPostgres: Promise<number> = txoncePostgres(postgres()).withIdempotency("key", async (sql: postgres.TransactionSql) => 1);
+const extension = txonceExtension({ retention: "48h" });
 export { createIdempotency, id, outcome, isTxonceError, honoRoute, koaRoute, nestModule, idempotent, client };
+export { fromKysely, fromDrizzle, fromKnex, fromTypeorm, fromPostgres, extension };
 `,
   );
   const tsc = join(dirname(require.resolve("typescript/package.json")), "bin", "tsc");

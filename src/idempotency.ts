@@ -13,7 +13,7 @@ import {
   type IdempotencyRecordInfo,
   type IdempotencyStep,
 } from "./errors.js";
-import type { Database, Row } from "./executor.js";
+import type { Database, Row, SqlExecutor } from "./executor.js";
 import { fingerprintOf } from "./fingerprint.js";
 import { backoffPolicy } from "./outbox/backoff.js";
 import { RecordCache, type StoredRecord } from "./record-cache.js";
@@ -115,9 +115,32 @@ export interface Idempotency<Tx, TxOptions = unknown> {
     operation: Operation<Tx, T>,
     options?: IdempotencyOptions<TxOptions>,
   ): Promise<IdempotencyOutcome<T>>;
+  /**
+   * Runs `operation` inside `tx`, a transaction the caller opened and will commit or roll back
+   * (e.g. one that `@nestjs-cls/transactional` or a unit of work manages): the key is claimed in
+   * it, the caller's COMMIT stores the result with the caller's other writes, and its rollback
+   * removes the key. Until the caller's transaction ends, a concurrent call with the same key
+   * waits for it (at most its own `lockTimeout`). The operation gets `tx` itself. A key that is
+   * taken makes this call wait inside `tx`, holding its connection. Under REPEATABLE READ or
+   * SERIALIZABLE, a record committed after `tx`'s snapshot fails the claim with the database's
+   * serialization error (SQLSTATE `40001`): `tx` is then aborted, retry the whole transaction.
+   * `tx` must be open: a root client or an ended transaction is refused with
+   * {@link InvalidArgumentError} where the adapter can tell. Safe to destructure.
+   */
+  withIdempotencyIn<T>(tx: Tx, key: string, operation: Operation<Tx, T>, options?: JoinedIdempotencyOptions): Promise<T>;
+  /** Like {@link withIdempotencyIn}, but returns the result with whether it was replayed and when. */
+  withIdempotencyOutcomeIn<T>(
+    tx: Tx,
+    key: string,
+    operation: Operation<Tx, T>,
+    options?: JoinedIdempotencyOptions,
+  ): Promise<IdempotencyOutcome<T>>;
   /** The codec results are stored with; also used for outbox payloads. */
   readonly codec: Codec;
 }
+
+/** Options of a call that joins the caller's transaction: no transaction options, the caller's transaction has them. */
+export type JoinedIdempotencyOptions = Omit<IdempotencyOptions, "transaction">;
 
 const DEFAULT_RETENTION = "48h";
 const DEFAULT_LOCK_TIMEOUT = "2s";
@@ -206,11 +229,8 @@ export function createIdempotency<Tx, TxOptions>(
     return value;
   }
 
-  async function withIdempotencyOutcome<T>(
-    key: string,
-    operation: Operation<Tx, T>,
-    options: IdempotencyOptions<TxOptions> = {},
-  ): Promise<IdempotencyOutcome<T>> {
+  /** Checks a call's arguments (before anything is written) and fixes what it needs. */
+  function callOf<T>(key: string, operation: Operation<Tx, T>, options: IdempotencyOptions<TxOptions>): Call<Tx, TxOptions, T> {
     checkIdentifier(key, "key");
     const scope = options.scope === undefined ? "" : checkIdentifier(options.scope, "scope");
     if (typeof operation !== "function") {
@@ -222,7 +242,7 @@ export function createIdempotency<Tx, TxOptions>(
       options.lockTimeout === undefined ? defaultLockTimeoutMs : toMilliseconds(options.lockTimeout, "lockTimeout");
     const fingerprint = options.fingerprint === undefined ? null : fingerprintOf(codec, options.fingerprint);
     const startedAt = Date.now();
-    const call: Call<Tx, TxOptions, T> = {
+    return {
       scope,
       key,
       operation,
@@ -234,6 +254,14 @@ export function createIdempotency<Tx, TxOptions>(
       lockTimeoutMs,
       lockId: keyLockId(scope, key),
     };
+  }
+
+  async function withIdempotencyOutcome<T>(
+    key: string,
+    operation: Operation<Tx, T>,
+    options: IdempotencyOptions<TxOptions> = {},
+  ): Promise<IdempotencyOutcome<T>> {
+    const call = callOf(key, operation, options);
     const id = cacheId(call);
     for (;;) {
       const cached = cache?.get(id);
@@ -348,6 +376,51 @@ export function createIdempotency<Tx, TxOptions>(
   }
 
   /**
+   * A call inside the caller's transaction `tx`. The claim is {@link sql.claimExpiredKey} (it
+   * also replaces an expired record: there is no rollback between a claim and its retry here).
+   * A taken key is polled inside `tx` too: that sees a record `tx` itself stored earlier, and
+   * when the key's lock is free the poll takes it for `tx`, so the next claim gets it. Nothing
+   * goes to the replay cache (the caller may still roll back), and no flight is shared.
+   */
+  async function withIdempotencyOutcomeIn<T>(
+    tx: Tx,
+    key: string,
+    operation: Operation<Tx, T>,
+    options: JoinedIdempotencyOptions = {},
+  ): Promise<IdempotencyOutcome<T>> {
+    const call = callOf(key, operation, options);
+    const outside = db.outsideTransaction?.(tx);
+    if (outside !== undefined) throw new InvalidArgumentError("tx", outside);
+    const cached = cache?.get(cacheId(call));
+    if (cached) return replay(call, cached);
+    const inTransaction = db.sqlFor(tx);
+    const polls = { count: 0 };
+    for (;;) {
+      let rows: Row[];
+      try {
+        rows = await withSchemaCheck(
+          inTransaction.query(sql.claimExpiredKey, [call.scope, call.key, call.fingerprint, call.retentionMs, call.lockId]),
+        );
+      } catch (error) {
+        throw classified(error, call, "claim");
+      }
+      const row = rows[0];
+      if (row) {
+        const value = await call.operation(tx);
+        const encoded = codec.encode(value, "result");
+        try {
+          await inTransaction.query(sql.saveResult, [call.scope, call.key, encoded]);
+        } catch (error) {
+          throw classified(error, call, "save");
+        }
+        return { value, replayed: false, scope: call.scope, key: call.key, firstSeenAt: toDate(row.created_at), expiresAt: toDate(row.expires_at) };
+      }
+      const polled = await pollUntilDone(call, polls, { db: inTransaction, codeless: "lost", keep: false });
+      if (polled) return replay(call, polled);
+    }
+  }
+
+  /**
    * After a COMMIT that got no answer: asks the database, on another connection, whether the
    * transaction committed. `unknown` when it cannot say for sure within `lockTimeout`.
    */
@@ -379,7 +452,11 @@ export function createIdempotency<Tx, TxOptions>(
    * deadline ({@link IdempotencyKeyInUseError}). The first poll of a call is immediate (a key is
    * most often taken by a completed record); `polls` counts on across the call's claims.
    */
-  async function pollUntilDone(call: Call<Tx, TxOptions, unknown>, polls: { count: number }): Promise<StoredRecord | undefined> {
+  async function pollUntilDone(
+    call: Call<Tx, TxOptions, unknown>,
+    polls: { count: number },
+    on: { db: SqlExecutor; codeless: "lost" | "unavailable"; keep: boolean } = { db, codeless: "unavailable", keep: true },
+  ): Promise<StoredRecord | undefined> {
     for (;;) {
       const poll = polls.count++;
       if (poll > 0) {
@@ -389,12 +466,12 @@ export function createIdempotency<Tx, TxOptions>(
       }
       let rows: Row[];
       try {
-        rows = await withSchemaCheck(db.query(sql.pollKey, [call.scope, call.key, call.lockId]));
+        rows = await withSchemaCheck(on.db.query(sql.pollKey, [call.scope, call.key, call.lockId]));
       } catch (error) {
-        throw classified(error, call, "poll", "unavailable");
+        throw classified(error, call, "poll", on.codeless);
       }
       const row = rows[0]!;
-      if (row.created_at !== null && row.created_at !== undefined) return fromDatabase(call, row, performance.now());
+      if (row.created_at !== null && row.created_at !== undefined) return fromDatabase(call, row, performance.now(), on.keep);
       if (row.free === true) return undefined;
     }
   }
@@ -420,14 +497,14 @@ export function createIdempotency<Tx, TxOptions>(
     new IdempotencyKeyInUseError(call.scope, call.key, Date.now() - call.startedAt);
 
   /** A committed record the database returned, also kept in the cache with that answer's clock. */
-  function fromDatabase(call: Call<Tx, TxOptions, unknown>, row: Row, answeredAt: number): StoredRecord {
+  function fromDatabase(call: Call<Tx, TxOptions, unknown>, row: Row, answeredAt: number, keep = true): StoredRecord {
     const record: StoredRecord = {
       fingerprint: (row.fingerprint as string | null) ?? null,
       result: row.result as string,
       firstSeenAt: toDate(row.created_at),
       expiresAt: toDate(row.expires_at),
     };
-    cache?.set(cacheId(call), record, toDate(row.db_now), answeredAt);
+    if (keep) cache?.set(cacheId(call), record, toDate(row.db_now), answeredAt);
     return record;
   }
 
@@ -455,6 +532,8 @@ export function createIdempotency<Tx, TxOptions>(
   return {
     withIdempotency: async (key, operation, options) => (await withIdempotencyOutcome(key, operation, options)).value,
     withIdempotencyOutcome,
+    withIdempotencyIn: async (tx, key, operation, options) => (await withIdempotencyOutcomeIn(tx, key, operation, options)).value,
+    withIdempotencyOutcomeIn,
     codec,
   };
 }

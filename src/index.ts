@@ -8,12 +8,14 @@ export {
   type IdempotencyDefaults,
   type IdempotencyOptions,
   type IdempotencyOutcome,
+  type JoinedIdempotencyOptions,
   type Operation,
 } from "./idempotency.js";
 export { createTxonce, type Txonce, type TxonceOptions, type AdapterHooks } from "./txonce.js";
 export { createOutbox, type Outbox, type OutboxOptions, type OutboxBacklog } from "./outbox/outbox.js";
 export type { OutboxMessage, OutboxMessageInput, Publisher } from "./outbox/message.js";
 export { createRelay, type Relay, type RelayOptions } from "./outbox/relay.js";
+export type { RelayLogger } from "./outbox/relay-logger.js";
 export type { BackoffOptions } from "./outbox/backoff.js";
 export type { ListenClientLike } from "./outbox/listener.js";
 export {

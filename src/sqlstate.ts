@@ -68,13 +68,27 @@ const SOCKET_CODES: Record<string, ConnectionFailure> = {
   EAI_AGAIN: "unavailable",
 };
 
+/** postgres.js' connection error codes (`error.code` of its `Errors.connection(...)`). */
+const POSTGRES_JS_CODES: Record<string, ConnectionFailure> = {
+  CONNECTION_CLOSED: "lost", // the socket closed under a query
+  CONNECTION_DESTROYED: "lost", // the connection was destroyed with queries pending
+  CONNECTION_ENDED: "unavailable", // sql.end() was called: no new queries
+  CONNECT_TIMEOUT: "unavailable", // no connection within connect_timeout
+};
+
+/** Error classes of query builders that mean the pool had no connection for us (`error.name`). */
+const POOL_TIMEOUT_ERRORS: Record<string, ConnectionFailure> = {
+  KnexTimeoutError: "unavailable", // Knex: no connection from its pool within acquireConnectionTimeout
+};
+
 /**
  * Whether an error says the database connection failed, and how, from codes only (never the
  * message): SQLSTATE class 08 (connection exception) is `lost`; `57P01`/`57P02` (terminated by
  * an administrator, crash recovery) `terminated`; `57P03` (cannot connect now) and `53300` (too
  * many connections) `unavailable`; Prisma's `P1001`, `P1008`, `P1017`, `P2024`, `P2037`; the
  * `kind` of a Prisma driver adapter error (`ConnectionClosed`, ...); a socket error's `code`
- * (`ECONNRESET`, `ECONNREFUSED`, ...). Looks through `cause`, `meta` and `driverAdapterError`.
+ * (`ECONNRESET`, `ECONNREFUSED`, ...); postgres.js' `CONNECTION_CLOSED`, `CONNECT_TIMEOUT`, ...;
+ * Knex's `KnexTimeoutError` (its pool had no connection in time). Looks through `cause`, `meta` and `driverAdapterError`.
  */
 export function connectionFailureOf(error: unknown): ConnectionFailure | undefined {
   const state = sqlStateOf(error);
@@ -86,11 +100,12 @@ export function connectionFailureOf(error: unknown): ConnectionFailure | undefin
   for (const e of chain(error)) {
     const { code, errorCode, kind } = e as { code?: unknown; errorCode?: unknown; kind?: unknown };
     for (const c of [code, errorCode]) {
-      if (typeof c === "string" && (PRISMA_CONNECTION_CODES[c] ?? SOCKET_CODES[c])) {
-        return PRISMA_CONNECTION_CODES[c] ?? SOCKET_CODES[c];
-      }
+      const failure = typeof c === "string" ? (PRISMA_CONNECTION_CODES[c] ?? SOCKET_CODES[c] ?? POSTGRES_JS_CODES[c]) : undefined;
+      if (failure) return failure;
     }
     if (typeof kind === "string" && ADAPTER_KINDS[kind]) return ADAPTER_KINDS[kind];
+    const { name } = e as { name?: unknown };
+    if (typeof name === "string" && Object.hasOwn(POOL_TIMEOUT_ERRORS, name)) return POOL_TIMEOUT_ERRORS[name];
   }
   return undefined;
 }

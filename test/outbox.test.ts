@@ -5,7 +5,9 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
-import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
+import { Writable } from "node:stream";
+import pino from "pino";
+import { afterAll, beforeAll, beforeEach, describe, expect, test, vi } from "vitest";
 import { InvalidArgumentError, UnencodableValueError, type OutboxMessage } from "../src/index.js";
 import { txonce } from "../src/adapters/prisma.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
@@ -325,6 +327,104 @@ describe("ordering", () => {
   });
 });
 
+
+describe("claims and progress", () => {
+  /** A publisher that holds every publish until released, and tells who waits. */
+  function heldBroker() {
+    const waiting: OutboxMessage[] = [];
+    const published: OutboxMessage[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    return {
+      waiting,
+      published,
+      release,
+      publish: async (m: OutboxMessage) => {
+        waiting.push(m);
+        await gate;
+        published.push(m);
+      },
+    };
+  }
+  const leased = async () => (await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE lease_token IS NOT NULL")).rows[0].n;
+
+  test.each([
+    ["30 keys of 10 (heads only)", 30, 10],
+    ["3 hot keys of 50 (heads and the runs behind them)", 3, 50],
+  ])("a claim leases at most batchSize messages in all: %s", async (_name, keys, perKey) => {
+    const t = txonce(db.prisma);
+    await db.prisma.$transaction((tx) =>
+      t.outbox.enqueueMany(tx, Array.from({ length: keys * perKey }, (_, i) => ({ topic: "bounded", key: `k${i % keys}`, payload: i }))),
+    );
+    const broker = heldBroker();
+    const relay = t.outbox.relay({ publisher: broker.publish, batchSize: 25, pollInterval: 10, logger: false });
+    await relay.start();
+    try {
+      await until(() => broker.waiting.length >= Math.min(keys, 25));
+      await sleep(50);
+      expect(await leased()).toBe(25);
+      expect(new Set(broker.waiting.map((m) => m.key)).size).toBe(Math.min(keys, 25)); // one publish at a time per key
+    } finally {
+      broker.release();
+      await relay.stop();
+    }
+  });
+
+  test("keyed messages committed while the relay drains an unkeyed backlog (short claims) are published, in order", async () => {
+    const t = txonce(db.prisma);
+    await db.pool.query(`INSERT INTO txonce_outbox_messages (id, topic, payload)
+      SELECT gen_random_uuid(), 'bulk', '{"json":0}' FROM generate_series(1, 4000)`);
+    const keyed: unknown[] = [];
+    let bulk = 0;
+    const relay = t.outbox.relay({
+      pollInterval: 50,
+      publisher: async (m) => {
+        if (m.key === null) bulk++;
+        else keyed.push(m.payload);
+      },
+    });
+    await relay.start();
+    try {
+      await until(() => bulk >= 500);
+      for (let n = 0; n < 5; n++) await db.prisma.$transaction((tx) => t.outbox.enqueue(tx, { topic: "keyed", key: "k", payload: n }));
+      await until(() => keyed.length === 5 && bulk === 4000, 20_000);
+    } finally {
+      await relay.stop();
+    }
+    expect(keyed).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  test("published messages are recorded as they go, not when the claim ends", async () => {
+    const t = txonce(db.prisma);
+    await db.prisma.$transaction((tx) =>
+      t.outbox.enqueueMany(tx, Array.from({ length: 10 }, (_, n) => ({ topic: "progress", key: "k", payload: n }))),
+    );
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const handed: unknown[] = [];
+    const relay = t.outbox.relay({
+      pollInterval: 10,
+      publisher: async (m) => {
+        handed.push(m.payload);
+        if (m.payload === 4) await gate;
+      },
+    });
+    await relay.start();
+    try {
+      await until(() => handed.includes(4));
+      const published = async () =>
+        (await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE published_at IS NOT NULL")).rows[0].n;
+      await until(async () => (await published()) === 4, 5_000);
+      const { rows } = await db.pool.query("SELECT attempts FROM txonce_outbox_messages WHERE payload::jsonb -> 'json' = '4'");
+      expect(rows[0].attempts).toBe(1); // charged when handed to the publisher, before its outcome
+    } finally {
+      release();
+      await relay.stop();
+    }
+    expect((await t.outbox.backlog()).pending).toBe(0);
+  });
+});
+
 describe("failures", () => {
   test("retries with backoff, then dead-letters with the last error; a failing key holds back only itself; re-queue", async () => {
     const t = txonce(db.prisma);
@@ -407,6 +507,72 @@ describe("failures", () => {
     }
   });
 
+  test("failures and dead letters are logged by default, one line each; a logger option routes them (pino); false silences", async () => {
+    const t = txonce(db.prisma);
+    const failing = async (m: OutboxMessage) => {
+      throw Object.assign(new Error(`broker refused ${String(m.payload)}`), { permanent: m.payload === "poison" });
+    };
+    const run = async (logger: Parameters<typeof t.outbox.relay>[0]["logger"]) => {
+      await db.pool.query("TRUNCATE txonce_outbox_messages");
+      const dead: OutboxMessage[] = [];
+      const relay = t.outbox.relay({ publisher: failing, pollInterval: 10, backoff: { initial: "1h" }, logger, onDead: (m) => dead.push(m) });
+      const ids = await db.prisma.$transaction((tx) =>
+        t.outbox.enqueueMany(tx, [
+          { topic: "orders", key: "o-1", payload: "transient" },
+          { topic: "orders", payload: "poison" },
+        ]),
+      );
+      await relay.start();
+      try {
+        await until(async () => dead.length === 1 && (await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE last_error IS NOT NULL")).rows[0].n === 2);
+      } finally {
+        await relay.stop();
+      }
+      return ids;
+    };
+
+    const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
+    const error = vi.spyOn(console, "error").mockImplementation(() => {});
+    try {
+      const [transient, poison] = await run(undefined);
+      expect(warn.mock.calls).toHaveLength(1);
+      expect(warn.mock.calls[0]![0]).toMatch(
+        new RegExp(`^txonce relay: publish failed, retrying in [\\d.]+ (min|s|ms): message ${transient} \\(topic "orders", key "o-1", attempt 1 of 10\\): Error: broker refused transient$`),
+      );
+      expect(error.mock.calls).toHaveLength(1);
+      expect(error.mock.calls[0]![0]).toBe(`txonce relay: message dead-lettered: message ${poison} (topic "orders", attempt 1 of 10): Error: broker refused poison`);
+
+      warn.mockClear();
+      error.mockClear();
+      await run(false);
+      expect(warn).not.toHaveBeenCalled();
+      expect(error).not.toHaveBeenCalled();
+    } finally {
+      warn.mockRestore();
+      error.mockRestore();
+    }
+
+    const lines: Record<string, unknown>[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        lines.push(JSON.parse(chunk.toString("utf8")) as Record<string, unknown>);
+        callback();
+      },
+    });
+    const [transient, poison] = await run(pino(destination));
+    expect(lines.map((l) => [l.level, l.messageId, l.attempt])).toEqual(
+      expect.arrayContaining([
+        [40, transient, 1],
+        [50, poison, 1],
+      ]),
+    );
+    expect(lines).toHaveLength(2);
+    const warned = lines.find((l) => l.level === 40)!;
+    expect(warned).toMatchObject({ topic: "orders", key: "o-1", maxAttempts: 10, err: { message: "broker refused transient" } });
+    expect(warned.retryInMs).toBeGreaterThanOrEqual(150_000); // backoff 1h, capped by its default max of 5 min, jittered down to half
+    expect(warned.msg).toMatch(/^txonce relay: publish failed/);
+  });
+
   test("backlog reports what waits and the age of the oldest", async () => {
     const t = txonce(db.prisma);
     await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, [{ topic: "x", payload: 1 }, { topic: "x", payload: 2 }]));
@@ -468,6 +634,56 @@ describe("relays in other processes", () => {
        ON x.message_id = y.message_id AND x.ctid < y.ctid AND x.started < y.ended AND y.started < x.ended`,
     );
     expect(overlaps.rows[0].n).toBe(0);
+  });
+
+  test("relays killed while publishing a key's first message charge nothing to the messages leased behind it; a later hiccup does not dead-letter them", async () => {
+    const t = txonce(db.prisma);
+    const ids = await db.prisma.$transaction((tx) =>
+      t.outbox.enqueueMany(tx, [1, 2, 3, 4, 5].map((n) => ({ topic: "crashes", key: "k", payload: n }))),
+    );
+    for (const round of [1, 2]) {
+      const crashing = startRelay(`hung-${round}`, { RELAY_HANG_ON_PUBLISH: "1", RELAY_LEASE_MS: "800" });
+      await crashing.ready;
+      await until(async () => (await db.pool.query("SELECT count(*)::int AS n FROM publish_log")).rows[0].n === round);
+      const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE lease_token IS NOT NULL");
+      expect(rows[0].n).toBe(5); // the whole run was leased with the head
+      crashing.child.kill("SIGKILL");
+      await new Promise((resolve) => crashing.child.on("exit", resolve));
+    }
+    const { rows: before } = await db.pool.query("SELECT id::text, attempts FROM txonce_outbox_messages");
+    const attemptsOf = (rows: { id: string; attempts: number }[]) => ids.map((id) => rows.find((r) => r.id === id)!.attempts);
+    expect(attemptsOf(before).slice(1)).toEqual([0, 0, 0, 0]);
+
+    const published: unknown[] = [];
+    const dead: OutboxMessage[] = [];
+    let hiccup = true;
+    const survivor = t.outbox.relay({
+      pollInterval: 20,
+      maxAttempts: 3,
+      backoff: { initial: 20, max: 20 },
+      logger: false,
+      onDead: (m) => dead.push(m),
+      publisher: async (m) => {
+        if (m.payload === 2 && hiccup) {
+          hiccup = false;
+          throw new Error("broker hiccup");
+        }
+        published.push(m.payload);
+      },
+    });
+    await survivor.start();
+    try {
+      await until(() => published.length === 5, 10_000);
+    } finally {
+      await survivor.stop();
+    }
+    expect(published).toEqual([1, 2, 3, 4, 5]);
+    expect(dead).toEqual([]);
+    const { rows: after } = await db.pool.query("SELECT id::text, attempts FROM txonce_outbox_messages");
+    const [head, ...rest] = attemptsOf(after);
+    expect(head).toBeGreaterThanOrEqual(1);
+    expect(head).toBeLessThanOrEqual(3); // two hand-offs to the hung publishers, one that succeeded
+    expect(rest).toEqual([2, 1, 1, 1]);
   });
 
   test("a relay killed after publishing and before marking: another publishes it again after the lease; the inbox applies it once", async () => {

@@ -1,6 +1,6 @@
 /**
- * The same core over node-postgres (`txonce/pg`): the operation gets the pool client holding the
- * transaction; first call, replay, rollback, isolation level and concurrent callers.
+ * What only txonce/pg has, beside the conformance suite (adapters.test.ts): the connection goes
+ * back to the pool clean after a rollback, an unknown isolation level is refused.
  */
 import pg from "pg";
 import { afterAll, beforeAll, expect, test } from "vitest";
@@ -29,20 +29,8 @@ const insertCharge = (client: pg.PoolClient, amount: number) =>
     .query("INSERT INTO charges (account_id, amount) VALUES ('acc', $1) RETURNING id, amount, created_at", [amount])
     .then((r) => r.rows[0] as { id: number; amount: string; created_at: Date });
 
-test("first call, then replay", async () => {
-  const { withIdempotencyOutcome } = txonce(pool);
-  const first = await withIdempotencyOutcome("pg-1", (client) => insertCharge(client, 1.5));
-  const second = await withIdempotencyOutcome<typeof first.value>("pg-1", async () => {
-    throw new Error("must not run");
-  });
-  expect(first.replayed).toBe(false);
-  expect(second).toMatchObject({ replayed: true, value: first.value });
-  expect(second.value.created_at).toBeInstanceOf(Date);
-  expect(await charges(1.5)).toBe(1);
-});
-
-test("a throwing operation rolls back the key and its writes, and the connection goes back clean", async () => {
-  const { withIdempotency } = txonce(pool);
+test("a throwing operation rolls back the key and its writes, and the connection goes back to the pool clean", async () => {
+  const { withIdempotency } = txonce(new pg.Pool({ connectionString: db.url, max: 1 }).on("error", () => {}));
   const boom = new Error("boom");
   await expect(
     withIdempotency("pg-2", async (client) => {
@@ -52,31 +40,38 @@ test("a throwing operation rolls back the key and its writes, and the connection
   ).rejects.toBe(boom);
   expect(await charges(2.5)).toBe(0);
   expect((await pool.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys WHERE key = 'pg-2'")).rows[0].n).toBe(0);
-  await expect(withIdempotency("pg-2", (client) => insertCharge(client, 2.5))).resolves.toMatchObject({ amount: "2.50" });
+  // The pool's one connection is reused: it is idle, not left in a failed transaction.
+  await expect(withIdempotency("pg-2", async (client) => [client.getTransactionStatus?.(), await insertCharge(client, 2.5)])).resolves.toMatchObject(["T", { amount: "2.50" }]);
 });
 
-test("isolation level", async () => {
-  const { withIdempotency } = txonce(pool, { transaction: { isolationLevel: "serializable" } });
-  const level = await withIdempotency("pg-3", async (client) => (await client.query("SHOW transaction_isolation")).rows[0]);
-  expect(level).toEqual({ transaction_isolation: "serializable" });
+test("an unknown isolation level is refused before anything is written", async () => {
   await expect(
     txonce(pool).withIdempotency("pg-4", async () => 1, { transaction: { isolationLevel: "chaos" as never } }),
   ).rejects.toBeInstanceOf(InvalidArgumentError);
 });
 
-test("10 concurrent callers run the operation once", async () => {
-  const { withIdempotencyOutcome } = txonce(pool);
-  let runs = 0;
-  const outcomes = await Promise.all(
-    Array.from({ length: 10 }, () =>
-      withIdempotencyOutcome("pg-5", async (client) => {
-        runs++;
-        await new Promise((r) => setTimeout(r, 100));
-        return insertCharge(client, 5.5);
-      }),
-    ),
-  );
-  expect(runs).toBe(1);
-  expect(outcomes.filter((o) => o.replayed)).toHaveLength(9);
-  expect(await charges(5.5)).toBe(1);
+test("withIdempotencyIn under REPEATABLE READ: a record committed after the caller's snapshot fails the claim with 40001, and the caller's transaction is aborted", async () => {
+  const t = txonce(pool);
+  const key = "pg-joined-repeatable-read";
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
+    await client.query("SELECT 1"); // the snapshot is taken here
+    await txonce(pool).withIdempotency(key, async () => "committed by another call");
+    const error = await t.withIdempotencyIn(client, key, async () => "must not run").catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: "40001" });
+    expect(client.getTransactionStatus?.()).toBe("E");
+  } finally {
+    await client.query("ROLLBACK");
+    client.release();
+  }
+  // Retried as a whole, the caller's transaction replays the record.
+  const retried = await pool.connect();
+  try {
+    await retried.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
+    await expect(t.withIdempotencyIn(retried, key, async () => "must not run")).resolves.toBe("committed by another call");
+    await retried.query("COMMIT");
+  } finally {
+    retried.release();
+  }
 });

@@ -1,7 +1,8 @@
 /**
  * Type tests (run by `vitest` through its typecheck mode, never executed): the structural types
- * of the adapters still match the real Prisma 7 client and node-postgres, and the operation gets
- * a typed transaction handle and returns a typed result.
+ * of the adapters still match the real clients (Prisma 7, node-postgres, Kysely, Drizzle, Knex,
+ * TypeORM, postgres.js), and the operation gets the library's own transaction type and returns a
+ * typed result. An upstream change of a client's types breaks CI here, not users.
  */
 import type pg from "pg";
 import { describe, expectTypeOf, test } from "vitest";
@@ -21,6 +22,19 @@ import {
   type Txonce,
 } from "../src/adapters/prisma.js";
 import type { Idempotency, IdempotencyOutcome } from "../src/index.js";
+import type { PgTransaction } from "drizzle-orm/pg-core";
+import type { NodePgDatabase, NodePgQueryResultHKT } from "drizzle-orm/node-postgres";
+import type { PostgresJsDatabase } from "drizzle-orm/postgres-js";
+import type { Knex } from "knex";
+import type { Generated, Kysely, Transaction } from "kysely";
+import type postgres from "postgres";
+import type { DataSource, EntityManager } from "typeorm";
+import { txonce as txonceDrizzle, type DrizzleDatabaseLike } from "../src/adapters/drizzle.js";
+import { txonce as txonceKnex, type KnexLike } from "../src/adapters/knex.js";
+import { txonce as txonceKysely, type KyselyLike, type KyselyTransactionOf } from "../src/adapters/kysely.js";
+import { txonce as txoncePostgres, type PostgresSqlLike } from "../src/adapters/postgres.js";
+import { txonce as txonceTypeorm, type TypeormDataSourceLike } from "../src/adapters/typeorm.js";
+import { txonceExtension } from "../src/adapters/prisma.js";
 
 declare const prisma: PrismaClient;
 declare const pool: pg.Pool;
@@ -165,5 +179,133 @@ describe("pg adapter", () => {
     txoncePg(pool, { transaction: { isolationLevel: "RepeatableRead" } });
     // @ts-expect-error a Prisma client is not a pg pool
     txoncePg(prisma);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The other adapters: each structural type still matches the real client, and the operation's
+// `tx` is the library's own transaction type.
+
+interface KyselyDb {
+  charges: { id: Generated<number>; account_id: string; amount: string };
+}
+declare const kysely: Kysely<KyselyDb>;
+declare const drizzleOnPg: NodePgDatabase;
+declare const drizzleOnPostgresJs: PostgresJsDatabase;
+declare const knex: Knex;
+declare const dataSource: DataSource;
+declare const sql: postgres.Sql;
+
+describe("Kysely adapter", () => {
+  test("Kysely<DB> matches KyselyLike, and the operation gets Transaction<DB>", () => {
+    expectTypeOf<Kysely<KyselyDb>>().toExtend<KyselyLike<Transaction<KyselyDb>>>();
+    expectTypeOf<KyselyTransactionOf<Kysely<KyselyDb>>>().toEqualTypeOf<Transaction<KyselyDb>>();
+    const id = txonceKysely(kysely).withIdempotency(key, async (trx) => {
+      expectTypeOf(trx).toEqualTypeOf<Transaction<KyselyDb>>();
+      return (await trx.insertInto("charges").values({ account_id: "a", amount: "1" }).returning("id").executeTakeFirstOrThrow()).id;
+    });
+    expectTypeOf(id).toEqualTypeOf<Promise<number>>();
+    txonceKysely(kysely, { transaction: { isolationLevel: "serializable", accessMode: "read write" } });
+    // @ts-expect-error Prisma's spelling
+    txonceKysely(kysely, { transaction: { isolationLevel: "Serializable" } });
+    // @ts-expect-error a pg pool is not a Kysely instance
+    txonceKysely(pool);
+  });
+});
+
+describe("Drizzle adapter", () => {
+  test("drizzle on node-postgres and on postgres.js match DrizzleDatabaseLike; the operation gets Drizzle's transaction", () => {
+    type PgTx = Parameters<Parameters<NodePgDatabase["transaction"]>[0]>[0];
+    type JsTx = Parameters<Parameters<PostgresJsDatabase["transaction"]>[0]>[0];
+    expectTypeOf<NodePgDatabase>().toExtend<DrizzleDatabaseLike<PgTx>>();
+    expectTypeOf<PostgresJsDatabase>().toExtend<DrizzleDatabaseLike<JsTx>>();
+    expectTypeOf<PgTx["rollback"]>().toEqualTypeOf<PgTransaction<NodePgQueryResultHKT>["rollback"]>();
+    void txonceDrizzle(drizzleOnPg).withIdempotency(key, async (tx) => {
+      expectTypeOf(tx).toEqualTypeOf<PgTx>();
+      return 1;
+    });
+    void txonceDrizzle(drizzleOnPostgresJs).withIdempotency(key, async (tx) => {
+      expectTypeOf(tx).toEqualTypeOf<JsTx>();
+      return 1;
+    });
+    txonceDrizzle(drizzleOnPg, { transaction: { isolationLevel: "repeatable read", deferrable: false } });
+    // @ts-expect-error a Kysely instance is not a Drizzle database
+    txonceDrizzle(kysely);
+  });
+});
+
+describe("Knex adapter", () => {
+  test("Knex matches KnexLike, and the operation gets Knex.Transaction", () => {
+    expectTypeOf<Knex>().toExtend<KnexLike<Knex.Transaction>>();
+    void txonceKnex(knex).withIdempotency(key, async (trx) => {
+      expectTypeOf(trx).toEqualTypeOf<Knex.Transaction>();
+      return 1;
+    });
+    txonceKnex(knex, { transaction: { isolationLevel: "serializable", readOnly: false } });
+    // @ts-expect-error a pg pool is not a Knex instance
+    txonceKnex(pool);
+  });
+});
+
+describe("TypeORM adapter", () => {
+  test("DataSource matches TypeormDataSourceLike, and the operation gets the transaction's EntityManager", () => {
+    expectTypeOf<DataSource>().toExtend<TypeormDataSourceLike<EntityManager>>();
+    void txonceTypeorm(dataSource).withIdempotency(key, async (manager) => {
+      expectTypeOf(manager).toEqualTypeOf<EntityManager>();
+      return 1;
+    });
+    txonceTypeorm(dataSource, { transaction: { isolationLevel: "SERIALIZABLE" } });
+    // @ts-expect-error lower case is not TypeORM's spelling
+    txonceTypeorm(dataSource, { transaction: { isolationLevel: "serializable" } });
+    // @ts-expect-error an EntityManager is not a DataSource
+    txonceTypeorm(dataSource.manager);
+  });
+});
+
+describe("postgres.js adapter", () => {
+  test("postgres.Sql matches PostgresSqlLike, and the operation gets its TransactionSql", () => {
+    expectTypeOf<postgres.Sql>().toExtend<PostgresSqlLike<postgres.TransactionSql>>();
+    void txoncePostgres(sql).withIdempotency(key, async (tx) => {
+      expectTypeOf(tx).toEqualTypeOf<postgres.TransactionSql>();
+      return 1;
+    });
+    txoncePostgres(sql, { transaction: { isolationLevel: "serializable", accessMode: "read write" } });
+    // @ts-expect-error a pg pool is not a postgres.js instance
+    txoncePostgres(pool);
+  });
+});
+
+describe("withIdempotencyIn", () => {
+  test("takes the client's own transaction type and gives it to the operation", () => {
+    void txonceKysely(kysely).withIdempotencyIn({} as Transaction<KyselyDb>, key, async (trx) => {
+      expectTypeOf(trx).toEqualTypeOf<Transaction<KyselyDb>>();
+      return 1;
+    });
+    // @ts-expect-error the transaction options belong to the caller's transaction
+    void txoncePg(pool).withIdempotencyIn({} as pg.PoolClient, key, async () => 1, { transaction: { isolationLevel: "serializable" } });
+    // @ts-expect-error a pg client is not a Kysely transaction
+    void txonceKysely(kysely).withIdempotencyIn({} as pg.PoolClient, key, async () => 1);
+  });
+});
+
+describe("Prisma client extension", () => {
+  test("tx is the extended client's transaction client, with the extensions registered before and after txonce's", () => {
+    const db = prisma
+      .$extends({ model: { charge: { async before() { return "before" as const; } } } })
+      .$extends(txonceExtension({ retention: "48h" }))
+      .$extends({ model: { charge: { async after() { return "after" as const; } } } });
+    const charge = db.$withIdempotency(key, async (tx) => {
+      expectTypeOf(tx).not.toBeAny();
+      expectTypeOf(tx.charge.before).returns.resolves.toEqualTypeOf<"before">();
+      expectTypeOf(tx.charge.after).returns.resolves.toEqualTypeOf<"after">();
+      return tx.charge.create(chargeData);
+    });
+    expectTypeOf(charge).toEqualTypeOf<Promise<Charge>>();
+    expectTypeOf(db.$withIdempotencyOutcome(key, async () => 1)).toEqualTypeOf<Promise<IdempotencyOutcome<number>>>();
+    void db.$transaction(async (tx) => db.$withIdempotencyIn(tx, key, async (inner) => inner.charge.after()));
+    expectTypeOf(db.$outbox.enqueue).toBeFunction();
+    expectTypeOf(db.$txonce().cleanup).toBeFunction();
+    // @ts-expect-error not an option
+    txonceExtension({ retentionMs: 1 });
   });
 });

@@ -6,6 +6,8 @@ import { createHash } from "node:crypto";
 import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
+import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
 
 /** The subset of a pg `PoolClient` that txonce uses. */
 export interface PgClientLike {
@@ -61,6 +63,13 @@ export function pgDatabase<Client extends PgClientLike>(
   pool: PgPoolOf<Client>,
   { preparedStatements = false }: PgDatabaseOptions = {},
 ): Database<Client, PgTransactionOptions> {
+  const shape = pool as Partial<PgPoolLike> & { release?: unknown };
+  if (typeof pool !== "object" || pool === null || typeof shape.connect !== "function" || typeof shape.query !== "function") {
+    throw new InvalidArgumentError("pool", `expected a pg Pool (new pg.Pool(...)), got ${describeValue(pool)}`);
+  }
+  if (typeof shape.release === "function") {
+    throw new InvalidArgumentError("pool", "expected a pg Pool (new pg.Pool(...)), got a client checked out of one: give txonce the pool, and join a transaction with withIdempotencyIn(client, ...)");
+  }
   const run = async (target: PgPoolLike | PgClientLike, sql: string, params: readonly unknown[]): Promise<Row[]> => {
     const values = params as unknown[];
     const result = preparedStatements
@@ -116,17 +125,10 @@ export function pgDatabase<Client extends PgClientLike>(
   };
 }
 
+const ISOLATION_LEVELS = ["read committed", "repeatable read", "serializable"] as const;
+
 function isolation(level: PgTransactionOptions["isolationLevel"]): string {
-  switch (level) {
-    case "read committed":
-      return "READ COMMITTED";
-    case "repeatable read":
-      return "REPEATABLE READ";
-    case "serializable":
-      return "SERIALIZABLE";
-    default:
-      throw new InvalidArgumentError("isolationLevel", `unknown isolation level ${JSON.stringify(level)}`);
-  }
+  return checkOption(level, ISOLATION_LEVELS, "transaction.isolationLevel")!.toUpperCase();
 }
 
 /**

@@ -5,8 +5,12 @@
  */
 import { Decimal } from "@prisma/client/runtime/client";
 import type { CustomType } from "../codec.js";
+import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce as TxonceOver, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
+import { describeValue } from "./describe-value.js";
+import { checkOption } from "./options.js";
+import { refusingEndedTransactions } from "./ended-transactions.js";
 
 /** Prisma's interactive transaction options. */
 export interface PrismaTransactionOptions {
@@ -23,9 +27,10 @@ export interface PrismaTransactionLike {
   $queryRawUnsafe<T = unknown>(query: string, ...values: any[]): Promise<T>;
 }
 
-/** What txonce needs from a `PrismaClient` (or an extended one). */
+/** What txonce needs from a `PrismaClient` (or an extended one); `$connect` tells it from a transaction client. */
 export interface PrismaClientLike extends PrismaTransactionLike {
   $transaction<R>(fn: (tx: any) => Promise<R>, options?: PrismaTransactionOptions): Promise<R>;
+  $connect(): Promise<void>;
 }
 
 /** The transaction client type of a Prisma client: what `prisma.$transaction(async (tx) => ...)` passes. */
@@ -43,17 +48,51 @@ export const prismaDecimalType: CustomType<Decimal, string> = {
   deserialize: (text) => new Decimal(text),
 };
 
+const ISOLATION_LEVELS = ["ReadUncommitted", "ReadCommitted", "RepeatableRead", "Serializable"] as const;
+
+const KIND = "a Prisma client (new PrismaClient(...), or one made by $extends)";
+
+/**
+ * Refuses what is not a root Prisma client: another kind of value, or a transaction client
+ * (which has no `$connect`: Prisma's ITXClientDenyList).
+ */
+export function checkPrismaClient(prisma: unknown): void {
+  const shape = prisma as Partial<PrismaClientLike> & { $connect?: unknown };
+  if (typeof prisma !== "object" || prisma === null || typeof shape.$transaction !== "function" || typeof shape.$queryRawUnsafe !== "function") {
+    throw new InvalidArgumentError("prisma", `expected ${KIND}, got ${describeValue(prisma)}`);
+  }
+  if (typeof shape.$connect !== "function") {
+    throw new InvalidArgumentError("prisma", `expected ${KIND}, got a transaction client: give txonce the client, and join a transaction with withIdempotencyIn(tx, ...)`);
+  }
+}
+
+/**
+ * The client that statements outside a transaction go to: the primary of a client extended with
+ * `@prisma/extension-read-replicas` (its `$primary()`), else the client itself. The reads that
+ * decide (the poll of a taken key, the look-up of a COMMIT that got no answer) must never see a
+ * replica that lags behind.
+ */
+function primaryOf(prisma: PrismaClientLike): PrismaTransactionLike {
+  const $primary = (prisma as { $primary?: () => PrismaTransactionLike }).$primary;
+  return typeof $primary === "function" ? $primary.call(prisma) : prisma;
+}
+
 /** A {@link Database} over a Prisma client. */
 export function prismaDatabase<Client extends PrismaClientLike>(
   prisma: Client,
 ): Database<TransactionClientOf<Client>, PrismaTransactionOptions> {
+  checkPrismaClient(prisma);
+  const primary = primaryOf(prisma);
   const sqlFor = (tx: TransactionClientOf<Client>): SqlExecutor => {
     const raw: PrismaTransactionLike = tx;
     return { query: (sql, params) => raw.$queryRawUnsafe<Row[]>(sql, ...params) };
   };
-  return {
-    query: (sql, params) => prisma.$queryRawUnsafe<Row[]>(sql, ...params),
-    transaction: (work, options) => prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options),
+  return refusingEndedTransactions({
+    query: (sql, params) => primary.$queryRawUnsafe<Row[]>(sql, ...params),
+    transaction: (work, options) => {
+      checkOption(options?.isolationLevel, ISOLATION_LEVELS, "transaction.isolationLevel");
+      return prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options);
+    },
     sqlFor,
     // A transaction client lacks the root client's `$connect` (Prisma's ITXClientDenyList); it
     // has `$transaction` since Prisma 7, so that cannot tell them apart.
@@ -62,7 +101,7 @@ export function prismaDatabase<Client extends PrismaClientLike>(
         ? "this is the root Prisma client, not a transaction client: pass the `tx` that withIdempotency or " +
           "prisma.$transaction(async (tx) => ...) gives you, so the message commits or rolls back with your change"
         : undefined,
-  };
+  });
 }
 
 export type TxonceOptions = TxonceOptionsOver<PrismaTransactionOptions>;
@@ -84,3 +123,5 @@ export function txonce<Client extends PrismaClientLike>(prisma: Client, options:
     { lockTransactionOptions: (maxDurationMs) => ({ maxWait: 10_000, timeout: maxDurationMs + 60_000 }) },
   );
 }
+
+export { txonceExtension } from "./prisma-extension.js";

@@ -8,15 +8,19 @@ import { withSchemaCheck } from "../sqlstate.js";
 import { backoffPolicy, type BackoffOptions } from "./backoff.js";
 import { listen, pgListenConnection, type ListenClientLike, type Listener } from "./listener.js";
 import type { OutboxMessage, Publisher } from "./message.js";
+import { describeError, progressWriter, type Outcome } from "./progress.js";
+import { consoleLogger, type RelayLogger } from "./relay-logger.js";
 
 /** Options of a relay. */
 export interface RelayOptions {
   /** Sends one message; resolve = the broker has it, reject = try again later. A {@link Publisher} or its `publish`. */
   publisher: Publisher | Publisher["publish"];
   /**
-   * Messages claimed per round trip, plus, for each key whose head a claim takes, up to as many
-   * of the messages that follow it. Unkeyed messages of a batch are published concurrently; the
-   * messages of one key one after the other, in order. (Default: `100`)
+   * The most messages one claim leases, keyed and unkeyed together: unkeyed messages and the
+   * heads of keys taken in turns, the room left filled with the messages that follow those heads
+   * (shared evenly between the keys). Unkeyed messages of a batch are published concurrently;
+   * the messages of one key one after the other, in order, keys in parallel. It also bounds what
+   * a crash can republish: at most `batchSize` × `workers` messages per relay. (Default: `100`)
    */
   batchSize?: number;
   /** Claim loops in this process; each claims its own batches. (Default: `1`) */
@@ -32,8 +36,10 @@ export interface RelayOptions {
    */
   publishTimeout?: Duration;
   /**
-   * Attempts before a message is dead-lettered (kept, with its last error). A publish error with
-   * `permanent: true` (e.g. a webhook's 4xx) dead-letters it at once. (Default: `10`)
+   * Publish attempts before a message is dead-lettered (kept, with its last error). An attempt
+   * is counted when the message is handed to the publisher, never for a lease that ran out
+   * before its publish started. A publish error with `permanent: true` (e.g. a webhook's 4xx)
+   * dead-letters the message at once. (Default: `10`)
    */
   maxAttempts?: number;
   /** Backoff between attempts. (Default: from 1s doubling to 5m, with jitter) */
@@ -45,21 +51,30 @@ export interface RelayOptions {
    * for poll-only mode (e.g. behind PgBouncer in transaction mode). (Default: poll only)
    */
   listen?: { connectionString: string } | { connect: () => Promise<ListenClientLike> };
-  /** Called with each batch of messages just published. (Default: none) */
+  /**
+   * Where the relay reports failed publishes (`warn`, one line each, with the retry delay), dead
+   * letters (`error`) and its own errors (`error`): any object with pino-style `warn(fields,
+   * message)` and `error(fields, message)`, such as a pino or bunyan logger; `false` for silence.
+   * The `on*` callbacks below are called as well. (Default: one line per event on `console.warn`
+   * and `console.error`)
+   */
+  logger?: RelayLogger | false;
+  /** Called with each group of messages just published, once they are marked. (Default: none) */
   onPublished?: (messages: OutboxMessage[]) => void;
   /** Called when a publish failed and the message will be retried in `retryInMs`. (Default: none) */
   onFailed?: (message: OutboxMessage, error: unknown, retryInMs: number) => void;
   /** Called when a message used up its attempts and was dead-lettered. (Default: none) */
   onDead?: (message: OutboxMessage, error: unknown) => void;
-  /** Called on the relay's own errors (database, LISTEN connection); it keeps going. (Default: a process warning) */
+  /** Called on the relay's own errors (database, LISTEN connection); it keeps going. (Default: none; the logger reports them) */
   onError?: (error: unknown) => void;
 }
+
 
 /** A running relay: `start()` it, and `stop()` it on shutdown. */
 export interface Relay {
   /** Starts the workers (and the LISTEN connection); resolves once they run. */
   start(): Promise<void>;
-  /** Stops claiming, waits for the batches in flight to be published and marked, closes LISTEN. */
+  /** Stops claiming, waits for the batches in flight to be published and recorded, closes LISTEN. */
   stop(): Promise<void>;
 }
 
@@ -72,7 +87,11 @@ interface Config {
   maxAttempts: number;
   backoff: (attempts: number) => number;
   pollMs: number;
+  logger: RelayLogger | undefined;
 }
+
+/** How many keys one claim may look at, per message it may lease (heads that are leased or waiting are skipped). */
+export const KEYS_WALKED_PER_MESSAGE = 4;
 
 function configure(options: RelayOptions): Config {
   const { publisher } = options;
@@ -89,6 +108,10 @@ function configure(options: RelayOptions): Config {
   if (publishTimeoutMs >= leaseMs) {
     throw new InvalidArgumentError("publishTimeout", "must be shorter than lease, or two relays could publish one message at once");
   }
+  const { logger } = options;
+  if (logger !== undefined && logger !== false && (typeof logger?.warn !== "function" || typeof logger?.error !== "function")) {
+    throw new InvalidArgumentError("logger", "expected false or an object with warn(fields, message) and error(fields, message)");
+  }
   return {
     publish,
     batchSize: positiveInteger(options.batchSize, 100, "batchSize", 10_000),
@@ -98,17 +121,23 @@ function configure(options: RelayOptions): Config {
     maxAttempts: positiveInteger(options.maxAttempts, 10, "maxAttempts", 1_000),
     backoff: backoffPolicy(options.backoff),
     pollMs: toMilliseconds(options.pollInterval ?? "1s", "pollInterval"),
+    logger: logger === false ? undefined : (logger ?? consoleLogger),
   };
 }
 
 /**
- * The relay: claims due messages in short transactions (`FOR UPDATE SKIP LOCKED` plus a lease),
- * publishes them, and marks each published, retried later, or dead. Several relays, in this
- * process or others, can run side by side.
+ * The relay: claims batches of due messages in single statements (`FOR UPDATE SKIP LOCKED` plus
+ * a lease), publishes them, and records as it goes each message's attempt and whether it was
+ * published, will be retried, or is dead. Several relays, in this process or others, can run side
+ * by side.
  */
 export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: boolean, options: RelayOptions): Relay {
   const config = configure(options);
-  const onError = options.onError ?? warn;
+  const { logger } = config;
+  const onError = (error: unknown) => {
+    logger?.error({ err: error }, `txonce relay: ${describeError(error)}`);
+    options.onError?.(error);
+  };
   let state: "idle" | "running" | "stopping" = "idle";
   let workers: Promise<void>[] = [];
   let listener: Listener | undefined;
@@ -136,6 +165,39 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
       waiters.push(done);
     });
 
+  const progress = progressWriter(db, {
+    deleteOnPublish,
+    retryMs: config.pollMs,
+    onError,
+    onWritten(ended) {
+      const published: OutboxMessage[] = [];
+      for (const { message, outcome } of ended) {
+        if (!("topic" in message)) {
+          // Dead before a publish: its payload could not be decoded.
+          if (outcome.kind === "dead") {
+            logger?.error({ err: outcome.error, messageId: message.id }, `txonce relay: message dead-lettered: message ${message.id} could not be read: ${describeError(outcome.error)}`);
+          }
+          continue;
+        }
+        if (outcome.kind === "published") published.push(message);
+        else if (outcome.kind === "failed") {
+          logger?.warn(
+            { err: outcome.error, messageId: message.id, topic: message.topic, key: message.key, attempt: message.attempts, maxAttempts: config.maxAttempts, retryInMs: outcome.retryInMs },
+            `txonce relay: publish failed, retrying in ${formatDelay(outcome.retryInMs)}: ${describeMessage(message, config.maxAttempts)}: ${describeError(outcome.error)}`,
+          );
+          options.onFailed?.(message, outcome.error, outcome.retryInMs);
+        } else if (outcome.kind === "dead") {
+          logger?.error(
+            { err: outcome.error, messageId: message.id, topic: message.topic, key: message.key, attempt: message.attempts, maxAttempts: config.maxAttempts },
+            `txonce relay: message dead-lettered: ${describeMessage(message, config.maxAttempts)}: ${describeError(outcome.error)}`,
+          );
+          options.onDead?.(message, outcome.error);
+        }
+      }
+      if (published.length > 0) options.onPublished?.(published);
+    },
+  });
+
   const toMessage = (row: Row): OutboxMessage => ({
     id: row.id as string,
     seq: row.seq as string,
@@ -145,43 +207,43 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
     encodedPayload: row.payload as string,
     headers: row.headers ? (JSON.parse(row.headers as string) as Record<string, string>) : {},
     createdAt: new Date(row.created_at as Date | string),
-    attempts: Number(row.attempts),
+    attempts: Number(row.attempts) + 1,
   });
 
-  const publishOne = async (message: OutboxMessage) => {
+  /** Hands one message to the publisher and records the attempt; resolves to whether it was published. */
+  const attempt = async (row: Row, token: string): Promise<boolean> => {
+    let message: OutboxMessage;
+    try {
+      message = toMessage(row);
+    } catch (error) {
+      // A payload this codec cannot read: no publish can help.
+      progress.ended({ id: row.id as string }, token, { kind: "dead", error });
+      return false;
+    }
     let timer: NodeJS.Timeout | undefined;
     try {
+      const published = (async () => config.publish(message))();
+      progress.started(message, token);
+      published.catch(() => {}); // a rejection after the timeout below is not news
       await Promise.race([
-        config.publish(message),
+        published,
         new Promise((_, reject) => {
           timer = setTimeout(() => reject(new Error(`publish timed out after ${config.publishTimeoutMs} ms`)), config.publishTimeoutMs);
         }),
       ]);
-    } finally {
-      clearTimeout(timer);
-    }
-  };
-
-  type Failure = { message: OutboxMessage | { id: string }; error: unknown; dead: boolean; backoffMs: number };
-
-  /** Publishes one message; returns the failure to record, or undefined on success. */
-  const attempt = async (row: Row, published: OutboxMessage[]): Promise<Failure | undefined> => {
-    let message: OutboxMessage | undefined;
-    try {
-      message = toMessage(row);
-      await publishOne(message);
-      published.push(message);
-      return undefined;
+      progress.ended(message, token, { kind: "published" });
+      return true;
     } catch (error) {
-      const attempts = Number(row.attempts);
       // A publisher marks failures that no retry can fix (e.g. a webhook's 4xx) `permanent`.
       const permanent = (error as { permanent?: unknown } | null)?.permanent === true;
-      return {
-        message: message ?? { id: row.id as string },
-        error,
-        dead: permanent || attempts >= config.maxAttempts,
-        backoffMs: config.backoff(attempts),
-      };
+      const outcome: Outcome =
+        permanent || message.attempts >= config.maxAttempts
+          ? { kind: "dead", error }
+          : { kind: "failed", error, retryInMs: config.backoff(message.attempts) };
+      progress.ended(message, token, outcome);
+      return false;
+    } finally {
+      clearTimeout(timer);
     }
   };
 
@@ -195,77 +257,84 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
     // A key's run is published one message after the other: no publish may start so late that
     // it could outlast the lease (another relay could then take the message too).
     const lastStart = claimedAt + config.leaseMs - config.publishTimeoutMs;
-    const published: OutboxMessage[] = [];
-    const failed: Failure[] = [];
-    const released: string[] = [];
     const runs = new Map<string, Row[]>();
     const unkeyed: Row[] = [];
     for (const row of rows) {
-      if (row.key === null || row.key === undefined) unkeyed.push(row);
-      else runs.set(row.key as string, [...(runs.get(row.key as string) ?? []), row]);
+      const key = row.key as string | null | undefined;
+      if (key === null || key === undefined) unkeyed.push(row);
+      else runs.set(key, [...(runs.get(key) ?? []), row]);
     }
+    const handBack = (run: Row[]) => {
+      for (const row of run) progress.ended({ id: row.id as string }, token, { kind: "released" });
+    };
     await Promise.all([
-      ...unkeyed.map(async (row) => {
-        const failure = await attempt(row, published);
-        if (failure) failed.push(failure);
-      }),
+      ...unkeyed.map((row) => attempt(row, token)),
       ...[...runs.values()].map(async (run) => {
         run.sort((a, b) => (BigInt(a.seq as string) < BigInt(b.seq as string) ? -1 : 1));
         for (let i = 0; i < run.length; i++) {
-          if (performance.now() > lastStart) {
-            released.push(...run.slice(i).map((r) => r.id as string));
-            return;
-          }
-          const failure = await attempt(run[i]!, published);
-          if (failure) {
-            failed.push(failure);
-            released.push(...run.slice(i + 1).map((r) => r.id as string));
-            return;
-          }
+          if (performance.now() > lastStart) return handBack(run.slice(i));
+          if (!(await attempt(run[i]!, token))) return handBack(run.slice(i + 1));
         }
       }),
     ]);
-    if (published.length > 0) {
-      await db.query(deleteOnPublish ? sql.deletePublished : sql.markPublished, [published.map((m) => m.id), token]);
-      options.onPublished?.(published);
-    }
-    if (released.length > 0) await db.query(sql.releaseClaimed, [released, token]);
-    if (failed.length > 0) {
-      await db.query(sql.markFailed, [
-        failed.map((f) => f.message.id),
-        failed.map((f) => describe(f.error)),
-        failed.map((f) => f.backoffMs),
-        failed.map((f) => f.dead),
-        token,
-      ]);
-      for (const f of failed) {
-        if (!("topic" in f.message)) continue;
-        if (f.dead) options.onDead?.(f.message, f.error);
-        else options.onFailed?.(f.message, f.error, f.backoffMs);
-      }
-    }
   };
 
   const work = async () => {
+    // Where this worker's walk over the keys resumes ('' = the first key), and whether the claims
+    // since the last one that leased anything walked from the first key to the last.
+    let cursor = "";
+    let sweptFromStart = false;
+    // The records of the previous batch: the next claim runs while they are written, and the next
+    // publish waits for them, so a worker never has more than one batch handed over unrecorded.
+    let recorded: Promise<void> | undefined;
+    // While the full claim finds no pending key, full batches of unkeyed messages are claimed with
+    // the short statement; the full claim runs again after a short batch or a poll interval, so
+    // a keyed message waits at most that long behind an unkeyed backlog.
+    let unkeyedOnlySince: number | undefined;
     while (state === "running") {
       const seen = generation;
       try {
         const token = randomUUID();
         const claimedAt = performance.now();
-        const rows = await withSchemaCheck(db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token]));
+        const from = cursor;
+        const unkeyedOnly = unkeyedOnlySince !== undefined && claimedAt - unkeyedOnlySince < config.pollMs;
+        const claimed = withSchemaCheck(
+          unkeyedOnly
+            ? db.query(sql.claimUnkeyedMessages, [config.batchSize, config.leaseMs, token])
+            : db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE]),
+        );
+        const overlapped = recorded !== undefined;
+        const [result] = await Promise.all([claimed, recorded]);
+        recorded = undefined;
+        const rows = result.filter((row) => row.id !== null && row.id !== undefined);
+        if (!unkeyedOnly) {
+          const walkedToEnd = result[0]?.walked_to_end !== false;
+          cursor = walkedToEnd ? "" : String(result[0]?.resume_after ?? "");
+          unkeyedOnlySince = from === "" && Number(result[0]?.keys_walked ?? 0) === 0 && rows.length === config.batchSize ? claimedAt : undefined;
+        } else if (rows.length < config.batchSize) unkeyedOnlySince = undefined;
+        // The claim ran while the previous batch was being recorded, so it saw that batch's keys
+        // still leased (a few busy keys): claim again now that the records are in.
+        if (rows.length === 0 && overlapped) continue;
+        if (rows.length === 0 && unkeyedOnly) continue;
         if (rows.length === 0) {
-          await idle(seen);
+          // Nothing due among the keys walked: go on walking, unless the walks since the last
+          // claim that found something covered every key.
+          if (from === "") sweptFromStart = true;
+          if (cursor === "" && sweptFromStart) {
+            sweptFromStart = false;
+            await idle(seen);
+          }
           continue;
         }
-        // The claim took at most the head of each key; take what follows those heads too.
-        const keys = [...new Set(rows.flatMap((row) => (row.key === null || row.key === undefined ? [] : [row.key as string])))];
-        if (keys.length > 0) rows.push(...(await db.query(sql.claimRuns, [keys, config.batchSize, config.leaseMs, token])));
+        sweptFromStart = false;
         await runBatch(rows, token, claimedAt);
+        recorded = progress.flushed();
       } catch (error) {
         onError(error);
         await idle(generation);
       }
     }
+    await recorded;
   };
 
   return {
@@ -288,16 +357,17 @@ export function createRelay(db: SqlExecutor, codec: Codec, deleteOnPublish: bool
       state = "stopping";
       notify();
       await Promise.all(workers);
+      await progress.close();
       await listener?.stop();
     },
   };
 }
 
-function describe(error: unknown): string {
-  const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-  return text.slice(0, 2000);
+function describeMessage(message: OutboxMessage, maxAttempts: number): string {
+  const key = message.key === null ? "" : `, key ${JSON.stringify(message.key)}`;
+  return `message ${message.id} (topic ${JSON.stringify(message.topic)}${key}, attempt ${message.attempts} of ${maxAttempts})`;
 }
 
-function warn(error: unknown) {
-  process.emitWarning(`txonce relay: ${describe(error)}`, { code: "TXONCE_RELAY_ERROR" });
+function formatDelay(ms: number): string {
+  return ms < 1000 ? `${Math.round(ms)} ms` : ms < 60_000 ? `${(ms / 1000).toFixed(1)} s` : `${(ms / 60_000).toFixed(1)} min`;
 }

@@ -162,86 +162,186 @@ SELECT enqueued FROM (SELECT count(*)::integer AS enqueued FROM inserted) AS c,
   LATERAL (SELECT pg_notify('${OUTBOX_CHANNEL}', '')) AS notify`;
 
 /**
- * Claims up to $1 due messages for $2 ms under lease token $3, in one short transaction. A
- * message is due when it is unpublished, not dead, available, not leased (or its lease ran out:
- * its relay crashed), and no earlier message with its key is still unpublished and alive. Rows
- * another relay is claiming right now are skipped, not waited for.
+ * A message is due when it is pending (unpublished, not dead), available (no enqueue delay or
+ * retry backoff left) and not leased (or its lease ran out: its relay crashed). Keyed messages
+ * are only due at the head of their key: when no earlier message of the key is pending.
+ */
+const isDue = (m: string) => `${m}.available_at <= now() AND (${m}.lease_until IS NULL OR ${m}.lease_until < now())`;
+
+/**
+ * Claims a batch of at most $1 due messages for $2 ms under lease token $3, in one statement that
+ * reads about what it leases, however large the backlog:
+ *
+ * - Keyed messages: a walk over the pending keys, from the first key after $4 (the cursor: where
+ *   the relay's previous claim stopped; '' for the start), one index probe per key (a loose index
+ *   scan of (published_at, dead_at, key, seq)), reading each key's head only. It stops after $1
+ *   due heads or $5 keys. The pending messages behind a head are never read, except the run of
+ *   followers that this claim leases with it (below).
+ * - Unkeyed messages: the due ones, in available_at order (the (published_at, dead_at, key,
+ *   available_at) index: messages waiting for a retry or leased are not read).
+ * - The batch: unkeyed messages and heads taken in turns, up to $1; the room left goes to the
+ *   runs behind the heads taken, shared evenly between them (each run a prefix of its key's
+ *   pending messages, up to the first one that is not due).
+ *
+ * Rows another relay is claiming or recording right now are skipped (`SKIP LOCKED`), never
+ * waited for. The claim does not count attempts: the relay does, when it hands a message to the
+ * publisher. Returns one row per leased message, with the columns `resume_after` (the cursor for
+ * the next claim), `walked_to_end` (the walk reached the last pending key) and `keys_walked`
+ * repeated on each; when nothing was leased, one row with only those three.
  */
 export const claimMessages = `
+WITH RECURSIVE walk AS (
+  (SELECT p.key, p.id, d.due, 1 AS visited, d.due::integer AS due_seen
+   FROM ${OUTBOX_TABLE} p, LATERAL (SELECT ${isDue("p")} AS due) AS d
+   WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key > $4::text
+   ORDER BY p.published_at, p.dead_at, p.key, p.seq
+   LIMIT 1)
+  UNION ALL
+  SELECT n.key, n.id, n.due, w.visited + 1, w.due_seen + n.due::integer
+  FROM walk w, LATERAL (
+    SELECT p.key, p.id, ${isDue("p")} AS due FROM ${OUTBOX_TABLE} p
+    WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key > w.key
+    ORDER BY p.published_at, p.dead_at, p.key, p.seq
+    LIMIT 1
+  ) AS n
+  WHERE w.visited < $5::integer AND w.due_seen < $1::integer
+), heads AS MATERIALIZED (
+  SELECT m.id, m.key, m.seq FROM ${OUTBOX_TABLE} m
+  WHERE m.id = ANY(ARRAY(SELECT id FROM walk WHERE due))
+    AND m.published_at IS NULL AND m.dead_at IS NULL AND ${isDue("m")}
+  FOR UPDATE SKIP LOCKED
+), unkeyed AS MATERIALIZED (
+  SELECT m.id FROM ${OUTBOX_TABLE} m
+  WHERE m.published_at IS NULL AND m.dead_at IS NULL AND m.key IS NULL AND m.available_at <= now()
+    AND (m.lease_until IS NULL OR m.lease_until < now())
+  ORDER BY m.published_at, m.dead_at, m.key, m.available_at
+  LIMIT $1::integer
+  FOR UPDATE SKIP LOCKED
+), firsts AS MATERIALIZED (
+  SELECT id, key, seq FROM (
+    SELECT id, NULL::text AS key, NULL::bigint AS seq, row_number() OVER () AS turn FROM unkeyed
+    UNION ALL
+    SELECT id, key, seq, row_number() OVER (ORDER BY key) FROM heads
+  ) AS taken
+  ORDER BY turn
+  LIMIT $1::integer
+), room AS MATERIALIZED (
+  SELECT $1::integer - count(*) AS left_over, count(key) AS heads FROM firsts
+), behind AS MATERIALIZED (
+  SELECT f.id, f.key, f.seq,
+    bool_and(${isDue("f")}) OVER (PARTITION BY f.key ORDER BY f.seq) AS unbroken,
+    row_number() OVER (PARTITION BY f.key ORDER BY f.seq) AS place
+  FROM firsts h, room r, LATERAL (
+    SELECT p.id, p.key, p.seq, p.available_at, p.lease_until FROM ${OUTBOX_TABLE} p
+    WHERE p.published_at IS NULL AND p.dead_at IS NULL AND p.key = h.key AND p.seq > h.seq
+    ORDER BY p.published_at, p.dead_at, p.key, p.seq
+    LIMIT ceil(r.left_over::numeric / greatest(r.heads, 1))
+  ) AS f
+  WHERE h.key IS NOT NULL AND r.left_over > 0
+), behind_locked AS MATERIALIZED (
+  SELECT m.id FROM ${OUTBOX_TABLE} m
+  WHERE m.id = ANY(ARRAY(SELECT id FROM behind WHERE unbroken))
+    AND m.published_at IS NULL AND m.dead_at IS NULL AND ${isDue("m")}
+  FOR UPDATE SKIP LOCKED
+), runs AS (
+  SELECT b.id FROM behind b
+  WHERE b.unbroken AND NOT EXISTS (
+    SELECT 1 FROM behind e
+    WHERE e.key = b.key AND e.seq <= b.seq AND e.id NOT IN (SELECT id FROM behind_locked))
+  ORDER BY b.place, b.key
+  LIMIT (SELECT left_over FROM room)
+), leased AS (
+  -- available_at moves to the end of the lease too, so that leased messages drop out of the due
+  -- range of the unkeyed index until their lease runs out.
+  UPDATE ${OUTBOX_TABLE} m
+  SET lease_until = now() + $2::double precision * interval '1 millisecond', lease_token = $3::uuid,
+    available_at = now() + $2::double precision * interval '1 millisecond'
+  WHERE m.id = ANY(ARRAY(SELECT id FROM firsts UNION ALL SELECT id FROM runs))
+  RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
+    m.created_at, m.attempts
+), walked AS (
+  -- Heads locked but left out of the batch (no room) are walked again by the next claim.
+  SELECT CASE WHEN left_out THEN COALESCE((SELECT max(key) FROM firsts), $4::text) ELSE last_key END AS resume_after,
+    walked_to_end AND NOT left_out AS walked_to_end, keys_walked
+  FROM (
+    SELECT COALESCE(max(key), $4::text) AS last_key, count(*)::integer AS keys_walked,
+      count(*) < $5::integer AND COALESCE(max(due_seen), 0) < $1::integer AS walked_to_end,
+      EXISTS (SELECT 1 FROM heads WHERE id NOT IN (SELECT id FROM firsts)) AS left_out
+    FROM walk
+  ) AS w
+)
+SELECT w.resume_after, w.walked_to_end, w.keys_walked, l.* FROM walked w LEFT JOIN leased l ON true`;
+
+/**
+ * {@link claimMessages} for unkeyed messages only: up to $1 due ones for $2 ms under lease token
+ * $3, in available_at order, with `SKIP LOCKED`. A much shorter statement, which the relay sends
+ * instead of the full claim while no keyed message is pending (the full claim's walk found no
+ * key), so that draining an unkeyed backlog does not pay for the walk's parsing and planning.
+ */
+export const claimUnkeyedMessages = `
 WITH due AS (
   SELECT m.id FROM ${OUTBOX_TABLE} m
-  WHERE m.published_at IS NULL AND m.dead_at IS NULL AND m.available_at <= now()
+  WHERE m.published_at IS NULL AND m.dead_at IS NULL AND m.key IS NULL AND m.available_at <= now()
     AND (m.lease_until IS NULL OR m.lease_until < now())
-    AND (m.key IS NULL OR NOT EXISTS (
-      SELECT 1 FROM ${OUTBOX_TABLE} p
-      WHERE p.key = m.key AND p.published_at IS NULL AND p.dead_at IS NULL AND p.seq < m.seq))
-  -- Same order as seq under the IS NULL filters, but lets the (published_at, dead_at, seq) index
-  -- deliver it: ORDER BY seq alone made PostgreSQL sort every pending row on every claim.
-  ORDER BY m.published_at, m.dead_at, m.seq
+  ORDER BY m.published_at, m.dead_at, m.key, m.available_at
   LIMIT $1::integer
   FOR UPDATE SKIP LOCKED
 )
 UPDATE ${OUTBOX_TABLE} m
-SET lease_until = now() + $2::double precision * interval '1 millisecond', lease_token = $3::uuid, attempts = m.attempts + 1
+SET lease_until = now() + $2::double precision * interval '1 millisecond', lease_token = $3::uuid,
+  available_at = now() + $2::double precision * interval '1 millisecond'
 FROM due WHERE m.id = due.id
 RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
   m.created_at, m.attempts`;
 
 /**
- * Extends a claim along the keys whose heads it took: for each key in $1, the pending messages
- * that follow the head ($2 of them at most), in seq order and up to the first one that is not
- * available yet, leased under the same token $4 for $3 ms (a lease that ran out counts as free). Nobody else can claim them: their
- * head, unpublished and leased by this claim, holds them back. The relay then publishes each key's
- * run in order, so a hot key costs one claim per run instead of one per message.
+ * Records what the relay did with the messages it holds, in one statement for a group of them.
+ * $1 is a JSON array with one object per message: `id`, `token` (its lease), `charge` (the
+ * attempts to add: 1 once it was handed to the publisher) and `outcome`: null (still publishing),
+ * 'published', 'failed' (retried after `backoff_ms`, with `error`), 'dead' (with `error`), or
+ * 'released' (handed back unattempted). (One JSON text rather than six arrays: drivers that map
+ * each array element, Prisma's among them, spend far less on one string.) Published messages are
+ * deleted instead when $2 is true (deleteOnPublish). A message whose lease this relay no longer
+ * holds is left alone; one that another relay's claim has locked right now is skipped rather than
+ * waited for (its lease ran out, so that claim takes it over, or the claim lets go of it within
+ * its statement). Returns the ids it changed (status 'recorded') and those it skipped while they
+ * were locked (status 'busy').
  */
-export const claimRuns = `
-WITH runs AS (
-  SELECT next.id, bool_and(next.available_at <= now() AND (next.lease_until IS NULL OR next.lease_until < now()))
-    OVER (PARTITION BY heads.key ORDER BY next.seq) AS unbroken
-  FROM unnest($1::text[]) AS heads(key),
-  LATERAL (
-    SELECT p.id, p.seq, p.available_at, p.lease_until FROM ${OUTBOX_TABLE} p
-    WHERE p.key = heads.key AND p.published_at IS NULL AND p.dead_at IS NULL
-    ORDER BY p.key, p.published_at, p.dead_at, p.seq
-    OFFSET 1 LIMIT $2::integer
-  ) AS next
+export const recordProgress = `
+WITH progress AS MATERIALIZED (
+  SELECT * FROM json_to_recordset($1::json)
+    AS p(id uuid, token uuid, charge integer, outcome text, error text, backoff_ms double precision)
+), held AS MATERIALIZED (
+  SELECT m.id FROM ${OUTBOX_TABLE} m
+  WHERE m.id = ANY(ARRAY(SELECT id FROM progress)) AND m.lease_token = ANY(ARRAY(SELECT token FROM progress))
+  FOR UPDATE SKIP LOCKED
+), deleted AS (
+  DELETE FROM ${OUTBOX_TABLE} m USING progress p
+  WHERE $2::boolean AND p.outcome = 'published'
+    AND m.id = p.id AND m.lease_token = p.token AND m.id IN (SELECT id FROM held)
+  RETURNING m.id
+), updated AS (
+  UPDATE ${OUTBOX_TABLE} m SET
+    attempts = m.attempts + p.charge,
+    published_at = CASE WHEN p.outcome = 'published' THEN now() ELSE m.published_at END,
+    dead_at = CASE WHEN p.outcome = 'dead' THEN now() ELSE m.dead_at END,
+    last_error = CASE WHEN p.outcome IN ('failed', 'dead') THEN p.error ELSE m.last_error END,
+    available_at = CASE WHEN p.outcome = 'failed' THEN now() + p.backoff_ms * interval '1 millisecond'
+      WHEN p.outcome IS NULL THEN m.available_at ELSE now() END,
+    lease_until = CASE WHEN p.outcome IS NULL THEN m.lease_until END,
+    lease_token = CASE WHEN p.outcome IS NULL THEN m.lease_token END
+  FROM progress p
+  WHERE m.id = p.id AND m.lease_token = p.token AND m.id IN (SELECT id FROM held)
+    AND NOT ($2::boolean AND p.outcome = 'published')
+  RETURNING m.id
 )
-UPDATE ${OUTBOX_TABLE} m
-SET lease_until = now() + $3::double precision * interval '1 millisecond', lease_token = $4::uuid, attempts = m.attempts + 1
-FROM runs WHERE m.id = runs.id AND runs.unbroken
-RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.headers::text AS headers,
-  m.created_at, m.attempts`;
-
-/**
- * Hands back claimed messages that were not attempted (they followed a failed message of their
- * key in the same claim), undoing the attempt the claim counted. $1 ids, $2 lease token.
- */
-export const releaseClaimed = `
-UPDATE ${OUTBOX_TABLE} SET lease_until = NULL, lease_token = NULL, attempts = attempts - 1
-WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid`;
-
-/** Marks claimed messages published, if this claim still holds them. $1 ids, $2 lease token. */
-export const markPublished = `
-UPDATE ${OUTBOX_TABLE} SET published_at = now(), lease_until = NULL, lease_token = NULL
-WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid`;
-
-/** Deletes claimed messages once published (deleteOnPublish), if this claim still holds them. */
-export const deletePublished = `
-DELETE FROM ${OUTBOX_TABLE} WHERE id = ANY($1::uuid[]) AND lease_token = $2::uuid`;
-
-/**
- * Records failed attempts: each message goes back after its backoff, or is dead-lettered when
- * it has used its attempts. $1 ids, $2 errors, $3 backoffs in ms, $4 dead flags, $5 lease token.
- * Returns the ids it changed.
- */
-export const markFailed = `
-UPDATE ${OUTBOX_TABLE} m
-SET last_error = f.error, lease_until = NULL, lease_token = NULL,
-    available_at = CASE WHEN f.dead THEN m.available_at ELSE now() + f.backoff_ms * interval '1 millisecond' END,
-    dead_at = CASE WHEN f.dead THEN now() ELSE NULL END
-FROM unnest($1::uuid[], $2::text[], $3::double precision[], $4::boolean[]) AS f(id, error, backoff_ms, dead)
-WHERE m.id = f.id AND m.lease_token = $5::uuid
-RETURNING m.id::text AS id`;
+SELECT id::text AS id, 'recorded' AS status FROM deleted
+UNION ALL SELECT id::text, 'recorded' FROM updated
+UNION ALL
+-- Held under this lease but locked by someone else right now (a claim that read the row before
+-- it was leased locks it while it rechecks): the relay records these again a moment later.
+SELECT p.id::text, 'busy' FROM (SELECT * FROM progress WHERE id NOT IN (SELECT id FROM held) OFFSET 0) AS p
+WHERE EXISTS (SELECT 1 FROM ${OUTBOX_TABLE} m WHERE m.id = p.id AND m.lease_token = p.token)`;
 
 /** Puts dead messages back in the queue with fresh attempts. $1 ids or null for all, $2 topic or null. */
 export const requeueDead = `

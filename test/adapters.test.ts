@@ -1,0 +1,430 @@
+/**
+ * The conformance suite: the semantics every adapter must keep, run against each row of
+ * test/support/adapters.ts (Prisma, the Prisma client extension, node-postgres, Kysely, Drizzle
+ * on node-postgres and on postgres.js, Knex, TypeORM, postgres.js) on a real PostgreSQL. First
+ * call, replay, rollback, concurrent callers, a first caller that rolls back with others waiting,
+ * fingerprints, scopes, expiry, typed replay, bad input, isolation levels, the outbox, cleanup,
+ * and joining a transaction the caller opened. What only one adapter has is tested beside it
+ * (idempotency.test.ts, concurrency.test.ts for Prisma; pg-adapter.test.ts ...).
+ *
+ * Each "instance" (`subject.txonce()`) stands for a process: its own replay cache and its own
+ * in-process sharing of attempts; `others` are clients with pools of their own.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import {
+  IdempotencyKeyInUseError,
+  IdempotencyKeyReusedError,
+  InvalidArgumentError,
+  type OutboxMessage,
+  type Txonce,
+} from "../src/index.js";
+import { adapterRows, type Subject } from "./support/adapters.js";
+import { createTestDatabase, type TestDatabase } from "./support/database.js";
+import { seedKeys } from "./support/seed.js";
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase({ prismaPoolSize: 1 });
+  await db.pool.query("INSERT INTO accounts (id, balance) VALUES ('acc', 0)");
+});
+afterAll(async () => {
+  await db?.drop();
+});
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+let amountSeq = 0;
+/** A charge amount no other case uses, so that counting charges of an amount counts one case's. */
+const newAmount = () => 100 + ++amountSeq;
+const charges = async (amount: number) =>
+  (await db.pool.query("SELECT count(*)::int AS n FROM charges WHERE amount = $1", [amount])).rows[0].n as number;
+const keyRows = async (scope: string, key: string) =>
+  (await db.pool.query("SELECT result, created_at, expires_at FROM txonce_idempotency_keys WHERE scope = $1 AND key = $2", [scope, key])).rows;
+
+/**
+ * Sessions of the test database, other than the asking one, whose transaction has been open for
+ * more than `longMs`, and sessions waiting on a lock: sampled every 20 ms until `done` settles.
+ */
+async function watchSessions(done: Promise<unknown>, longMs: number) {
+  const peak = { long_transactions: 0, waiting_on_locks: 0, samples: 0 };
+  let finished = false;
+  void done.finally(() => (finished = true)).catch(() => {});
+  while (!finished) {
+    const { rows } = await db.pool.query(
+      `SELECT count(*) FILTER (WHERE now() - xact_start > $1 * interval '1 millisecond')::int AS long_transactions,
+              count(*) FILTER (WHERE wait_event_type = 'Lock')::int AS waiting_on_locks
+       FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`,
+      [longMs],
+    );
+    peak.long_transactions = Math.max(peak.long_transactions, rows[0].long_transactions);
+    peak.waiting_on_locks = Math.max(peak.waiting_on_locks, rows[0].waiting_on_locks);
+    peak.samples++;
+    await sleep(20);
+  }
+  return peak;
+}
+
+describe.each(adapterRows)("$name", (row) => {
+  let subject: Subject;
+  /** Two more clients with pools of their own: other processes. */
+  let others: Subject[];
+  let scope: string;
+  let keySeq = 0;
+  const newKey = (label: string) => `${label}-${++keySeq}`;
+  const instances = (count: number, options?: object): Txonce<any, any>[] =>
+    Array.from({ length: count }, (_, i) => [subject, ...others][i % (1 + others.length)]!.txonce(options));
+
+  beforeAll(async () => {
+    subject = await row.open(db.url, 4);
+    others = await Promise.all([row.open(db.url, 3), row.open(db.url, 3)]);
+    scope = row.name;
+  });
+  afterAll(async () => {
+    await Promise.all([subject, ...(others ?? [])].map((s) => s?.close()));
+  });
+
+  test("first call: the key is claimed in the operation's transaction, stored with its result, invisible to others until commit", async () => {
+    const key = newKey("first");
+    const amount = newAmount();
+    let inside: unknown[] = [];
+    let outside: unknown[] = [];
+    const outcome = await subject.txonce().withIdempotencyOutcome(
+      key,
+      async (tx) => {
+        inside = await subject.select(tx, `SELECT result FROM txonce_idempotency_keys WHERE scope = '${scope}' AND key = '${key}'`);
+        outside = await keyRows(scope, key);
+        return subject.charge(tx, amount);
+      },
+      { scope },
+    );
+    expect(inside).toEqual([{ result: null }]);
+    expect(outside).toEqual([]);
+    expect(outcome).toMatchObject({ replayed: false, scope, key });
+    expect(outcome.value.id).toEqual(expect.any(Number));
+    const [stored] = await keyRows(scope, key);
+    expect(stored.result).toContain(String(outcome.value.id));
+    expect(outcome.firstSeenAt).toEqual(stored.created_at);
+    expect(await charges(amount)).toBe(1);
+  });
+
+  test("replay: the same instance (from memory) and another one (from the database) return the stored value without running the operation", async () => {
+    const key = newKey("replay");
+    const amount = newAmount();
+    const [here, elsewhere] = [subject.txonce(), others[0]!.txonce()];
+    let runs = 0;
+    const call = (t: Txonce<any, any>) =>
+      t.withIdempotencyOutcome(key, async (tx) => (runs++, subject.charge(tx, amount)), { scope });
+    const first = await call(here);
+    const again = await call(here);
+    const cold = await call(elsewhere);
+    expect(runs).toBe(1);
+    for (const replay of [again, cold]) {
+      expect(replay).toMatchObject({ replayed: true, firstSeenAt: first.firstSeenAt, expiresAt: first.expiresAt });
+      expect(replay.value).toStrictEqual(first.value);
+    }
+    expect(await charges(amount)).toBe(1);
+  });
+
+  test("typed replay: dates, bigints, maps, sets, bytes and undefined come back as they were", async () => {
+    const key = newKey("typed");
+    const original = {
+      at: new Date("2026-11-27T12:34:56.789Z"),
+      big: 12345678901234567890n,
+      tags: new Set(["a"]),
+      map: new Map<unknown, unknown>([[1, { nested: [new Date(0)] }]]),
+      bytes: new Uint8Array([0, 255]),
+      missing: undefined,
+    };
+    await subject.txonce().withIdempotency(key, async () => original, { scope });
+    const replayed = await others[0]!.txonce().withIdempotency(key, async () => "must not run", { scope });
+    expect(replayed).toStrictEqual(original);
+  });
+
+  test("an operation that throws rolls back the key with its writes; the error is the caller's and a retry runs again", async () => {
+    const t = subject.txonce();
+    const key = newKey("throws");
+    const amount = newAmount();
+    const boom = new Error("card declined");
+    await expect(
+      t.withIdempotency(key, async (tx) => {
+        await subject.charge(tx, amount);
+        throw boom;
+      }, { scope }),
+    ).rejects.toBe(boom);
+    expect(await keyRows(scope, key)).toEqual([]);
+    expect(await charges(amount)).toBe(0);
+    await expect(t.withIdempotencyOutcome(key, (tx) => subject.charge(tx, amount), { scope })).resolves.toMatchObject({ replayed: false });
+    expect(await charges(amount)).toBe(1);
+  });
+
+  test("20 concurrent callers on one key across 3 clients: the operation runs once, all get its result, no waiter holds a transaction", async () => {
+    const key = newKey("twenty");
+    const amount = newAmount();
+    let runs = 0;
+    const ts = instances(3);
+    const calls = Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        ts[i % 3]!.withIdempotencyOutcome(key, async (tx) => {
+          runs++;
+          const charge = await subject.charge(tx, amount);
+          await sleep(600); // holds the key while the others pile up
+          return charge;
+        }, { scope }),
+      ),
+    );
+    // Long: open for 300 ms or more. The waiters' claims (BEGIN, claim, ROLLBACK) last a few ms.
+    const peak = await watchSessions(calls, 300);
+    const outcomes = await calls;
+    expect(runs).toBe(1);
+    expect(peak.samples).toBeGreaterThan(3);
+    expect(peak).toMatchObject({ long_transactions: 1, waiting_on_locks: 0 });
+    const first = outcomes.find((o) => !o.replayed)!;
+    expect(outcomes.filter((o) => o.replayed)).toHaveLength(19);
+    for (const o of outcomes) expect(o.value).toStrictEqual(first.value);
+    expect(await charges(amount)).toBe(1);
+  });
+
+  test("the first caller rolls back with others waiting: exactly one of them runs the operation, the others get its result", async () => {
+    const key = newKey("first-fails");
+    const amount = newAmount();
+    const ts = instances(3);
+    const runs: number[] = [];
+    const settled = await Promise.allSettled(
+      Array.from({ length: 6 }, (_, i) =>
+        ts[i % 3]!.withIdempotencyOutcome(key, async (tx) => {
+          runs.push(i);
+          const charge = await subject.charge(tx, amount);
+          if (runs.length === 1) {
+            await sleep(300); // everyone else is waiting by now
+            throw new Error("first attempt fails");
+          }
+          return charge;
+        }, { scope }),
+      ),
+    );
+    const rejected = settled.filter((s) => s.status === "rejected");
+    const fulfilled = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
+    expect(rejected.map((r) => (r as PromiseRejectedResult).reason.message)).toEqual(["first attempt fails"]);
+    expect(runs).toHaveLength(2);
+    expect(fulfilled.filter((o) => !o.replayed)).toHaveLength(1);
+    for (const o of fulfilled) expect(o.value).toStrictEqual(fulfilled[0]!.value);
+    expect(await charges(amount)).toBe(1);
+  });
+
+  test("a waiter whose lockTimeout ends first gets IdempotencyKeyInUseError, then replays", async () => {
+    const key = newKey("slow");
+    const [holder, waiter] = [subject.txonce(), others[0]!.txonce()];
+    const slow = holder.withIdempotency(key, async () => (await sleep(700), "slow result"), { scope });
+    await sleep(150);
+    const error = await waiter.withIdempotency(key, async () => "must not run", { scope, lockTimeout: 150 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(IdempotencyKeyInUseError);
+    expect(error).toMatchObject({ code: "TXONCE_KEY_IN_USE", key, scope });
+    await expect(slow).resolves.toBe("slow result");
+    await expect(waiter.withIdempotency(key, async () => "must not run", { scope })).resolves.toBe("slow result");
+  });
+
+  test("fingerprint: the same request in another key order replays, a different one is refused with the stored record", async () => {
+    const t = subject.txonce();
+    const key = newKey("fingerprint");
+    let runs = 0;
+    const call = (fingerprint: unknown) => t.withIdempotency(key, async () => ++runs, { scope, fingerprint });
+    await expect(call({ amount: 10, currency: "EUR" })).resolves.toBe(1);
+    await expect(call({ currency: "EUR", amount: 10 })).resolves.toBe(1);
+    const error = await call({ amount: 11, currency: "EUR" }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(IdempotencyKeyReusedError);
+    expect((error as IdempotencyKeyReusedError).record).toMatchObject({ scope, key, fingerprint: expect.stringMatching(/^[0-9a-f]{64}$/) });
+    expect(runs).toBe(1);
+  });
+
+  test("scope: the same key in two scopes is two records, and neither sees the other's result", async () => {
+    const t = subject.txonce();
+    const key = newKey("scoped");
+    await expect(t.withIdempotency(key, async () => "alice's", { scope: `${scope}:alice` })).resolves.toBe("alice's");
+    await expect(t.withIdempotency(key, async () => "bob's", { scope: `${scope}:bob` })).resolves.toBe("bob's");
+    await expect(others[0]!.txonce().withIdempotency(key, async () => "x", { scope: `${scope}:alice` })).resolves.toBe("alice's");
+  });
+
+  test("expiry: expires_at is the database's now() plus the retention; an expired record counts as absent and is replaced", async () => {
+    const key = newKey("expiry");
+    const first = await subject.txonce({ retention: "90s" }).withIdempotencyOutcome(key, async () => "old", { scope });
+    expect(first.expiresAt.getTime() - first.firstSeenAt.getTime()).toBe(90_000);
+    await db.pool.query("UPDATE txonce_idempotency_keys SET expires_at = now() - interval '1 second' WHERE scope = $1 AND key = $2", [scope, key]);
+    const second = await others[0]!.txonce().withIdempotencyOutcome(key, async () => "new", { scope });
+    expect(second).toMatchObject({ value: "new", replayed: false });
+    const rows = await keyRows(scope, key);
+    expect(rows).toHaveLength(1);
+    expect(rows[0].result).toContain("new");
+  });
+
+  test("isolation levels: per instance and per call, in the library's own spelling; waiters under them still replay", async () => {
+    const level = async (tx: unknown) =>
+      String((await subject.select(tx, "SHOW transaction_isolation"))[0]!.transaction_isolation);
+    const t = subject.txonce({ transaction: row.isolation.repeatableRead });
+    await expect(t.withIdempotency(newKey("iso"), level, { scope })).resolves.toBe("repeatable read");
+    await expect(t.withIdempotency(newKey("iso"), level, { scope, transaction: row.isolation.serializable })).resolves.toBe("serializable");
+    await expect(subject.txonce().withIdempotency(newKey("iso"), level, { scope })).resolves.toBe("read committed");
+    for (const isolation of [row.isolation.repeatableRead, row.isolation.serializable]) {
+      const key = newKey("iso-waiters");
+      let runs = 0;
+      const outcomes = await Promise.all(
+        instances(3, { transaction: isolation }).map((i) => i.withIdempotencyOutcome(key, async () => (runs++, await sleep(150), "once"), { scope })),
+      );
+      expect(runs).toBe(1);
+      expect(outcomes.map((o) => o.value)).toEqual(["once", "once", "once"]);
+    }
+  });
+
+  describe("bad input is refused with InvalidArgumentError before anything is written", () => {
+    test("something that is not a client of its kind, or one of its transactions", async () => {
+      const tx = await subject.transaction(async (tx) => tx);
+      for (const stranger of [{}, null, "postgres://localhost", tx]) {
+        let error: unknown;
+        try {
+          row.txonceOf(stranger);
+        } catch (e) {
+          error = e;
+        }
+        expect(error).toBeInstanceOf(InvalidArgumentError);
+        expect((error as InvalidArgumentError).reason).toMatch(/^expected an? /);
+      }
+    });
+
+    test("a key, scope, option or isolation level that is not acceptable", async () => {
+      const t = subject.txonce();
+      const before = (await db.pool.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys")).rows[0].n;
+      for (const [argument, call] of [
+        ["key", () => t.withIdempotency("", async () => 1)],
+        ["key", () => t.withIdempotency("k".repeat(256), async () => 1)],
+        ["scope", () => t.withIdempotency("k", async () => 1, { scope: 7 as never })],
+        ["retention", () => t.withIdempotency("k", async () => 1, { retention: "two days" })],
+        ["operation", () => t.withIdempotency("k", "run" as never)],
+        ["transaction.isolationLevel", () => t.withIdempotency("k", async () => 1, { transaction: { isolationLevel: "chaos" } })],
+      ] as const) {
+        await expect(call()).rejects.toMatchObject({ argument, code: "TXONCE_INVALID_ARGUMENT" });
+      }
+      expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys")).rows[0].n).toBe(before);
+    });
+
+    test("the root client, or a transaction that already ended, where a transaction is expected", async () => {
+      const t = subject.txonce();
+      const topic = `${scope}.refused`;
+      let ended: unknown;
+      await t.withIdempotency(newKey("ended"), async (tx) => void (ended = tx), { scope });
+      for (const handle of [subject.client, ended]) {
+        await expect(t.outbox.enqueue(handle, { topic, payload: 1 })).rejects.toMatchObject({ argument: "tx", code: "TXONCE_INVALID_ARGUMENT" });
+        await expect(t.withIdempotencyIn(handle, newKey("refused"), async () => 1, { scope })).rejects.toBeInstanceOf(InvalidArgumentError);
+      }
+      expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE topic = $1", [topic])).rows[0].n).toBe(0);
+    });
+  });
+
+  test.runIf(row.tellsEndedTransactions)("a transaction the application opened that has ended is refused too", async () => {
+    const t = subject.txonce();
+    const topic = `${scope}.refused-own`;
+    const ended = await subject.transaction(async (tx) => tx);
+    await expect(t.outbox.enqueue(ended, { topic, payload: 1 })).rejects.toMatchObject({ argument: "tx", reason: expect.stringMatching(/ended|not in a transaction/) });
+    await expect(t.withIdempotencyIn(ended, newKey("refused-own"), async () => 1, { scope })).rejects.toBeInstanceOf(InvalidArgumentError);
+    expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE topic = $1", [topic])).rows[0].n).toBe(0);
+  });
+
+  test("outbox: a message enqueued in the business transaction is published after commit; a rolled-back one never", async () => {
+    const t = subject.txonce();
+    const topic = `${scope}.created`;
+    const received: OutboxMessage[] = [];
+    const relay = t.outbox.relay({ publisher: async (m) => void (m.topic.startsWith(scope) && received.push(m)), pollInterval: 20 });
+    await relay.start();
+    try {
+      const charge = await t.withIdempotency(newKey("outbox"), async (tx) => {
+        const created = await subject.charge(tx, newAmount());
+        await t.outbox.enqueue(tx, { topic, key: "acc", payload: { chargeId: created.id, at: new Date(0) } });
+        return created;
+      }, { scope });
+      await subject.transaction((tx) => t.outbox.enqueue(tx, { topic, payload: "in the library's own transaction" }));
+      await expect(
+        subject.transaction(async (tx) => {
+          await t.outbox.enqueue(tx, { topic, payload: "rolled back" });
+          throw new Error("abort");
+        }),
+      ).rejects.toThrow("abort");
+      const deadline = Date.now() + 10_000;
+      while (received.length < 2 && Date.now() < deadline) await sleep(20);
+      await sleep(60);
+      // Messages without a common key are published in any order.
+      expect(received.map((m) => m.payload)).toHaveLength(2);
+      expect(received.map((m) => m.payload)).toEqual(
+        expect.arrayContaining([{ chargeId: charge.id, at: new Date(0) }, "in the library's own transaction"]),
+      );
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  test("cleanup deletes expired records and keeps live ones", async () => {
+    const prefix = `${scope}-cleanup`;
+    await seedKeys(db.pool, { count: 30, expired: true, scope, prefix: `${prefix}-old` });
+    await seedKeys(db.pool, { count: 5, expired: false, scope, prefix: `${prefix}-live` });
+    const result = await subject.txonce().cleanup({ batchSize: 10 });
+    expect(result.finished).toBe(true);
+    expect(result.deleted).toBeGreaterThanOrEqual(30);
+    const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys WHERE key LIKE $1", [`${prefix}-%`]);
+    expect(rows[0].n).toBe(5);
+  });
+
+  describe("withIdempotencyIn: joining a transaction the caller opened", () => {
+    test("the key is claimed in it, and the caller's commit stores it with the caller's other writes", async () => {
+      const t = subject.txonce();
+      const key = newKey("join");
+      const [amount, later] = [newAmount(), newAmount()];
+      let visibleBeforeCommit: unknown[] = [];
+      const value = await subject.transaction(async (tx) => {
+        const charge = await t.withIdempotencyIn(tx, key, (inner) => {
+          expect(inner).toBe(tx);
+          return subject.charge(inner, amount);
+        }, { scope });
+        await subject.charge(tx, later); // more work after the idempotent part
+        visibleBeforeCommit = await keyRows(scope, key);
+        return charge;
+      });
+      expect(visibleBeforeCommit).toEqual([]);
+      expect(await keyRows(scope, key)).toHaveLength(1);
+      expect([await charges(amount), await charges(later)]).toEqual([1, 1]);
+      // A later call, joined or not, replays it.
+      await expect(others[0]!.txonce().withIdempotency(key, async () => "must not run", { scope })).resolves.toStrictEqual(value);
+      await expect(subject.transaction((tx) => others[1]!.txonce().withIdempotencyIn(tx, key, async () => "must not run", { scope }))).resolves.toStrictEqual(value);
+    });
+
+    test("the caller's rollback removes the key: a retry runs afresh", async () => {
+      const t = subject.txonce();
+      const key = newKey("join-rollback");
+      const amount = newAmount();
+      await expect(
+        subject.transaction(async (tx) => {
+          await t.withIdempotencyIn(tx, key, (inner) => subject.charge(inner, amount), { scope });
+          throw new Error("the caller's later step failed");
+        }),
+      ).rejects.toThrow("the caller's later step failed");
+      expect(await keyRows(scope, key)).toEqual([]);
+      expect(await charges(amount)).toBe(0);
+      await expect(t.withIdempotencyOutcome(key, (tx) => subject.charge(tx, amount), { scope })).resolves.toMatchObject({ replayed: false });
+    });
+
+    test("a concurrent duplicate waits for the caller's transaction to end, then replays", async () => {
+      const key = newKey("join-wait");
+      const amount = newAmount();
+      const events: string[] = [];
+      const caller = subject.transaction(async (tx) => {
+        const charge = await subject.txonce().withIdempotencyIn(tx, key, (inner) => subject.charge(inner, amount), { scope });
+        await sleep(400); // the caller goes on after the idempotent part; the key stays claimed
+        events.push("the caller's work ended, COMMIT follows");
+        return charge;
+      });
+      await sleep(100);
+      const duplicate = await others[0]!.txonce().withIdempotencyOutcome(key, async () => "must not run", { scope, lockTimeout: "3s" });
+      events.push("the duplicate returned");
+      const value = await caller;
+      expect(events).toEqual(["the caller's work ended, COMMIT follows", "the duplicate returned"]);
+      expect(duplicate).toMatchObject({ replayed: true });
+      expect(duplicate.value).toStrictEqual(value);
+      expect(await charges(amount)).toBe(1);
+    });
+  });
+});
