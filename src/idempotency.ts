@@ -352,12 +352,7 @@ export function createIdempotency<Tx, TxOptions>(
         };
         const value = await call.operation(tx);
         const encoded = codec.encode(value, "result");
-        try {
-          const [saved] = await inTransaction.query(sql.saveResult, [claimed.ctid, encoded]);
-          if (!saved) await inTransaction.query(sql.saveResultByKey, [scope, key, encoded]);
-        } catch (error) {
-          throw classified(error, call, "save");
-        }
+        await save(inTransaction, call, claimed.ctid, encoded);
         produced = { value, encoded };
       }, call.transactionOptions);
       return ran();
@@ -407,16 +402,24 @@ export function createIdempotency<Tx, TxOptions>(
       const row = rows[0];
       if (row) {
         const value = await call.operation(tx);
-        const encoded = codec.encode(value, "result");
-        try {
-          await inTransaction.query(sql.saveResult, [call.scope, call.key, encoded]);
-        } catch (error) {
-          throw classified(error, call, "save");
-        }
+        await save(inTransaction, call, String(row.ctid), codec.encode(value, "result"));
         return { value, replayed: false, scope: call.scope, key: call.key, firstSeenAt: toDate(row.created_at), expiresAt: toDate(row.expires_at) };
       }
       const polled = await pollUntilDone(call, polls, { db: inTransaction, codeless: "lost", keep: false });
       if (polled) return replay(call, polled);
+    }
+  }
+
+  /**
+   * Stores the encoded result on the row the claim inserted, found by its ctid; by (scope, key)
+   * if the operation moved the row (it updated the key row itself).
+   */
+  async function save(inTransaction: SqlExecutor, call: Call<Tx, TxOptions, unknown>, ctid: string, encoded: string) {
+    try {
+      const [saved] = await inTransaction.query(sql.saveResult, [ctid, encoded]);
+      if (!saved) await inTransaction.query(sql.saveResultByKey, [call.scope, call.key, encoded]);
+    } catch (error) {
+      throw classified(error, call, "save");
     }
   }
 
