@@ -17,6 +17,7 @@ import * as sql from "../src/sql/postgres.js";
 import { schemaSql } from "../src/sql/schema.js";
 import { databaseUrl } from "../test/support/postgres-server.js";
 import { env, fmt, loadavg, log, median, table } from "./common.js";
+import { claimOrRecord, claimReturningRecord, insertSave, plainUpsert, pollKeyCte, selectClaim, waitingClaim } from "./designs.js";
 
 const serverUrl = process.env.DATABASE_URL;
 if (!serverUrl) throw new Error("set DATABASE_URL");
@@ -25,54 +26,6 @@ const ROUNDS = Math.max(1, Math.round(env("CLAIM_SQL_ROUNDS", 3)));
 const RETENTION = 48 * 3600_000;
 const RESULT = JSON.stringify({ json: { id: 1, accountId: "bench", amount: "1.00", createdAt: new Date().toISOString() } });
 
-/** The claim as shipped before issue 8: waits on the row lock, bounded by a lock_timeout it sets and restores. */
-const waitingClaim = `
-WITH previous AS MATERIALIZED (
-  SELECT current_setting('lock_timeout') AS lock_timeout
-), bounded AS MATERIALIZED (
-  SELECT set_config('lock_timeout', $5::text, true) FROM previous
-), claimed AS (
-  INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
-  SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
-  FROM bounded
-  ON CONFLICT (scope, key) DO UPDATE
-    SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
-    WHERE k.expires_at <= now()
-  RETURNING k.created_at, k.expires_at
-)
-SELECT claimed.created_at, claimed.expires_at, set_config('lock_timeout', previous.lock_timeout, true) AS lock_timeout
-FROM claimed, previous`;
-/**
- * The first design of the new claim (not shipped): it also returned the key's live record, or
- * "busy", in the same statement, through CTEs and a UNION. $5 is the lock id here too.
- */
-const claimReturningRecord = `
-WITH live AS MATERIALIZED (
-  SELECT fingerprint, result, created_at, expires_at FROM ${sql.IDEMPOTENCY_TABLE}
-  WHERE scope = $1::text AND key = $2::text AND expires_at > now()
-), lock AS MATERIALIZED (
-  SELECT pg_try_advisory_xact_lock($5::bigint) AS taken WHERE NOT EXISTS (SELECT FROM live)
-), claimed AS (
-  INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
-  SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
-  FROM lock WHERE lock.taken
-  ON CONFLICT (scope, key) DO UPDATE
-    SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
-    WHERE k.expires_at <= now()
-  RETURNING k.created_at, k.expires_at
-)
-SELECT 'stored' AS state, fingerprint, result, created_at, expires_at, now() AS db_now, NULL::text AS xact FROM live
-UNION ALL
-SELECT 'busy', NULL, NULL, NULL, NULL, now(), NULL FROM lock WHERE NOT lock.taken
-UNION ALL
-SELECT 'claimed', NULL, NULL, created_at, expires_at, now(), pg_current_xact_id()::text FROM claimed`;
-const plainUpsert = `
-INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k (scope, key, fingerprint, expires_at)
-VALUES ($1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond')
-ON CONFLICT (scope, key) DO UPDATE
-  SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
-  WHERE k.expires_at <= now()
-RETURNING k.created_at, k.expires_at`;
 const findLive = `SELECT fingerprint, result, created_at, expires_at FROM ${sql.IDEMPOTENCY_TABLE}
 WHERE scope = $1::text AND key = $2::text AND expires_at > now()`;
 
@@ -107,8 +60,20 @@ try {
     await c.query(end);
   };
   const claim = (key: string) => c.query(sql.claimKey, ["", key, null, RETENTION, lockId(key)]);
+  /** claimKey then saveResult (by the claim's ctid), as shipped. */
+  const claimAndSave = async (key: string, result = RESULT) => {
+    const { rows: [row] } = await claim(key);
+    await c.query(sql.saveResult, [row.ctid, result]);
+  };
+  /** claimKey then the save by (scope, key), as the first pass of issue 8 shipped it. */
+  const claimAndSaveByKey = async (key: string) => {
+    await claim(key);
+    await c.query(sql.saveResultByKey, ["", key, RESULT]);
+  };
+  const selectClaimOf = (key: string) => c.query(selectClaim, ["", key, lockId(key)]);
+  const insertSaveOf = (key: string) => c.query(insertSave, ["", key, null, RETENTION, RESULT]);
   // Keys that are completed, for the replay paths.
-  for (let i = 0; i < 1000; i++) await tx(async () => { await claim(`done.${i}`); await c.query(sql.saveResult, ["", `done.${i}`, RESULT]); });
+  for (let i = 0; i < 1000; i++) await tx(() => claimAndSave(`done.${i}`));
 
   // The claims end with ROLLBACK, so that the WAL flush of COMMIT (the same for all) stays out.
   const rows: [string, (i: number) => Promise<unknown>][] = [
@@ -123,12 +88,22 @@ try {
       tx(() => c.query(claimReturningRecord, ["", k("r", i), null, RETENTION, lockId(k("r", i))]), "ROLLBACK")],
     ["tx: the same, named (prepared) statement", (i) =>
       tx(() => c.query({ name: "claimr", text: claimReturningRecord, values: ["", k("n", i), null, RETENTION, lockId(k("n", i))] }), "ROLLBACK")],
-    ["tx: claimKey, saveResult", (i) => tx(async () => { await claim(k("s", i)); await c.query(sql.saveResult, ["", k("s", i), RESULT]); }, "ROLLBACK")],
+    ["tx: claimKey, saveResult by ctid (shipped)", (i) => tx(() => claimAndSave(k("s", i)), "ROLLBACK")],
+    ["tx: claimKey, save by (scope, key) (first pass)", (i) => tx(() => claimAndSaveByKey(k("sk", i)), "ROLLBACK")],
     ["tx: claimKey on a completed key (cold replay)", (i) => tx(() => claim(`done.${i % 1000}`), "ROLLBACK")],
-    ["tx: first execution, committed (claimKey, saveResult, COMMIT)", (i) => tx(async () => { await claim(k("f", i)); await c.query(sql.saveResult, ["", k("f", i), RESULT]); })],
+    ["tx: claimOrRecord, new key", (i) => tx(() => c.query(claimOrRecord, ["", k("cr", i), null, RETENTION, lockId(k("cr", i))]), "ROLLBACK")],
+    ["tx: claimOrRecord on a completed key (cold replay)", (i) => tx(() => c.query(claimOrRecord, ["", `done.${i % 1000}`, null, RETENTION, lockId(`done.${i % 1000}`)]), "ROLLBACK")],
+    ["tx: selectClaim, new key", (i) => tx(() => selectClaimOf(k("sc", i)), "ROLLBACK")],
+    ["tx: selectClaim on a completed key (cold replay)", (i) => tx(() => selectClaimOf(`done.${i % 1000}`), "ROLLBACK")],
+    ["tx: selectClaim, insertSave", (i) => tx(async () => { await selectClaimOf(k("ss", i)); await insertSaveOf(k("ss", i)); }, "ROLLBACK")],
+    ["tx: first execution, committed (claimKey, saveResult by ctid, COMMIT)", (i) => tx(() => claimAndSave(k("f", i)))],
+    ["tx: first execution, committed (claimKey, save by key, COMMIT)", (i) => tx(() => claimAndSaveByKey(k("fk", i)))],
+    ["tx: first execution, committed (selectClaim, insertSave, COMMIT)", (i) => tx(async () => { await selectClaimOf(k("fs", i)); await insertSaveOf(k("fs", i)); })],
     ["findLiveRecord (no tx; the replay before issue 8)", (i) => c.query(findLive, ["", `done.${i % 1000}`])],
     ["pollKey, completed key (no tx)", (i) => c.query(sql.pollKey, ["", `done.${i % 1000}`, lockId(`done.${i % 1000}`)])],
     ["pollKey, unknown key (no tx)", (i) => c.query(sql.pollKey, ["", k("none", i), lockId(k("none", i))])],
+    ["pollKey with a CTE (first pass), completed key (no tx)", (i) => c.query(pollKeyCte, ["", `done.${i % 1000}`, lockId(`done.${i % 1000}`)])],
+    ["pollKey with a CTE (first pass), unknown key (no tx)", (i) => c.query(pollKeyCte, ["", k("nonej", i), lockId(k("nonej", i))])],
   ];
   const timings = new Map<string, number[]>();
   const cpu = new Map<string, number[]>();
@@ -167,35 +142,55 @@ try {
   }
 
   log();
-  log("WAL bytes per first execution (claimKey + saveResult, COMMIT, no business row), and HOT updates, by fillfactor:");
-  const walRows: string[][] = [];
-  for (const [fillfactor, result] of [100, 90, 80].flatMap((f) => [[f, RESULT], [f, "x".repeat(1500)]] as const)) {
-    await c.query(`ALTER TABLE ${sql.IDEMPOTENCY_TABLE} SET (fillfactor = ${fillfactor})`);
-    await c.query(`TRUNCATE ${sql.IDEMPOTENCY_TABLE}`);
-    await c.query("CHECKPOINT");
-    const stats = async () => (await c.query<{ upd: string; hot: string }>(
-      `SELECT n_tup_upd AS upd, n_tup_hot_upd AS hot FROM pg_stat_user_tables WHERE relname = $1`, [sql.IDEMPOTENCY_TABLE])).rows[0]!;
-    await c.query("SELECT pg_stat_clear_snapshot()");
-    const before = await stats();
-    const n = 2000;
+  log("WAL bytes per first execution by design (claim, save, COMMIT, no business row; 500 calls each, least and median):");
+  const walOf = async (first: (key: string) => Promise<unknown>) => {
     tag++;
     const wal: number[] = [];
-    for (let i = 0; i < n; i++) {
+    for (let i = 0; i < 500; i++) {
       const lsn0 = (await c.query<{ l: string }>("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0]!.l;
-      await tx(async () => { await claim(k("wal", i)); await c.query(sql.saveResult, ["", k("wal", i), result]); });
+      await tx(() => first(k("wd", i)));
       wal.push(Number((await c.query<{ b: string }>("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn) AS b", [lsn0])).rows[0]!.b));
     }
-    // The statistics collector lags: wait for the counters of this backend to be flushed.
-    await new Promise((r) => setTimeout(r, 1500));
-    await c.query("SELECT pg_stat_clear_snapshot()");
-    const after = await stats();
-    const updates = Number(after.upd) - Number(before.upd);
-    const hot = Number(after.hot) - Number(before.hot);
-    walRows.push([String(fillfactor), String(result.length), fmt(Math.min(...wal)), fmt(median(wal)), `${fmt((100 * hot) / Math.max(1, updates))}%`]);
-  }
-  table(["fillfactor", "result chars", "WAL bytes/call min", "median", "HOT updates"], walRows);
-  log("(2000 calls after TRUNCATE and CHECKPOINT; WAL is the whole server's, so the least per-call difference is the call's own)");
+    return [fmt(Math.min(...wal)), fmt(median(wal))];
+  };
+  table(["design", "WAL bytes min", "median"], [
+    ["claimKey (INSERT), saveResult (UPDATE by ctid)", ...(await walOf((key) => claimAndSave(key)))],
+    ["selectClaim (SELECT), insertSave (INSERT)", ...(await walOf(async (key) => { await selectClaimOf(key); await insertSaveOf(key); }))],
+  ]);
+  if (env("CLAIM_SQL_FILLFACTOR", 1)) await fillfactorSection();
   log(`load average after: ${loadavg()}`);
+
+  async function fillfactorSection() {
+    log();
+    log("WAL bytes per first execution (claimKey + saveResult, COMMIT, no business row), and HOT updates, by fillfactor:");
+    const walRows: string[][] = [];
+    for (const [fillfactor, result] of [100, 90, 80].flatMap((f) => [[f, RESULT], [f, "x".repeat(1500)]] as const)) {
+      await c.query(`ALTER TABLE ${sql.IDEMPOTENCY_TABLE} SET (fillfactor = ${fillfactor})`);
+      await c.query(`TRUNCATE ${sql.IDEMPOTENCY_TABLE}`);
+      await c.query("CHECKPOINT");
+      const stats = async () => (await c.query<{ upd: string; hot: string }>(
+        `SELECT n_tup_upd AS upd, n_tup_hot_upd AS hot FROM pg_stat_user_tables WHERE relname = $1`, [sql.IDEMPOTENCY_TABLE])).rows[0]!;
+      await c.query("SELECT pg_stat_clear_snapshot()");
+      const before = await stats();
+      const n = 2000;
+      tag++;
+      const wal: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const lsn0 = (await c.query<{ l: string }>("SELECT pg_current_wal_insert_lsn()::text AS l")).rows[0]!.l;
+        await tx(() => claimAndSave(k("wal", i), result));
+        wal.push(Number((await c.query<{ b: string }>("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn) AS b", [lsn0])).rows[0]!.b));
+      }
+      // The statistics collector lags: wait for the counters of this backend to be flushed.
+      await new Promise((r) => setTimeout(r, 1500));
+      await c.query("SELECT pg_stat_clear_snapshot()");
+      const after = await stats();
+      const updates = Number(after.upd) - Number(before.upd);
+      const hot = Number(after.hot) - Number(before.hot);
+      walRows.push([String(fillfactor), String(result.length), fmt(Math.min(...wal)), fmt(median(wal)), `${fmt((100 * hot) / Math.max(1, updates))}%`]);
+    }
+    table(["fillfactor", "result chars", "WAL bytes/call min", "median", "HOT updates"], walRows);
+    log("(2000 calls after TRUNCATE and CHECKPOINT; WAL is the whole server's, so the least per-call difference is the call's own)");
+  }
 } finally {
   await c.end();
   await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);

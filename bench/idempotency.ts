@@ -16,7 +16,11 @@
  *      retry storm     STORM_CALLERS (8) callers per key at once, new keys each round
  *    and the same for txonce/pg against BEGIN / INSERT / COMMIT on a pg pool. Rates are medians
  *    of the rounds; a ratio is the median of the per-round ratios to the bare case of the same
- *    round and concurrency.
+ *    round and concurrency. With BENCH_WHAT_IF (1; 0 leaves them out), designs measured beside the
+ *    shipped one in the same rounds: the shipped statements by hand (without txonce's JavaScript),
+ *    the claim that writes nothing (bench/designs.ts) and its cold replay, txonce/pg with
+ *    `preparedStatements: true`, and a Prisma client whose application names every statement
+ *    (PrismaPg's `statementNameGenerator`), against its own bare transaction.
  * 2. Storm beside traffic (the issue's scenario): one Prisma client with a pool of 10. TRAFFIC
  *    workers (4) make unrelated first executions back to back; then, while they keep going,
  *    STORM_WAVES (4) waves of 3 hot keys x 60 callers whose operation holds the key 1.2 s,
@@ -30,15 +34,17 @@
  *    CPU, and WAL bytes (pg_current_wal_insert_lsn before and after each call: the least of 50,
  *    since other sessions of a shared server write WAL too, and the median).
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
 import { PrismaClient } from "../generated/prisma/client.js";
+import { Codec } from "../src/codec.js";
 import { txonce as txoncePg } from "../src/adapters/pg.js";
-import { txonce } from "../src/adapters/prisma.js";
+import { prismaDecimalType, txonce } from "../src/adapters/prisma.js";
 import { backoffPolicy } from "../src/outbox/backoff.js";
 import * as sql from "../src/sql/postgres.js";
 import { env, fmt, loadavg, log, median, percentile, sleep, sorted, table, type BenchContext } from "./common.js";
+import * as designs from "./designs.js";
 
 const SECONDS = env("BENCH_SECONDS", 1.5);
 const ROUNDS = Math.max(1, Math.round(env("BENCH_ROUNDS", 5)));
@@ -48,6 +54,9 @@ const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,8").split(",").map((s) 
 const TRAFFIC = Math.max(1, Math.round(env("TRAFFIC", 4)));
 const STORM_WAVES = Math.max(1, Math.round(env("STORM_WAVES", 4)));
 const STORM_ROUNDS = Math.max(1, Math.round(env("STORM_ROUNDS", 2)));
+/** 0 leaves out the "what if" cases (designs measured beside the shipped one). */
+const WHAT_IF = env("BENCH_WHAT_IF", 1) !== 0;
+const RETENTION_MS = 48 * 3600_000;
 
 const ACCOUNT = "bench";
 const STORM_ACCOUNT = "storm";
@@ -117,18 +126,36 @@ class CountingClient extends pg.Client {
   }
 }
 
+/** Thrown to roll a transaction back with what its claim found. */
+class Replay {
+  constructor(readonly result: string | null) {}
+}
+
+const normalized = (text: string) => text.replace(/\s+/g, " ").trim();
+/** txonce's statements by their text: `claimKey`, `saveResult`, `pollKey`, ... */
+const statementNames = new Map(
+  Object.entries(sql).filter(([, text]) => typeof text === "string").map(([name, text]) => [normalized(text as string), name]),
+);
+
 function shortSql(text: string): string {
-  const t = text.replace(/\s+/g, " ").trim();
-  if (t.startsWith(`INSERT INTO ${sql.IDEMPOTENCY_TABLE} AS k`)) return "claimExpiredKey";
-  if (t.startsWith(`INSERT INTO ${sql.IDEMPOTENCY_TABLE}`)) return "claimKey";
-  if (t.startsWith("WITH live AS")) return "pollKey";
-  if (t.startsWith(`UPDATE ${sql.IDEMPOTENCY_TABLE} SET result`)) return "saveResult";
+  const t = normalized(text);
+  const name = statementNames.get(t);
+  if (name) return name;
   if (/^INSERT INTO "?(public"?\.)?"?charges/i.test(t)) return "INSERT charge";
   const m = /^(SELECT 1|BEGIN|COMMIT|ROLLBACK|\w+)/i.exec(t);
   return m ? m[1]! : t.slice(0, 40);
 }
 
-export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
+export async function idempotencyBench(context: BenchContext) {
+  const atEnd: (() => Promise<unknown>)[] = [];
+  try {
+    await throughputAndTheRest(context, atEnd);
+  } finally {
+    await Promise.allSettled(atEnd.map((f) => f()));
+  }
+}
+
+async function throughputAndTheRest({ url, prisma, pool }: BenchContext, atEnd: (() => Promise<unknown>)[]) {
   log("Idempotency (issue 8)");
   log(`settings: ${SECONDS}s per case x ${ROUNDS} rounds (interleaved, median), warm-up ${WARMUP_SECONDS}s, ` +
     `concurrency ${CONCURRENCY.join(",")}, storm ${STORM_CALLERS} callers/key`);
@@ -208,7 +235,7 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
 
   interface Case {
     name: string;
-    group: "prisma" | "pg";
+    group: "prisma" | "prisma-named" | "pg";
     run(concurrency: number, seconds: number): Promise<Sample>;
   }
   const loop = (op: () => Promise<unknown>) => (c: number, s: number) => closedLoop(c, s, op);
@@ -265,6 +292,139 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
     { name: "pg: replay, cold process", group: "pg", run: loop(() => tpCold.withIdempotency(any(completedPg), mustNotRun)) },
   ];
 
+  if (WHAT_IF) cases.push(...whatIfCases());
+  /**
+   * Designs measured beside the shipped one (docs/benchmarks.md, "tried and dropped"): the
+   * statement sequences by hand, without txonce's JavaScript, so that the shipped sequence by hand
+   * is their reference; and txonce/pg with `preparedStatements: true` (its statements prepared once
+   * per connection).
+   */
+  function whatIfCases(): Case[] {
+    const codec = new Codec([prismaDecimalType]);
+    const lockIdOf = (key: string) => String(BigInt.asIntN(64, BigInt(`0x${createHash("sha256").update(key).digest("hex").slice(0, 16)}`)));
+    type Raw = { $queryRawUnsafe<T = unknown>(query: string, ...values: unknown[]): Promise<T> };
+    const shippedByHand = (tx: Pick<PrismaClient, "charge"> & Raw, key: string) => async () => {
+      const [claimed] = await tx.$queryRawUnsafe<{ ctid: string }[]>(sql.claimKey, "", key, null, RETENTION_MS, lockIdOf(key));
+      const charge = await insertCharge(tx);
+      await tx.$queryRawUnsafe(sql.saveResult, claimed!.ctid, codec.encode(charge, "result"));
+      return charge;
+    };
+    const selectClaimByHand = (tx: Pick<PrismaClient, "charge"> & Raw, key: string) => async () => {
+      const [claim] = await tx.$queryRawUnsafe<{ free: boolean; created_at: Date | null }[]>(designs.selectClaim, "", key, lockIdOf(key));
+      if (!claim!.free || claim!.created_at) throw new Error("taken");
+      const charge = await insertCharge(tx);
+      const saved = await tx.$queryRawUnsafe<unknown[]>(designs.insertSave, "", key, null, RETENTION_MS, codec.encode(charge, "result"));
+      if (saved.length === 0) throw new Error("taken");
+      return charge;
+    };
+    const pgTx = async <T>(work: (client: pg.PoolClient) => Promise<T>, end = "COMMIT") => {
+      const client = await pool.connect();
+      try {
+        await client.query("BEGIN");
+        const result = await work(client);
+        await client.query(end);
+        return result;
+      } finally {
+        client.release();
+      }
+    };
+    const nameOf = (query: { sql: string }) => `s_${createHash("sha256").update(query.sql).digest("hex").slice(0, 20)}`;
+    const namedPrisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: url, max: 24 }, { statementNameGenerator: nameOf }) });
+    atEnd.push(() => namedPrisma.$disconnect());
+    const tNamed = txonce(namedPrisma);
+    const tNamedCold = txonce(namedPrisma, { replayCache: false });
+    const completedNamed: string[] = [];
+    const named = txoncePg(pool, { preparedStatements: true });
+    const namedCold = txoncePg(pool, { preparedStatements: true, replayCache: false });
+    return [
+      {
+        name: "what if: shipped statements by hand (no txonce JS)",
+        group: "prisma",
+        run: loop(() => prisma.$transaction((tx) => shippedByHand(tx, freshKey())())),
+      },
+      {
+        name: "what if: claim writes nothing (SELECT claim, INSERT save)",
+        group: "prisma",
+        run: loop(() => prisma.$transaction((tx) => selectClaimByHand(tx, freshKey())())),
+      },
+      {
+        name: "what if: its cold replay (BEGIN, SELECT claim, ROLLBACK)",
+        group: "prisma",
+        run: loop(async () => {
+          const key = any(completed);
+          const record = await prisma.$transaction(async (tx) => {
+            const [claim] = await tx.$queryRawUnsafe<{ result: string | null }[]>(designs.selectClaim, "", key, lockIdOf(key));
+            throw new Replay(claim!.result);
+          }).catch((error: unknown) => (error instanceof Replay ? error.result : Promise.reject(error)));
+          if (record === null) throw new Error("no record");
+          return codec.decode(record);
+        }),
+      },
+      {
+        name: "statementNameGenerator: bare $transaction + insert",
+        group: "prisma-named",
+        run: loop(() => namedPrisma.$transaction((tx) => insertCharge(tx))),
+      },
+      {
+        name: "statementNameGenerator: withIdempotency, first execution",
+        group: "prisma-named",
+        run: loop(async () => {
+          const key = freshKey();
+          await tNamed.withIdempotency(key, insertCharge);
+          completedNamed.push(key);
+        }),
+      },
+      {
+        name: "statementNameGenerator: replay, cold process",
+        group: "prisma-named",
+        run: loop(() => tNamedCold.withIdempotency(any(completedNamed.length > 0 ? completedNamed : completed), mustNotRun)),
+      },
+      {
+        name: "pg what if: shipped statements by hand (no txonce JS)",
+        group: "pg",
+        run: loop(() => pgTx(async (client) => {
+          const key = freshKey();
+          const { rows: [claimed] } = await client.query(sql.claimKey, ["", key, null, RETENTION_MS, lockIdOf(key)]);
+          const charge = await pgInsert(client);
+          await client.query(sql.saveResult, [claimed.ctid, codec.encode(charge, "result")]);
+          return charge;
+        })),
+      },
+      {
+        name: "pg what if: claim writes nothing (SELECT claim, INSERT save)",
+        group: "pg",
+        run: loop(() => pgTx(async (client) => {
+          const key = freshKey();
+          const { rows: [claim] } = await client.query(designs.selectClaim, ["", key, lockIdOf(key)]);
+          if (!claim.free || claim.created_at) throw new Error("taken");
+          const charge = await pgInsert(client);
+          const { rows } = await client.query(designs.insertSave, ["", key, null, RETENTION_MS, codec.encode(charge, "result")]);
+          if (rows.length === 0) throw new Error("taken");
+          return charge;
+        })),
+      },
+      {
+        name: "pg what if: its cold replay (BEGIN, SELECT claim, ROLLBACK)",
+        group: "pg",
+        run: loop(() => pgTx(async (client) => {
+          const key = any(completedPg);
+          const { rows: [claim] } = await client.query(designs.selectClaim, ["", key, lockIdOf(key)]);
+          return codec.decode(claim.result as string);
+        }, "ROLLBACK")),
+      },
+      {
+        name: "pg: preparedStatements, first execution",
+        group: "pg",
+        run: loop(() => named.withIdempotency(freshKey(), pgInsert)),
+      },
+      {
+        name: "pg: preparedStatements, replay cold process",
+        group: "pg",
+        run: loop(() => namedCold.withIdempotency(any(completedPg), mustNotRun)),
+      },
+    ];
+  }
+
   log(`warming up (${cases.length} cases x ${WARMUP_SECONDS}s)...`);
   for (const c of cases) await c.run(Math.max(...CONCURRENCY), WARMUP_SECONDS);
   Object.assign(storm, { keys: 0, rows: 0, once: 0, mismatched: 0 });
@@ -286,10 +446,14 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
     return median(samples.get(`${name}@${concurrency}`)!.map((s, i) => (units ? s.units : s.calls) / s.seconds / (bare[i]!.calls / bare[i]!.seconds)));
   };
   const ratios = new Map<string, number>();
-  for (const group of ["prisma", "pg"] as const) {
-    log(group === "prisma"
-      ? "Throughput, txonce/prisma against a bare Prisma interactive transaction (calls/s: median of rounds; ratio: median of per-round ratios)"
-      : "Throughput, txonce/pg against a bare pg transaction (BEGIN, INSERT, COMMIT on a pg.Pool client)");
+  const titles: Record<Case["group"], string> = {
+    prisma: "Throughput, txonce/prisma against a bare Prisma interactive transaction (calls/s: median of rounds; ratio: median of per-round ratios)",
+    "prisma-named": "What if the application names its statements (PrismaPg's statementNameGenerator, every statement prepared once per connection): both sides on that client",
+    pg: "Throughput, txonce/pg against a bare pg transaction (BEGIN, INSERT, COMMIT on a pg.Pool client)",
+  };
+  for (const group of ["prisma", "prisma-named", "pg"] as const) {
+    if (!cases.some((c) => c.group === group)) continue;
+    log(titles[group]);
     const rows: string[][] = [];
     for (const concurrency of CONCURRENCY) {
       for (const c of cases.filter((x) => x.group === group)) {
@@ -327,6 +491,12 @@ export async function idempotencyBench({ url, prisma, pool }: BenchContext) {
       `replay same process ${check(r("replay, same process"), 1.5)}, replay cold process ${check(r("replay, cold process"), 1.5)}`);
     log(`        txonce/pg:     first ${check(r("pg: withIdempotency, first execution"), 0.6)}, ` +
       `replay same process ${check(r("pg: replay, same process"), 1.5)}, replay cold process ${check(r("pg: replay, cold process"), 1.5)}`);
+    if (WHAT_IF) {
+      log(`        txonce/prisma, statementNameGenerator: first ${check(r("statementNameGenerator: withIdempotency, first execution"), 0.6)}, ` +
+        `replay cold process ${check(r("statementNameGenerator: replay, cold process"), 1.5)}`);
+      log(`        txonce/pg, preparedStatements: first ${check(r("pg: preparedStatements, first execution"), 0.6)}, ` +
+        `replay cold process ${check(r("pg: preparedStatements, replay cold process"), 1.5)}`);
+    }
   }
   log();
 
@@ -458,9 +628,9 @@ async function wakeUp(url: string, pool: pg.Pool, runTag: string) {
     const client = await pool.connect();
     try {
       await client.query("BEGIN");
-      await client.query(sql.claimKey, ["", key, null, 3600_000, lockId]);
+      const { rows: [claimed] } = await client.query(sql.claimKey, ["", key, null, 3600_000, lockId]);
       await sleep(holdMs);
-      await client.query(sql.saveResult, ["", key, '{"json":1}']);
+      await client.query(sql.saveResult, [claimed.ctid, '{"json":1}']);
       await client.query("COMMIT");
       return performance.now();
     } finally {

@@ -363,7 +363,7 @@ export function createIdempotency<Tx, TxOptions>(
   async function attemptOnce<T>(call: Call<Tx, TxOptions, T>, replaceExpired: boolean): Promise<Attempt<T>> {
     const { scope, key } = call;
     let began = false;
-    let claimed: { firstSeenAt: Date; expiresAt: Date; xact: string; answeredAt: number } | undefined;
+    let claimed: { ctid: string; firstSeenAt: Date; expiresAt: Date; xact: string; answeredAt: number } | undefined;
     let produced: { value: T; encoded: string } | undefined;
     /** The attempt committed: the caller's outcome, and the record for the cache and the calls waiting. */
     const ran = (): Attempt<T> => {
@@ -396,6 +396,7 @@ export function createIdempotency<Tx, TxOptions>(
         const row = rows[0];
         if (!row) throw new KeyTaken();
         claimed = {
+          ctid: String(row.ctid),
           firstSeenAt: toDate(row.created_at),
           expiresAt: toDate(row.expires_at),
           xact: String(row.xact),
@@ -403,11 +404,7 @@ export function createIdempotency<Tx, TxOptions>(
         };
         const value = await call.operation(tx);
         const encoded = codec.encode(value, "result");
-        try {
-          await inTransaction.query(sql.saveResult, [scope, key, encoded]);
-        } catch (error) {
-          throw classified(error, call, "save");
-        }
+        await save(inTransaction, call, claimed.ctid, encoded);
         produced = { value, encoded };
       }, call.transactionOptions);
       return ran();
@@ -458,16 +455,24 @@ export function createIdempotency<Tx, TxOptions>(
       const row = rows[0];
       if (row) {
         const value = await call.operation(tx);
-        const encoded = codec.encode(value, "result");
-        try {
-          await inTransaction.query(sql.saveResult, [call.scope, call.key, encoded]);
-        } catch (error) {
-          throw classified(error, call, "save");
-        }
+        await save(inTransaction, call, String(row.ctid), codec.encode(value, "result"));
         return { value, replayed: false, scope: call.scope, key: call.key, firstSeenAt: toDate(row.created_at), expiresAt: toDate(row.expires_at) };
       }
       const polled = await pollUntilDone(call, polls, { db: inTransaction, codeless: "lost", keep: false });
       if (polled) return replay(call, polled);
+    }
+  }
+
+  /**
+   * Stores the encoded result on the row the claim inserted, found by its ctid; by (scope, key)
+   * if the operation moved the row (it updated the key row itself).
+   */
+  async function save(inTransaction: SqlExecutor, call: Call<Tx, TxOptions, unknown>, ctid: string, encoded: string) {
+    try {
+      const [saved] = await inTransaction.query(sql.saveResult, [ctid, encoded]);
+      if (!saved) await inTransaction.query(sql.saveResultByKey, [call.scope, call.key, encoded]);
+    } catch (error) {
+      throw classified(error, call, "save");
     }
   }
 

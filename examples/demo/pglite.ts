@@ -6,10 +6,12 @@
  *
  * PGlite has a single connection, and pglite-prisma-adapter runs Prisma's interactive
  * transactions one at a time (a transaction waits for the previous one to end; so does a query
- * outside a transaction). So a concurrent duplicate does not wait on the key's row lock as it
- * would on a PostgreSQL server: it waits to begin, then finds the key taken and replays. It also
- * means an operation must only use `tx`: a query on `prisma` inside it would wait for its own
- * transaction forever.
+ * outside a transaction). A concurrent duplicate does not need it: as on a PostgreSQL server, it
+ * shares the first call's attempt in the txonce instance (holding no connection), and gets its
+ * result, or IdempotencyKeyInUseError after `lockTimeout`. Only a call through a second txonce
+ * instance on the same client would wait for the connection to begin (for up to the transaction's
+ * `maxWait`, not `lockTimeout`), then find the key taken and replay. It also means an operation
+ * must only use `tx`: a query on `prisma` inside it would wait for its own transaction forever.
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";

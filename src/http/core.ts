@@ -6,7 +6,13 @@
  */
 import { randomUUID } from "node:crypto";
 import type { Duration } from "../duration.js";
-import { IdempotencyKeyInUseError, IdempotencyKeyReusedError, InvalidArgumentError } from "../errors.js";
+import {
+  DatabaseUnavailableError,
+  IdempotencyKeyInUseError,
+  IdempotencyKeyReusedError,
+  InvalidArgumentError,
+  OutcomeUnknownError,
+} from "../errors.js";
 import type { IdempotencyOptions, IdempotencyOutcome, Operation } from "../idempotency.js";
 import { ResponseNotStorableError } from "./errors.js";
 import { parseIdempotencyKey } from "./idempotency-key.js";
@@ -123,11 +129,15 @@ export interface HttpIdempotencyOptions<Req, TxOptions = unknown> {
   maxResponseBytes?: number;
   /**
    * The start of the `type` URI of the problem responses (see docs/http.md): the type is this
-   * plus `idempotency-key-missing`, `-malformed`, `-in-use` or `-reused`.
+   * plus `idempotency-key-missing`, `-malformed`, `-in-use` or `-reused`, `database-unavailable`
+   * or `outcome-unknown`.
    * (Default: `"https://txonce.dev/problems/"`)
    */
   problemTypeBase?: string;
-  /** The `Retry-After` header of a 409 (key in use), in seconds. (Default: `1`) */
+  /**
+   * The `Retry-After` header, in seconds, of a 409 (key in use) and of a 503 (database unavailable,
+   * outcome unknown). (Default: `1`)
+   */
   retryAfterSeconds?: number;
   /** How long a response is stored and replayed for; the txonce instance's option. (Default: the instance's, `"48h"`) */
   retention?: Duration;
@@ -190,7 +200,9 @@ export function checkHttpOptions<Req, TxOptions>(options: HttpIdempotencyOptions
  * Handles one request on an idempotent route and returns the response to send:
  * the handler's response (stored unless it is a 5xx, or a 4xx with `storeClientErrors: false`),
  * the stored response of an earlier request with the same key (with `Idempotent-Replayed: true`),
- * or a problem response (400 missing or malformed key, 409 key in use, 422 key reused).
+ * or a problem response (400 missing or malformed key, 409 key in use, 422 key reused, 503 when
+ * the database failed under txonce's own statements for this key: nothing committed, or the outcome
+ * of the commit unknown; a retry with the same key is safe either way).
  *
  * Rejects with what the handler threw (after the rollback), with a
  * {@link ResponseNotStorableError}, or with a database error: the adapter hands those to the
@@ -284,6 +296,36 @@ export async function handleIdempotentRequest<Req, Tx, TxOptions>(
     }
     if (error instanceof InvalidArgumentError && error.argument === "key" && !handlerStarted) {
       return problemReply(problem(base, problemTypes.keyMalformed, 400, `Invalid Idempotency-Key header: the key ${error.reason}.`));
+    }
+    // The database failed under txonce's own statements for this request's key (not under a
+    // call the handler made itself): either nothing was committed, or the commit's outcome is
+    // unknown; in both cases the client's retry with the same key is safe.
+    const ours = (e: { scope: string; key: string }) => e.key === key && e.scope === (scope ?? "");
+    const retryAfter = { "retry-after": String(options.retryAfterSeconds ?? 1) };
+    if (error instanceof OutcomeUnknownError && ours(error)) {
+      return problemReply(
+        problem(
+          base,
+          problemTypes.outcomeUnknown,
+          503,
+          "The connection to the database was lost while this request was being committed, and whether it committed " +
+            "could not be checked. Retrying with the same Idempotency-Key is safe: if it committed, the retry returns " +
+            "its response; if not, the retry processes it.",
+        ),
+        retryAfter,
+      );
+    }
+    if (error instanceof DatabaseUnavailableError && ours(error)) {
+      return problemReply(
+        problem(
+          base,
+          problemTypes.databaseUnavailable,
+          503,
+          "The database was not available to process this request, and nothing of it was committed. " +
+            "Retry with the same Idempotency-Key.",
+        ),
+        retryAfter,
+      );
     }
     throw error;
   }

@@ -1,6 +1,7 @@
 /**
  * RFC 9457 problem details (`application/problem+json`) for the answers the idempotency layer
- * gives by itself: a missing or malformed key (400), a key in use (409), a reused key (422).
+ * gives by itself: a missing or malformed key (400), a key in use (409), a reused key (422), the
+ * database unavailable or the outcome of a commit unknown (503).
  * Each has a `type` URI documented in docs/http.md.
  */
 
@@ -14,6 +15,10 @@ export const problemTypes = {
   keyInUse: "idempotency-key-in-use",
   /** 422: the key was already used for a different request. */
   keyReused: "idempotency-key-reused",
+  /** 503: the database could not serve txonce's own statements; nothing was committed. */
+  databaseUnavailable: "database-unavailable",
+  /** 503: COMMIT got no answer and whether it committed could not be looked up. */
+  outcomeUnknown: "outcome-unknown",
 } as const;
 
 export type ProblemType = (typeof problemTypes)[keyof typeof problemTypes];
@@ -30,6 +35,8 @@ const titles: Record<ProblemType, string> = {
   "idempotency-key-malformed": "Idempotency-Key header malformed",
   "idempotency-key-in-use": "Idempotency key in use",
   "idempotency-key-reused": "Idempotency key reused with a different request",
+  "database-unavailable": "Database unavailable",
+  "outcome-unknown": "Outcome of the request unknown",
 };
 
 /** An RFC 9457 problem details object. */

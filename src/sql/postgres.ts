@@ -12,8 +12,9 @@ export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
  * Claims a key: the first statement of the idempotent transaction, and the only one it needs
  * before the operation. It never waits for another call: it takes the key's transaction-level
  * advisory lock only if it is free at once, and only then inserts the key row. Returns the row's
- * `created_at` and `expires_at`, with `xact`, the transaction's id, with which the outcome of a
- * COMMIT that got no answer can be looked up afterwards ({@link transactionStatus}). Returns no
+ * `ctid` (where {@link saveResult} finds it again), `created_at` and `expires_at`, with `xact`, the
+ * transaction's id, with which the outcome of a COMMIT that got no answer can be looked up
+ * afterwards ({@link transactionStatus}). Returns no
  * row when the key is taken: another transaction holds its lock (a call running the operation,
  * or one replacing an expired record), or a row exists; the caller rolls back and asks
  * {@link pollKey} which, outside any transaction. A live record is left alone (no row lock, no
@@ -26,7 +27,11 @@ export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
  *
  * Kept to one plain INSERT on purpose: parsing and planning dominate this statement's server
  * time (bench/claim-sql.ts: a version that also returned the live record in the same statement,
- * through CTEs and a UNION, cost about three times the server CPU).
+ * through CTEs and a UNION, cost about three times the server CPU). And an INSERT rather than a
+ * SELECT of the lock and the live record (with the row inserted by the save): a SELECT's snapshot
+ * is taken before its lock, so it misses a record committed in between and the operation would run
+ * a second time; and under SERIALIZABLE its read of the key index makes concurrent first
+ * executions fail each other (bench/claim-races.ts, docs/benchmarks.md).
  *
  * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms, $5 the key's advisory lock
  * id (a bigint, see `keyLockId` in idempotency.ts).
@@ -36,7 +41,7 @@ INSERT INTO ${IDEMPOTENCY_TABLE} (scope, key, fingerprint, expires_at)
 SELECT $1::text, $2::text, $3::text, now() + $4::double precision * interval '1 millisecond'
 WHERE pg_try_advisory_xact_lock($5::bigint)
 ON CONFLICT (scope, key) DO NOTHING
-RETURNING created_at, expires_at, pg_current_xact_id()::text AS xact`;
+RETURNING ctid::text AS ctid, created_at, expires_at, pg_current_xact_id()::text AS xact`;
 
 /**
  * {@link claimKey} that also replaces the key's row if it has expired (the conflicting row is
@@ -49,27 +54,38 @@ WHERE pg_try_advisory_xact_lock($5::bigint)
 ON CONFLICT (scope, key) DO UPDATE
   SET fingerprint = excluded.fingerprint, result = NULL, created_at = now(), expires_at = excluded.expires_at
   WHERE k.expires_at <= now()
-RETURNING k.created_at, k.expires_at, pg_current_xact_id()::text AS xact`;
+RETURNING k.ctid::text AS ctid, k.created_at, k.expires_at, pg_current_xact_id()::text AS xact`;
 
 /**
  * Where a taken key stands, in one statement outside any transaction: its live record if one is
  * committed (`free` is then null), else whether its advisory lock is free at this instant (taken
- * and, the statement being its own transaction, released at once). A row only becomes visible
- * when the transaction that claimed it commits, and that transaction writes the result before it
- * commits, so a visible live row always holds a result. `db_now` is the database's clock, for
- * the in-process cache. $1 scope, $2 key, $3 the key's advisory lock id.
+ * and, the statement being its own transaction, released at once; the CASE tries it only when
+ * there is no live record). A row only becomes visible when the transaction that claimed it
+ * commits, and that transaction writes the result before it commits, so a visible live row always
+ * holds a result. `db_now` is the database's clock, for the in-process cache. A LEFT JOIN rather
+ * than a CTE: about a fifth less server time (bench/claim-sql.ts). $1 scope, $2 key, $3 the key's
+ * advisory lock id.
  */
 export const pollKey = `
-WITH live AS MATERIALIZED (
-  SELECT fingerprint, result, created_at, expires_at FROM ${IDEMPOTENCY_TABLE}
-  WHERE scope = $1::text AND key = $2::text AND expires_at > now()
-)
-SELECT live.fingerprint, live.result, live.created_at, live.expires_at, now() AS db_now,
-  (SELECT pg_try_advisory_xact_lock($3::bigint) WHERE NOT EXISTS (SELECT FROM live)) AS free
-FROM (SELECT) AS one LEFT JOIN live ON true`;
+SELECT k.fingerprint, k.result, k.created_at, k.expires_at, now() AS db_now,
+  CASE WHEN k.created_at IS NULL THEN pg_try_advisory_xact_lock($3::bigint) END AS free
+FROM (SELECT) AS one
+LEFT JOIN ${IDEMPOTENCY_TABLE} AS k ON k.scope = $1::text AND k.key = $2::text AND k.expires_at > now()`;
 
-/** Stores the encoded result on the claimed row. $1 scope, $2 key, $3 encoded result. */
+/**
+ * Stores the encoded result on the row the claim inserted, found by its `ctid` (a TID scan): no
+ * index is read, so under SERIALIZABLE the save takes no predicate lock on the key index, and
+ * concurrent first executions of different keys do not make each other fail with a serialization
+ * error, as a lookup by (scope, key) did (bench/claim-sql.ts and docs/benchmarks.md: 8-36% of
+ * them at 8 at a time, none by ctid); it is also cheaper. Returns no row if the row is no longer
+ * at that ctid (the operation changed the key row itself): the caller then sends
+ * {@link saveResultByKey}. $1 the claim's ctid, $2 encoded result.
+ */
 export const saveResult = `
+UPDATE ${IDEMPOTENCY_TABLE} SET result = $2::text WHERE ctid = $1::tid RETURNING true AS saved`;
+
+/** {@link saveResult} by (scope, key). $1 scope, $2 key, $3 encoded result. */
+export const saveResultByKey = `
 UPDATE ${IDEMPOTENCY_TABLE} SET result = $3::text WHERE scope = $1::text AND key = $2::text`;
 
 /**

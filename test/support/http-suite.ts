@@ -8,9 +8,12 @@
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { PrismaPg } from "@prisma/adapter-pg";
 import type { HttpIdempotencyOptions, IdempotentResponse } from "../../src/http/core.js";
 import { txonce } from "../../src/adapters/prisma.js";
+import { PrismaClient } from "../../generated/prisma/client.js";
 import { createTestDatabase, type TestDatabase } from "./database.js";
+import { startFaultProxy, type FaultProxy } from "./fault-proxy.js";
 
 export type Prisma = TestDatabase["prisma"];
 export type Tx = Parameters<Parameters<Prisma["$transaction"]>[0]>[0];
@@ -226,15 +229,17 @@ export function httpSuite(framework: string, startServer: StartServer, traits: S
   });
 
   /** Sends `body` as JSON, or `form` as `application/x-www-form-urlencoded` (parsed by the framework's form parser). */
-  async function post(path: string, { key, body = {}, form, account = "acc_a", method = "POST", headers = {} }: {
+  async function post(path: string, { key, body = {}, form, account = "acc_a", method = "POST", headers = {}, to = server }: {
     key?: string;
     body?: unknown;
     form?: string;
     account?: string;
     method?: string;
     headers?: Record<string, string>;
+    /** The server to send it to. (Default: the suite's) */
+    to?: { url: string };
   } = {}) {
-    const response = await fetch(server.url + path, {
+    const response = await fetch(to.url + path, {
       method,
       headers: {
         "content-type": form === undefined ? "application/json" : "application/x-www-form-urlencoded",
@@ -603,6 +608,68 @@ export function httpSuite(framework: string, startServer: StartServer, traits: S
       expect(second.status).toBe(201);
       expect(second.headers.get("idempotent-replayed")).toBeNull();
       expect(second.json.id).not.toBe(first.json.id);
+    });
+  });
+
+  describe(`${framework}: 503 when the database fails under txonce's own statements`, () => {
+    // A second server whose txonce reaches the database through a proxy that cuts the connection
+    // at COMMIT (test/support/fault-proxy.ts); one connection, so that a cut one is not replaced
+    // by an idle one already open.
+    let proxy: FaultProxy;
+    let faulty: { url: string; close(): Promise<void> };
+    let client: PrismaClient;
+    beforeAll(async () => {
+      proxy = await startFaultProxy(db.url);
+      const ignore = () => {};
+      client = new PrismaClient({ adapter: new PrismaPg({ connectionString: proxy.url, max: 1 }, { onPoolError: ignore, onConnectionError: ignore }) });
+      faulty = await startServer({
+        txonce: txonce(client, { lockTimeout: "1s", replayCache: false }),
+        defaults: { scope: (req: { headers: Record<string, unknown> }) => req.headers["x-account"] as string | undefined },
+        routes,
+      });
+    });
+    afterAll(async () => {
+      await faulty?.close();
+      await client?.$disconnect();
+      await proxy?.close();
+    });
+
+    test("COMMIT cut before it reached the server: 503 database-unavailable with Retry-After, nothing stored; the retry runs", async () => {
+      const key = newKey();
+      const before = (await chargeRows()).length;
+      const cut = proxy.arm("COMMIT", "cut-before");
+      const response = await post("/charges", { key: quoted(key), body: { amount: "1.00" }, to: faulty });
+      await cut;
+      expect(response.status).toBe(503);
+      expect(response.headers.get("content-type")).toBe("application/problem+json");
+      expect(response.headers.get("retry-after")).toBe("1");
+      expect(response.json).toMatchObject({ type: "https://txonce.dev/problems/database-unavailable", status: 503 });
+      expect(await keyRow(key)).toEqual([]);
+      expect((await chargeRows()).length).toBe(before);
+      const retry = await post("/charges", { key: quoted(key), body: { amount: "1.00" }, to: faulty });
+      expect(retry.status).toBe(201);
+      expect(retry.headers.get("idempotent-replayed")).toBeNull();
+      expect((await chargeRows()).length).toBe(before + 1);
+    });
+
+    test("COMMIT ran but its answer was lost and the outcome cannot be looked up: 503 outcome-unknown; the retry replays", async () => {
+      const key = newKey();
+      const before = (await chargeRows()).length;
+      const cut = proxy.arm("COMMIT", "cut-after-answer");
+      void cut.then(() => proxy.refuseConnections(true));
+      const response = await post("/charges", { key: quoted(key), body: { amount: "1.00" }, to: faulty });
+      proxy.refuseConnections(false);
+      expect(response.status).toBe(503);
+      expect(response.headers.get("content-type")).toBe("application/problem+json");
+      expect(response.headers.get("retry-after")).toBe("1");
+      expect(response.json).toMatchObject({ type: "https://txonce.dev/problems/outcome-unknown", status: 503 });
+      expect(response.json.detail).toMatch(/same Idempotency-Key is safe/);
+      // It had committed: the retry returns the stored response and charges nothing more.
+      expect((await chargeRows()).length).toBe(before + 1);
+      const retry = await post("/charges", { key: quoted(key), body: { amount: "1.00" }, to: faulty });
+      expect(retry.status).toBe(201);
+      expect(retry.headers.get("idempotent-replayed")).toBe("true");
+      expect((await chargeRows()).length).toBe(before + 1);
     });
   });
 }
