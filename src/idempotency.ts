@@ -203,6 +203,27 @@ interface Flight {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+const TIMED_OUT = Symbol("timed out");
+
+/**
+ * The query's answer, or {@link TIMED_OUT} once `ms` have passed without one: a driver whose
+ * connection hangs (no answer, no error) must not hold the call past its deadline. The query
+ * goes on by itself; a late failure of it is ignored.
+ */
+async function within<T>(query: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<typeof TIMED_OUT>((resolve) => {
+    timer = setTimeout(resolve, Math.max(0, ms), TIMED_OUT);
+    timer.unref();
+  });
+  query.catch(() => {});
+  try {
+    return await Promise.race([query, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * The idempotency algorithm over any {@link Database}. Adapters call this; users call
  * `txonce(prisma)` from `txonce/prisma` or `txonce(pool)` from `txonce/pg`.
@@ -488,7 +509,12 @@ export function createIdempotency<Tx, TxOptions>(
     for (let attempt = 1; ; attempt++) {
       let row: Row | undefined;
       try {
-        [row] = await db.query(sql.transactionStatus, [claimed.xact, call.scope, call.key, claimed.firstSeenAt]);
+        const rows = await within(
+          db.query(sql.transactionStatus, [claimed.xact, call.scope, call.key, claimed.firstSeenAt]),
+          deadline - Date.now(),
+        );
+        if (rows === TIMED_OUT) return "unknown";
+        [row] = rows;
       } catch {
         return "unknown";
       }

@@ -269,6 +269,21 @@ describe.each(Object.entries(adapters))("%s", (_name, make) => {
     expect(await charges(value)).toBe(1);
   });
 
+  test("cut after the server ran COMMIT and a look-up that never gets an answer: OutcomeUnknownError once lockTimeout has passed, not a hang", async () => {
+    const key = newKey("unknown-stalled");
+    const value = nextAmount();
+    const cut = proxy.arm(subject.commit ?? "COMMIT", "cut-after-answer");
+    void cut.then(() => proxy.stallConnections(true));
+    const error = await subject.t
+      .withIdempotency(key, (tx) => subject.charge(tx, value), { lockTimeout: 300 })
+      .catch((e: unknown) => e)
+      .finally(() => proxy.stallConnections(false));
+    expect(error).toBeInstanceOf(OutcomeUnknownError);
+    expect(await charges(value)).toBe(1);
+    const retried = await subject.t.withIdempotencyOutcome(key, (tx) => subject.charge(tx, value));
+    expect(retried.replayed).toBe(true);
+  });
+
   test.for([
     ["after the server ran COMMIT", "cut-after-answer", true],
     ["before COMMIT reached the server", "cut-before", false],

@@ -25,6 +25,11 @@ export interface FaultProxy {
   arm(marker: string, fault: Fault): Promise<void>;
   /** While on, new connections are accepted and closed at once. */
   refuseConnections(on: boolean): void;
+  /**
+   * While on, new connections are accepted and never answered (a hung network path); turning it
+   * off closes the connections held so far, so their clients get an error instead of waiting.
+   */
+  stallConnections(on: boolean): void;
   close(): Promise<void>;
 }
 
@@ -33,6 +38,8 @@ export async function startFaultProxy(url: string): Promise<FaultProxy> {
   const upstream = { host: target.hostname, port: Number(target.port || 5432) };
   let armed: { marker: Buffer; fault: Fault; applied: () => void } | undefined;
   let refusing = false;
+  let stalling = false;
+  const stalled = new Set<net.Socket>();
   const sockets = new Set<net.Socket>();
 
   const server = net.createServer((client) => {
@@ -41,6 +48,10 @@ export async function startFaultProxy(url: string): Promise<FaultProxy> {
     client.on("error", () => {});
     if (refusing) {
       client.destroy();
+      return;
+    }
+    if (stalling) {
+      stalled.add(client); // held open, read and never answered
       return;
     }
     const backend = net.connect(upstream);
@@ -99,6 +110,13 @@ export async function startFaultProxy(url: string): Promise<FaultProxy> {
       }),
     refuseConnections: (on) => {
       refusing = on;
+    },
+    stallConnections: (on) => {
+      stalling = on;
+      if (!on) {
+        for (const socket of stalled) socket.destroy();
+        stalled.clear();
+      }
     },
     close: async () => {
       for (const socket of sockets) socket.destroy();
