@@ -326,37 +326,61 @@ describe.each(adapterRows)("$name", (row) => {
     expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE topic = $1", [topic])).rows[0].n).toBe(0);
   });
 
-  test("outbox: a message enqueued in the business transaction is published after commit; a rolled-back one never", async () => {
-    const t = subject.txonce();
-    const topic = `${scope}.created`;
-    const received: OutboxMessage[] = [];
-    const relay = t.outbox.relay({ publisher: async (m) => void (m.topic.startsWith(scope) && received.push(m)), pollInterval: 20 });
-    await relay.start();
-    try {
-      const charge = await t.withIdempotency(newKey("outbox"), async (tx) => {
-        const created = await subject.charge(tx, newAmount());
-        await t.outbox.enqueue(tx, { topic, key: "acc", payload: { chargeId: created.id, at: new Date(0) } });
-        return created;
-      }, { scope });
-      await subject.transaction((tx) => t.outbox.enqueue(tx, { topic, payload: "in the library's own transaction" }));
-      await expect(
-        subject.transaction(async (tx) => {
-          await t.outbox.enqueue(tx, { topic, payload: "rolled back" });
-          throw new Error("abort");
-        }),
-      ).rejects.toThrow("abort");
-      const deadline = Date.now() + 10_000;
-      while (received.length < 2 && Date.now() < deadline) await sleep(20);
-      await sleep(60);
-      // Messages without a common key are published in any order.
-      expect(received.map((m) => m.payload)).toHaveLength(2);
-      expect(received.map((m) => m.payload)).toEqual(
-        expect.arrayContaining([{ chargeId: charge.id, at: new Date(0) }, "in the library's own transaction"]),
-      );
-    } finally {
-      await relay.stop();
-    }
-  });
+  test.each([false, true])(
+    "outbox (deleteOnPublish: %s): a message enqueued in the business transaction is published after commit and marked published (or deleted); a rolled-back one never",
+    async (deleteOnPublish) => {
+      const t = subject.txonce({ outbox: { deleteOnPublish } });
+      const topic = `${scope}.created.${deleteOnPublish}`;
+      const received: OutboxMessage[] = [];
+      const errors: unknown[] = [];
+      const relay = t.outbox.relay({
+        publisher: async (m) => void (m.topic === topic && received.push(m)),
+        pollInterval: 20,
+        logger: false,
+        onError: (error) => errors.push(error),
+      });
+      const rowsOf = async () =>
+        (await db.pool.query("SELECT published_at, lease_token FROM txonce_outbox_messages WHERE topic = $1", [topic])).rows;
+      await relay.start();
+      try {
+        const charge = await t.withIdempotency(newKey("outbox"), async (tx) => {
+          const created = await subject.charge(tx, newAmount());
+          await t.outbox.enqueue(tx, { topic, key: "acc", payload: { chargeId: created.id, at: new Date(0) } });
+          return created;
+        }, { scope });
+        await subject.transaction((tx) => t.outbox.enqueue(tx, { topic, payload: "in the library's own transaction" }));
+        await expect(
+          subject.transaction(async (tx) => {
+            await t.outbox.enqueue(tx, { topic, payload: "rolled back" });
+            throw new Error("abort");
+          }),
+        ).rejects.toThrow("abort");
+        // Published, then recorded: marked published (or deleted), the lease let go.
+        const recorded = async () => {
+          const rows = await rowsOf();
+          return deleteOnPublish ? rows.length === 0 : rows.length === 2 && rows.every((r) => r.published_at !== null && r.lease_token === null);
+        };
+        const deadline = Date.now() + 10_000;
+        while ((received.length < 2 || !(await recorded())) && errors.length === 0 && Date.now() < deadline) await sleep(20);
+        await sleep(60);
+        expect(errors).toEqual([]);
+        // Messages without a common key are published in any order.
+        expect(received.map((m) => m.payload)).toHaveLength(2);
+        expect(received.map((m) => m.payload)).toEqual(
+          expect.arrayContaining([{ chargeId: charge.id, at: new Date(0) }, "in the library's own transaction"]),
+        );
+        const rows = await rowsOf();
+        if (deleteOnPublish) expect(rows).toEqual([]);
+        else expect(rows).toEqual([
+          { published_at: expect.any(Date), lease_token: null },
+          { published_at: expect.any(Date), lease_token: null },
+        ]);
+        await expect(t.outbox.backlog()).resolves.toMatchObject({ pending: 0, dead: 0 });
+      } finally {
+        await relay.stop();
+      }
+    },
+  );
 
   test("cleanup deletes expired records and keeps live ones", async () => {
     const prefix = `${scope}-cleanup`;

@@ -300,16 +300,18 @@ RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.hea
  * attempts to add: 1 once it was handed to the publisher) and `outcome`: null (still publishing),
  * 'published', 'failed' (retried after `backoff_ms`, with `error`), 'dead' (with `error`), or
  * 'released' (handed back unattempted). (One JSON text rather than six arrays: drivers that map
- * each array element, Prisma's among them, spend far less on one string.) Published messages are
- * deleted instead when $2 is true (deleteOnPublish). A message whose lease this relay no longer
- * holds is left alone; one that another relay's claim has locked right now is skipped rather than
- * waited for (its lease ran out, so that claim takes it over, or the claim lets go of it within
- * its statement). Returns the ids it changed (status 'recorded') and those it skipped while they
- * were locked (status 'busy').
+ * each array element, Prisma's among them, spend far less on one string. It is bound as text and
+ * cast to json in SQL: a parameter typed json would be serialized again by postgres.js, which
+ * JSON-encodes whatever it binds to a json parameter, a string included, so json_to_recordset got
+ * a JSON string.) Published messages are deleted instead when $2 is true (deleteOnPublish). A
+ * message whose lease this relay no longer holds is left alone; one that another relay's claim has
+ * locked right now is skipped rather than waited for (its lease ran out, so that claim takes it
+ * over, or the claim lets go of it within its statement). Returns the ids it changed (status
+ * 'recorded') and those it skipped while they were locked (status 'busy').
  */
 export const recordProgress = `
 WITH progress AS MATERIALIZED (
-  SELECT * FROM json_to_recordset($1::json)
+  SELECT * FROM json_to_recordset($1::text::json)
     AS p(id uuid, token uuid, charge integer, outcome text, error text, backoff_ms double precision)
 ), held AS MATERIALIZED (
   SELECT m.id FROM ${OUTBOX_TABLE} m
