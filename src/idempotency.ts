@@ -17,7 +17,7 @@ import type { Database, Row, SqlExecutor } from "./executor.js";
 import { fingerprintOf } from "./fingerprint.js";
 import { backoffPolicy } from "./outbox/backoff.js";
 import { RecordCache, type StoredRecord } from "./record-cache.js";
-import * as sql from "./sql/postgres.js";
+import { statementsFor, type Statements } from "./sql/statements.js";
 import { connectionFailureOf, isCodelessDriverError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
 import { idempotencyTelemetry, LockWait } from "./telemetry/idempotency.js";
 import type { TelemetryOptions } from "./telemetry/options.js";
@@ -240,7 +240,10 @@ async function within<T>(query: Promise<T>, ms: number): Promise<T | typeof TIME
 export function createIdempotency<Tx, TxOptions>(
   db: Database<Tx, TxOptions>,
   defaults: IdempotencyDefaults<TxOptions> = {},
+  /** The statements of the schema the tables are in (the `schema` option). (Default: unqualified) */
+  sql: Statements = statementsFor(),
 ): Idempotency<Tx, TxOptions> {
+  const lookup = { db, statements: sql };
   const maxKeyLength = defaults.maxKeyLength ?? DEFAULT_MAX_KEY_LENGTH;
   if (!Number.isInteger(maxKeyLength) || maxKeyLength < 1) {
     throw new InvalidArgumentError("maxKeyLength", `expected a positive integer, got ${String(maxKeyLength)}`);
@@ -320,7 +323,7 @@ export function createIdempotency<Tx, TxOptions>(
       startedAt,
       deadline: startedAt + lockTimeoutMs,
       lockTimeoutMs,
-      lockId: keyLockId(scope, key),
+      lockId: keyLockId(scope, key, sql.schema),
       wait,
     };
   }
@@ -407,6 +410,7 @@ export function createIdempotency<Tx, TxOptions>(
               call.retentionMs,
               call.lockId,
             ]),
+            lookup,
           );
         } catch (error) {
           // Under REPEATABLE READ or SERIALIZABLE, a record committed after this transaction's
@@ -469,6 +473,7 @@ export function createIdempotency<Tx, TxOptions>(
       try {
         rows = await withSchemaCheck(
           inTransaction.query(sql.claimExpiredKey, [call.scope, call.key, call.fingerprint, call.retentionMs, call.lockId]),
+          lookup,
         );
       } catch (error) {
         throw classified(error, call, "claim");
@@ -549,7 +554,7 @@ export function createIdempotency<Tx, TxOptions>(
       }
       let rows: Row[];
       try {
-        rows = await withSchemaCheck(on.db.query(sql.pollKey, [call.scope, call.key, call.lockId]));
+        rows = await withSchemaCheck(on.db.query(sql.pollKey, [call.scope, call.key, call.lockId]), lookup);
       } catch (error) {
         throw classified(error, call, "poll", on.codeless);
       }
@@ -666,12 +671,14 @@ const toDate = (value: unknown) => new Date(value as Date | string);
 /**
  * The id of the transaction-level advisory lock that a claim of (scope, key) takes: the first 64
  * bits of a SHA-256 of the pair, the scope's length first so that no two pairs encode alike,
- * under a prefix of txonce's keys (the outbox's locks hash `txonce.outbox:` keys). Computed here
- * rather than in SQL to keep the claim statement cheap to parse. A collision with another lock
- * only makes a call wait for a call it did not need to wait for.
+ * under a prefix of txonce's keys (the outbox's locks hash `txonce.outbox:` keys), and with the
+ * `schema` option when there is one, so that the same key in two schemas' tables takes two locks.
+ * Computed here rather than in SQL to keep the claim statement cheap to parse. A collision with
+ * another lock only makes a call wait for a call it did not need to wait for.
  */
-function keyLockId(scope: string, key: string): string {
-  const digest = createHash("sha256").update(`txonce.key:${scope.length}:${scope}${key}`).digest();
+function keyLockId(scope: string, key: string, schema: string | undefined): string {
+  const prefix = schema === undefined ? "txonce.key:" : `txonce.key:${schema.length}:${schema}:`;
+  const digest = createHash("sha256").update(`${prefix}${scope.length}:${scope}${key}`).digest();
   return digest.readBigInt64BE(0).toString();
 }
 

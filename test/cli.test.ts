@@ -118,7 +118,7 @@ test("Prisma's ?schema= picks the schema the tables are in (quoted: a name with 
   url.searchParams.set("schema", "nowhere");
   const missing = await txonceCli(["cleanup"], { DATABASE_URL: url.toString() });
   expect(missing.code).toBe(1);
-  expect(lastLine(missing.stderr)).toMatch(/The txonce tables are not in this database.*\(looked in schema "nowhere" \(the URL's \?schema=\)\)$/);
+  expect(lastLine(missing.stderr)).toMatch(/The txonce tables are not in schema "nowhere" of this database \(found in schema .*"public".*: pass \{ schema: "[^"]+" \}\)/);
   await db.pool.query(`DROP SCHEMA "${schema}" CASCADE`);
 });
 

@@ -3,7 +3,10 @@
  * explicitly, so that drivers that send untyped parameters (Prisma's raw queries, PGlite) bind
  * them the same way as node-postgres.
  *
- * The tables are created by the migration in `prisma/migrations/` (see `schema.ts`).
+ * The tables are created by the migration in `prisma/migrations/` (see `schema.ts`). Their names
+ * are written unqualified (found on the connection's search_path), and `current_schema()` stands
+ * for the schema of txonce's tables in lock ids: `statementsFor(schema)` (statements.ts) qualifies
+ * both for the `schema` option. Everything that runs these statements gets them from there.
  */
 
 export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
@@ -129,6 +132,17 @@ SELECT count(*)::integer AS expired FROM ${IDEMPOTENCY_TABLE} WHERE expires_at <
  */
 export const tryCleanupLock = `
 SELECT pg_try_advisory_xact_lock(hashtext('txonce.cleanup:' || current_database() || ':' || current_schema())) AS locked`;
+
+/**
+ * Where txonce's tables are, when a statement did not find them: the schema searched
+ * (`current_schema()`, the first schema of the search_path that exists, or the `schema` option)
+ * and every schema that has a table named $1, comma-separated.
+ */
+export const locateTables = `
+SELECT current_schema() AS searched, (
+  SELECT string_agg(n.nspname, ',' ORDER BY n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relname = $1::text AND c.relkind IN ('r', 'p')
+) AS found`;
 
 export const OUTBOX_TABLE = "txonce_outbox_messages";
 /** The channel the enqueueing transaction notifies on commit; relays LISTEN on it. */
