@@ -65,6 +65,36 @@ test("CALL txonce_cleanup() (for pg_cron) deletes expired keys and old published
   expect(rows[0]).toEqual({ keys: 10, messages: 12 });
 });
 
+test("CALL app.txonce_cleanup(schema_name => 'app') cleans the tables of schema app from a session whose search_path does not have it", async () => {
+  const setup = await db.pool.connect();
+  try {
+    await setup.query("CREATE SCHEMA proc_app; SET search_path TO proc_app");
+    await setup.query(schemaSql);
+  } finally {
+    await setup.query("RESET search_path");
+    setup.release();
+  }
+  try {
+    for (const table of ["proc_app.txonce_idempotency_keys", "txonce_idempotency_keys"]) {
+      await db.pool.query(`INSERT INTO ${table} (scope, key, result, expires_at)
+        SELECT 'proc-schema', 'old-' || i, 'x', now() - interval '1 hour' FROM generate_series(1, 1500) i`);
+    }
+    await db.pool.query(`INSERT INTO proc_app.txonce_outbox_messages (id, topic, payload, published_at)
+      SELECT gen_random_uuid(), 't', 'p', now() - interval '8 days' FROM generate_series(1, 3)`);
+    await db.pool.query("CALL proc_app.txonce_cleanup(1000, schema_name => 'proc_app')");
+    const { rows } = await db.pool.query(`SELECT
+      (SELECT count(*)::int FROM proc_app.txonce_idempotency_keys) AS app_keys,
+      (SELECT count(*)::int FROM proc_app.txonce_outbox_messages) AS app_messages,
+      (SELECT count(*)::int FROM txonce_idempotency_keys WHERE scope = 'proc-schema') AS public_keys`);
+    expect(rows[0]).toEqual({ app_keys: 0, app_messages: 0, public_keys: 1500 });
+    // Without schema_name, the names are found on the search_path, as before the parameter existed.
+    await expect(db.pool.query("CALL proc_app.txonce_cleanup()")).resolves.toBeDefined();
+    expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys WHERE scope = 'proc-schema'")).rows[0].n).toBe(0);
+  } finally {
+    await db.pool.query("DROP SCHEMA proc_app CASCADE");
+  }
+});
+
 test("the exported schemaSql is the migration files, inlined", async () => {
   const shipped = await shippedMigrations();
   expect(await readFile(join(root, "src", "sql", "schema.ts"), "utf8")).toBe(schemaModuleSource(shipped));
