@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, inject, test } from "vitest";
 import { migrations, schemaSql } from "../src/index.js";
+import { statementsFor } from "../src/sql/statements.js";
 import { txonce } from "../src/adapters/prisma.js";
 import { EMPTY_MIGRATION, migrationSqlFor } from "../scripts/prisma6/migration-sql.js";
 import { schemaModuleSource, shippedMigrations } from "../scripts/migrations.js";
@@ -93,6 +94,29 @@ test("CALL app.txonce_cleanup(schema_name => 'app') cleans the tables of schema 
   } finally {
     await db.pool.query("DROP SCHEMA proc_app CASCADE");
   }
+});
+
+test("statementsFor(schema) qualifies every table name of every statement, names the schema in lock ids and the channel; none is unqualified as written", () => {
+  const bare = /(?<![."])\btxonce_(idempotency_keys|outbox_messages)\b/g;
+  const asWritten = statementsFor();
+  const schema = "App$1"; // case kept, and a `$` that must not act as a replacement pattern
+  const qualified = statementsFor(schema);
+  expect(statementsFor(schema)).toBe(qualified); // made once
+  let statements = 0;
+  for (const [name, text] of Object.entries(asWritten)) {
+    if (typeof text !== "string" || name.endsWith("_TABLE") || name === "OUTBOX_CHANNEL") continue;
+    const made = (qualified as unknown as Record<string, string>)[name]!;
+    expect(made.match(bare), name).toBeNull();
+    expect(made.split(`"${schema}".txonce_`).length - 1, name).toBe(text.match(bare)?.length ?? 0);
+    expect(made, name).not.toContain("current_schema()");
+    if (text.includes("pg_notify(")) expect(made, name).toContain(`pg_notify('txonce_outbox:${schema}'`);
+    statements++;
+  }
+  expect(statements).toBeGreaterThan(15);
+  expect(qualified.tryCleanupLock).toContain(`':' || '${schema}'`);
+  expect(qualified.IDEMPOTENCY_TABLE).toBe("txonce_idempotency_keys"); // names in results stay plain
+  expect(qualified.OUTBOX_CHANNEL).toBe(`txonce_outbox:${schema}`);
+  expect(statementsFor("s".repeat(63)).OUTBOX_CHANNEL).toMatch(/^txonce_outbox:[0-9a-f]{40}$/); // within 63 bytes
 });
 
 test("the exported schemaSql is the migration files, inlined", async () => {

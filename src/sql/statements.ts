@@ -59,10 +59,11 @@ export function outboxChannel(schema: string | undefined): string {
 /** One statement for `schema`: tables qualified, the schema named in lock ids and the channel. */
 function qualify(text: string, schema: string): string {
   const quoted = quoteIdentifier(schema);
+  // Function replacements: a `$` in the schema name is not a replacement pattern.
   return text
     .replace(QUALIFIED, (name) => `${quoted}.${name}`)
-    .replaceAll("current_schema()", quoteLiteral(schema))
-    .replaceAll(`pg_notify('${unqualified.OUTBOX_CHANNEL}'`, `pg_notify(${quoteLiteral(outboxChannel(schema))}`);
+    .replaceAll("current_schema()", () => quoteLiteral(schema))
+    .replaceAll(`pg_notify('${unqualified.OUTBOX_CHANNEL}'`, () => `pg_notify(${quoteLiteral(outboxChannel(schema))}`);
 }
 
 const memo = new Map<string | undefined, Statements>();
