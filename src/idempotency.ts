@@ -9,6 +9,7 @@ import {
   InvalidArgumentError,
   NoConnectionError,
   OutcomeUnknownError,
+  SchemaNotInstalledError,
   TxonceError,
   type IdempotencyRecordInfo,
   type IdempotencyStep,
@@ -18,7 +19,7 @@ import { fingerprintOf } from "./fingerprint.js";
 import { backoffPolicy } from "./outbox/backoff.js";
 import { RecordCache, type StoredRecord } from "./record-cache.js";
 import { statementsFor, type Statements } from "./sql/statements.js";
-import { connectionFailureOf, isCodelessDriverError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
+import { connectionFailureOf, isCodelessDriverError, locatedSchemaError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
 import { idempotencyTelemetry, LockWait } from "./telemetry/idempotency.js";
 import type { TelemetryOptions } from "./telemetry/options.js";
 
@@ -410,7 +411,6 @@ export function createIdempotency<Tx, TxOptions>(
               call.retentionMs,
               call.lockId,
             ]),
-            lookup,
           );
         } catch (error) {
           // Under REPEATABLE READ or SERIALIZABLE, a record committed after this transaction's
@@ -435,6 +435,8 @@ export function createIdempotency<Tx, TxOptions>(
       return ran();
     } catch (error) {
       if (error instanceof KeyTaken) return { kind: "taken" };
+      // Where the tables are is looked up once the transaction has ended and let go of its connection.
+      if (error instanceof SchemaNotInstalledError) throw await locatedSchemaError(error, lookup);
       if (!began) throw classified(error, call, "begin", "unavailable");
       if (!produced || error instanceof TxonceError) throw error;
       // The operation ran and its result was saved: the failure is COMMIT's.

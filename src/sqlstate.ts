@@ -156,8 +156,7 @@ const LOOKUP_TIMEOUT_MS = 1000;
 /**
  * Awaits a query of txonce's own, turning "no such table/column" into {@link SchemaNotInstalledError}.
  * With `lookup`, the error names the schema searched and the schemas that hold txonce's tables
- * (one catalog query, bounded by a second: with a pool of one connection that the failed
- * statement's transaction still holds, it would wait for that connection).
+ * (see {@link locatedSchemaError}).
  */
 export async function withSchemaCheck<T>(query: Promise<T>, lookup?: SchemaLookup): Promise<T> {
   try {
@@ -165,10 +164,21 @@ export async function withSchemaCheck<T>(query: Promise<T>, lookup?: SchemaLooku
   } catch (error) {
     const state = sqlStateOf(error);
     if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) {
-      throw new SchemaNotInstalledError({ cause: error, ...(lookup && (await locate(lookup))) });
+      const missing = new SchemaNotInstalledError({ cause: error });
+      throw lookup ? await locatedSchemaError(missing, lookup) : missing;
     }
     throw error;
   }
+}
+
+/**
+ * The error again, naming the schema searched and the schemas that hold txonce's tables: one
+ * catalog query outside any transaction, bounded by a second (with a pool of one connection that
+ * a transaction still holds, it would wait for that connection). Send it after the failed
+ * statement's transaction has ended where that can be done.
+ */
+export async function locatedSchemaError(error: SchemaNotInstalledError, lookup: SchemaLookup): Promise<SchemaNotInstalledError> {
+  return new SchemaNotInstalledError({ cause: error.cause, ...(await locate(lookup)) });
 }
 
 async function locate({ db, statements }: SchemaLookup): Promise<{ schema?: string; searchPath?: boolean; foundIn?: string[] }> {
