@@ -23,7 +23,10 @@ import {
   type OutboxMessage,
   type Txonce,
 } from "../src/index.js";
+import { PrismaPg } from "@prisma/adapter-pg";
+import { PrismaClient } from "../generated/prisma/client.js";
 import { txonce as txoncePg } from "../src/adapters/pg.js";
+import { txonce as txoncePrisma } from "../src/adapters/prisma.js";
 import { adapterRows, pgPool, type Subject } from "./support/adapters.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { seedKeys } from "./support/seed.js";
@@ -609,6 +612,22 @@ describe("tables in another schema", () => {
         expect((error as Error).message, what).toMatch(/^The txonce tables are not in schema "nowhere" of this database \(found in schema "app", "app2": pass \{ schema: "app" \}\)/);
       }
     });
+  });
+
+  test("Prisma: the ?schema= of PrismaPg's connection string is the default too; PrismaPg's schema option wins over it", async () => {
+    const url = new URL(sdb.url);
+    url.searchParams.set("schema", "app2");
+    const ignore = () => {};
+    const fromUrl = new PrismaClient({ adapter: new PrismaPg({ connectionString: url.toString(), max: 1 }, { onPoolError: ignore }) });
+    const fromOption = new PrismaClient({ adapter: new PrismaPg({ connectionString: url.toString(), max: 1 }, { schema: "app", onPoolError: ignore }) });
+    try {
+      await txoncePrisma(fromUrl).withIdempotency("prisma-url", async () => "in app2", { scope: "url" });
+      await txoncePrisma(fromOption).withIdempotency("prisma-url", async () => "in app", { scope: "url" });
+      expect(await keyRowsIn("app2", "url", "prisma-url")).toEqual([{ result: expect.stringContaining("in app2") }]);
+      expect(await keyRowsIn("app", "url", "prisma-url")).toEqual([{ result: expect.stringContaining("in app") }]);
+    } finally {
+      await Promise.all([fromUrl.$disconnect(), fromOption.$disconnect()]);
+    }
   });
 
   test("without a schema, the error says the tables are not on the search_path and names the schemas that have them", async () => {
