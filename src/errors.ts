@@ -126,10 +126,14 @@ export class SchemaNotInstalledError extends TxonceError {
       foundIn.length > 0
         ? ` (found in schema ${foundIn.map((s) => JSON.stringify(s)).join(", ")}: pass { schema: ${JSON.stringify(foundIn[0])} })`
         : "";
+    // Found elsewhere: the fix is the option. Found nowhere: how to install them.
+    const install =
+      foundIn.length > 0
+        ? ""
+        : " With Prisma: `npx txonce init` adds txonce's models to your schema, then `npx prisma migrate dev --name txonce` " +
+          "creates them. Without Prisma: apply node_modules/txonce/prisma/migrations/*/migration.sql in order";
     super(
-      `The txonce tables are not ${schema === undefined && foundIn.length > 0 ? "on" : "in"} ${where}${elsewhere}. With Prisma: \`npx txonce init\` adds txonce's models ` +
-        "to your schema, then `npx prisma migrate dev --name txonce` creates them. Without Prisma: apply " +
-        "node_modules/txonce/prisma/migrations/*/migration.sql in order",
+      `The txonce tables are not ${schema === undefined && foundIn.length > 0 ? "on" : "in"} ${where}${elsewhere}.${install}`,
       options?.cause === undefined ? undefined : { cause: options.cause },
     );
     this.schema = schema;

@@ -393,5 +393,5 @@ test("a database without the txonce tables gives SchemaNotInstalledError", async
   // Looked up once the claim's transaction let go of the pool's one connection (not timed out
   // waiting for it): the schema searched and where the tables are.
   expect(error).toMatchObject({ schema: "empty_schema", foundIn: ["public"] });
-  expect((error as Error).message).toMatch(/^The txonce tables are not in schema "empty_schema" \(the connection's search_path\) of this database \(found in schema "public": pass \{ schema: "public" \}\)\. With Prisma/);
+  expect((error as Error).message).toMatch(/^The txonce tables are not in schema "empty_schema" \(the connection's search_path\) of this database \(found in schema "public": pass \{ schema: "public" \}\)\.$/);
 });
