@@ -390,4 +390,8 @@ test("a database without the txonce tables gives SchemaNotInstalledError", async
   expect(error).toBeInstanceOf(SchemaNotInstalledError);
   expect(error).toMatchObject({ code: "TXONCE_SCHEMA_NOT_INSTALLED" });
   expect((error as Error).cause).toBeDefined();
+  // Looked up once the claim's transaction let go of the pool's one connection (not timed out
+  // waiting for it): the schema searched and where the tables are.
+  expect(error).toMatchObject({ schema: "empty_schema", foundIn: ["public"] });
+  expect((error as Error).message).toMatch(/^The txonce tables are not in schema "empty_schema" \(the connection's search_path\) of this database \(found in schema "public": pass \{ schema: "public" \}\)\.$/);
 });

@@ -7,7 +7,7 @@
  * their lease, and an attempt whose charge was not written is not counted (never one too many).
  */
 import type { SqlExecutor } from "../executor.js";
-import * as sql from "../sql/postgres.js";
+import { statementsFor, type Statements } from "../sql/statements.js";
 import type { OutboxMessage } from "./message.js";
 
 /** How a publish ended; `released` = handed back without an attempt. */
@@ -36,6 +36,8 @@ export interface ProgressWriter {
 }
 
 export interface ProgressOptions {
+  /** The statements of the outbox table's schema. (Default: unqualified) */
+  sql?: Statements;
   deleteOnPublish: boolean;
   /** Called after a group was written, with the entries that had an outcome. */
   onWritten(ended: { message: OutboxMessage | { readonly id: string }; outcome: Outcome }[]): void;
@@ -48,6 +50,7 @@ export interface ProgressOptions {
 const BUSY_RETRY_MS = 10;
 
 export function progressWriter(db: SqlExecutor, options: ProgressOptions): ProgressWriter {
+  const sql = options.sql ?? statementsFor();
   let pending = new Map<string, Entry>();
   let writing: Promise<void> | undefined;
   let scheduled = false;
