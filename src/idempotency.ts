@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import { Codec, type CustomType } from "./codec.js";
 import { toMilliseconds, type Duration } from "./duration.js";
 import {
@@ -15,6 +14,7 @@ import {
 } from "./errors.js";
 import type { Database, Row, SqlExecutor } from "./executor.js";
 import { fingerprintOf } from "./fingerprint.js";
+import { keyLockId } from "./key-lock.js";
 import { backoffPolicy } from "./outbox/backoff.js";
 import { RecordCache, type StoredRecord } from "./record-cache.js";
 import * as sql from "./sql/postgres.js";
@@ -662,18 +662,6 @@ function classified(
 }
 
 const toDate = (value: unknown) => new Date(value as Date | string);
-
-/**
- * The id of the transaction-level advisory lock that a claim of (scope, key) takes: the first 64
- * bits of a SHA-256 of the pair, the scope's length first so that no two pairs encode alike,
- * under a prefix of txonce's keys (the outbox's locks hash `txonce.outbox:` keys). Computed here
- * rather than in SQL to keep the claim statement cheap to parse. A collision with another lock
- * only makes a call wait for a call it did not need to wait for.
- */
-function keyLockId(scope: string, key: string): string {
-  const digest = createHash("sha256").update(`txonce.key:${scope.length}:${scope}${key}`).digest();
-  return digest.readBigInt64BE(0).toString();
-}
 
 /** Names a (scope, key) pair unambiguously: neither may contain NUL (see checkIdentifier). */
 const cacheId = (call: { scope: string; key: string }) => `${call.scope}\u0000${call.key}`;

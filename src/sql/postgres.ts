@@ -34,7 +34,7 @@ export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
  * executions fail each other (bench/claim-races.ts, docs/benchmarks.md).
  *
  * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms, $5 the key's advisory lock
- * id (a bigint, see `keyLockId` in idempotency.ts).
+ * id (a bigint, see `keyLockId` in key-lock.ts).
  */
 export const claimKey = `
 INSERT INTO ${IDEMPOTENCY_TABLE} (scope, key, fingerprint, expires_at)

@@ -25,6 +25,10 @@ export const migrations: readonly { readonly name: string; readonly sql: string 
   {
     "name": "20261128014852_txonce_outbox_trace_context",
     "sql": "-- AlterTable\nALTER TABLE \"txonce_outbox_messages\" ADD COLUMN     \"trace_context\" JSONB;\n\n"
+  },
+  {
+    "name": "20261128032553_txonce_cleanup_runs",
+    "sql": "-- CreateTable\nCREATE TABLE \"txonce_cleanup_runs\" (\n    \"id\" BIGSERIAL NOT NULL,\n    \"started_at\" TIMESTAMPTZ(3) NOT NULL,\n    \"finished_at\" TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,\n    \"deleted\" BIGINT NOT NULL,\n    \"finished\" BOOLEAN NOT NULL,\n    \"runner\" TEXT NOT NULL,\n\n    CONSTRAINT \"txonce_cleanup_runs_pkey\" PRIMARY KEY (\"id\")\n);\n\n"
   }
 ];
 
