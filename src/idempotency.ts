@@ -16,7 +16,7 @@ import type { Database, Row, SqlExecutor } from "./executor.js";
 import { fingerprintOf } from "./fingerprint.js";
 import { keyLockId } from "./key-lock.js";
 import { backoffPolicy } from "./outbox/backoff.js";
-import { RecordCache, type StoredRecord } from "./record-cache.js";
+import { RecordCache, recordId, type StoredRecord } from "./record-cache.js";
 import * as sql from "./sql/postgres.js";
 import { connectionFailureOf, isCodelessDriverError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
 import { idempotencyTelemetry, LockWait } from "./telemetry/idempotency.js";
@@ -241,6 +241,17 @@ export function createIdempotency<Tx, TxOptions>(
   db: Database<Tx, TxOptions>,
   defaults: IdempotencyDefaults<TxOptions> = {},
 ): Idempotency<Tx, TxOptions> {
+  return idempotencyWithCache(db, defaults).idempotency;
+}
+
+/**
+ * {@link createIdempotency}, with the replay cache it keeps (`undefined` when `replayCache` is
+ * `false`), which the operator actions (`keys.forget`, `keys.purge`) evict from.
+ */
+export function idempotencyWithCache<Tx, TxOptions>(
+  db: Database<Tx, TxOptions>,
+  defaults: IdempotencyDefaults<TxOptions> = {},
+): { idempotency: Idempotency<Tx, TxOptions>; cache: RecordCache | undefined } {
   const maxKeyLength = defaults.maxKeyLength ?? DEFAULT_MAX_KEY_LENGTH;
   if (!Number.isInteger(maxKeyLength) || maxKeyLength < 1) {
     throw new InvalidArgumentError("maxKeyLength", `expected a positive integer, got ${String(maxKeyLength)}`);
@@ -612,13 +623,14 @@ export function createIdempotency<Tx, TxOptions>(
     };
   }
 
-  return {
+  const idempotency: Idempotency<Tx, TxOptions> = {
     withIdempotency: async (key, operation, options) => (await withIdempotencyOutcome(key, operation, options)).value,
     withIdempotencyOutcome,
     withIdempotencyIn: async (tx, key, operation, options) => (await withIdempotencyOutcomeIn(tx, key, operation, options)).value,
     withIdempotencyOutcomeIn,
     codec,
   };
+  return { idempotency, cache };
 }
 
 function createCache(option: IdempotencyDefaults["replayCache"]): RecordCache | undefined {
@@ -663,8 +675,7 @@ function classified(
 
 const toDate = (value: unknown) => new Date(value as Date | string);
 
-/** Names a (scope, key) pair unambiguously: neither may contain NUL (see checkIdentifier). */
-const cacheId = (call: { scope: string; key: string }) => `${call.scope}\u0000${call.key}`;
+const cacheId = (call: { scope: string; key: string }) => recordId(call.scope, call.key);
 
 function codePointCount(value: string): number {
   let count = 0;
