@@ -161,11 +161,11 @@ test("--schema names the schema without a config; a default-located schema.prism
 });
 
 test.each([
-  ["no schema anywhere", (_dir: string) => {}, 2, /no Prisma schema found: there is no schema.prisma or prisma\/schema.prisma\. Run `npx prisma init` first/],
+  ["no schema anywhere", (_dir: string) => {}, 64, /no Prisma schema found: there is no schema.prisma or prisma\/schema.prisma\. Run `npx prisma init` first/],
   [
     "a config that Prisma cannot load",
     (dir: string) => writeFileSync(join(dir, "prisma.config.ts"), `import "./missing-module.js";\nexport default {};\n`),
-    2,
+    64,
     /could not load prisma.config.ts: .*missing-module.*Prisma cannot read it either/,
   ],
   [

@@ -194,9 +194,9 @@ test.each([
   [["cleanup"], /no database: pass --database-url or set DATABASE_URL \(in the environment or in .env\)/],
   [["cleanup", "--database-url", "prisma+postgres://localhost:51213/?api_key=x"], /must start with postgres:\/\/ or postgresql:\/\/, not prisma\+postgres:\/\//],
   [["vacuum"], /unknown command "vacuum"/],
-])("%j: exit 2 with the reason", async (args, reason) => {
+])("%j: exit 64 (EX_USAGE) with the reason", async (args, reason) => {
   const r = await txonceCli(args);
-  expect(r.code).toBe(2);
+  expect(r.code).toBe(64);
   expect(r.stderr.split("\n")[0]).toMatch(reason);
   expect(r.stdout).toBe("");
 });

@@ -21,7 +21,7 @@ export const cleanupUsage = `Usage: txonce cleanup [options]
 Deletes expired idempotency records, then outbox messages published longer ago than their
 retention, in batches, each its own short transaction, skipping rows that live traffic holds.
 Safe to run from several places at once. Exit code 0 on success, 1 when the database fails
-(unreachable, tables missing), 2 on a bad flag.
+(unreachable, tables missing), 64 on a bad flag.
 
 Options:
   --database-url <url>    PostgreSQL URL (default: $DATABASE_URL, from the environment or from
