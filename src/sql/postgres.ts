@@ -524,7 +524,8 @@ SELECT current_setting('autovacuum') AS autovacuum, current_setting('track_count
 /**
  * What holds back the xmin horizon (the oldest row version VACUUM must keep), oldest first: open
  * transactions of other sessions (their snapshot or transaction id), prepared transactions, and
- * replication slots. `seconds` is how long the transaction has been open (null for a slot).
+ * replication slots. Sessions of other databases are left out: they do not hold back VACUUM of
+ * this database's tables. `seconds` is how long the transaction has been open (null for a slot).
  * Other roles' sessions show only with the pg_read_all_stats role (part of pg_monitor).
  */
 export const doctorXminHolders = `
@@ -535,6 +536,7 @@ SELECT * FROM (
     state, usename::text AS "user", application_name, left(regexp_replace(query, '\\s+', ' ', 'g'), 120) AS query
   FROM pg_stat_activity
   WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) AND xact_start IS NOT NULL
+    AND (datname = current_database() OR datid IS NULL)
   UNION ALL
   SELECT 'prepared', gid, age(transaction)::bigint, EXTRACT(EPOCH FROM clock_timestamp() - prepared)::double precision,
     NULL, owner::text, NULL, NULL
