@@ -134,7 +134,8 @@ export function createKeys(db: Database<unknown, unknown>, codec: Codec, cache: 
           db.transaction(async (_tx, inTransaction) => {
             // READ COMMITTED, so that the DELETE after the wait sees what the running call committed.
             await inTransaction.query(sql.readCommitted, []);
-            await inTransaction.query(sql.lockKey, [keyLockId(scope, key), lockTimeoutMs]);
+            await inTransaction.query(sql.setLockTimeout, [lockTimeoutMs]);
+            await inTransaction.query(sql.lockKey, [keyLockId(scope, key)]);
             return (await inTransaction.query(sql.forgetKey, [scope, key])).length > 0;
           }),
         );

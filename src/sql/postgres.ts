@@ -400,13 +400,15 @@ LEFT JOIN ${IDEMPOTENCY_TABLE} AS k ON k.scope = $1::text AND k.key = $2::text`;
  */
 export const readCommitted = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`;
 
+/** Bounds the waits of the rest of the transaction. $1 lock_timeout in ms. */
+export const setLockTimeout = `SELECT set_config('lock_timeout', $1::integer || 'ms', true) AS lock_timeout`;
+
 /**
- * Waits for the key's advisory lock (what a running first call holds until it commits) at most
- * `lock_timeout`. $1 the key's advisory lock id, $2 lock_timeout in ms.
+ * Waits for the key's advisory lock (what a running first call holds until it commits), at most
+ * `lock_timeout` (SQLSTATE 55P03 past it). As text: some drivers cannot read a `void` column.
+ * $1 the key's advisory lock id.
  */
-export const lockKey = `
-SELECT pg_advisory_xact_lock($1::bigint) AS locked
-FROM (SELECT set_config('lock_timeout', $2::integer || 'ms', true)) AS timeout`;
+export const lockKey = `SELECT pg_advisory_xact_lock($1::bigint)::text AS locked`;
 
 /** Deletes one key's record (expired or not). $1 scope, $2 key. */
 export const forgetKey = `
