@@ -274,7 +274,7 @@ describe("the CLI", () => {
     await deadMessages(1, "invoices");
     const listed = await run(["dead", "list", "--topic", "orders"]);
     expect(listed.code, listed.stderr).toBe(0);
-    expect(listed.stdout).toMatch(/^[0-9a-f-]{36}  orders key "k1"  died \S+ after 10 attempts: broker refused 1\n[0-9a-f-]{36}  orders key "k2"  died \S+ after 10 attempts: broker refused 2\n$/);
+    expect(listed.stdout).toMatch(/^[0-9a-f-]{36} {2}orders key "k1" {2}died \S+ after 10 attempts: broker refused 1\n[0-9a-f-]{36} {2}orders key "k2" {2}died \S+ after 10 attempts: broker refused 2\n$/);
     const json = await run(["dead", "list", "--json"]);
     const lines = json.stdout.trim().split("\n").map((line) => JSON.parse(line) as { id: string; topic: string; payload: unknown });
     expect(lines).toHaveLength(3);
