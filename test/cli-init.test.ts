@@ -82,7 +82,7 @@ test("a project made by `prisma init` (one schema file, named in prisma7.config.
   expect(second.stdout).toContain("up to date");
   expect(read(schemaFile)).toBe(added);
 
-  expect(generatedModels(dir)).toEqual(["TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]);
+  expect(generatedModels(dir)).toEqual(["TxonceCleanupRun.ts", "TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]);
 });
 
 test("a schema folder (prisma.config.ts names `prisma`): txonce.prisma in it, then generated", () => {
@@ -103,7 +103,7 @@ test("a schema folder (prisma.config.ts names `prisma`): txonce.prisma in it, th
   const second = txonceInit(dir);
   expect(second.stdout).toContain("up to date");
   expect(read(join(dir, "prisma", "txonce.prisma"))).toBe(written);
-  expect(generatedModels(dir)).toEqual(["Order.ts", "TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]);
+  expect(generatedModels(dir)).toEqual(["Order.ts", "TxonceCleanupRun.ts", "TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]);
 });
 
 test("an older block is replaced in place; the rest of the schema stays as it was", () => {
