@@ -66,11 +66,13 @@ describe("keys.inspect", () => {
       encodedResult: null,
     });
     const release = barrier();
+    const started = barrier();
     const running = t.withIdempotency("busy", async () => {
+      started.open();
       await release.opened;
       return 1;
     }, { scope: "acme" });
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await started.opened; // the call holds the key
     expect((await t.keys.inspect({ scope: "acme", key: "busy" })).status).toBe("running");
     release.open();
     await running;
@@ -95,11 +97,13 @@ describe("keys.forget", () => {
   test("waits for a first call that is running, then deletes what it committed", async () => {
     const t = txoncePg(db.pool);
     const release = barrier();
+    const started = barrier();
     const running = t.withIdempotency("k", async () => {
+      started.open();
       await release.opened;
       return "first";
     }, { scope: "acme" });
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await started.opened; // the call holds the key
     let forgotten: boolean | undefined;
     const forgetting = t.keys.forget({ scope: "acme", key: "k" }).then((deleted) => (forgotten = deleted));
     await new Promise((resolve) => setTimeout(resolve, 200));
@@ -114,11 +118,13 @@ describe("keys.forget", () => {
   test("past lockTimeout: IdempotencyKeyInUseError, nothing deleted", async () => {
     const t = txoncePg(db.pool);
     const release = barrier();
+    const started = barrier();
     const running = t.withIdempotency("k", async () => {
+      started.open();
       await release.opened;
       return 1;
     }, { scope: "acme" });
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await started.opened; // the call holds the key
     const error = await t.keys.forget({ scope: "acme", key: "k" }, { lockTimeout: 200 }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(IdempotencyKeyInUseError);
     expect(error).toMatchObject({ code: "TXONCE_KEY_IN_USE", scope: "acme", key: "k" });
@@ -134,11 +140,13 @@ describe("keys.forget", () => {
       const prisma = db.newPrisma({ max: 3 });
       const p = txoncePrisma(prisma);
       const release = barrier();
+      const started = barrier();
       const running = t.withIdempotency("k", async () => {
+        started.open();
         await release.opened;
         return 1;
       }, { scope: "acme" });
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await started.opened; // the call holds the key
       const forgetting = p.keys.forget({ scope: "acme", key: "k" });
       await new Promise((resolve) => setTimeout(resolve, 100));
       release.open();
@@ -158,9 +166,14 @@ describe("keys.purge", () => {
     await seedKeys(db.pool, { count: 7, expired: false, scope: "staying" });
     let runs = 0;
     await t.withIdempotency("cached", async () => ++runs, { scope: "leaving" });
+    // A scope whose name starts with the purged one keeps its copies: deleted behind txonce's back,
+    // its record still replays from memory after the purge.
+    await t.withIdempotency("cached", async () => ++runs, { scope: "leaving-too" });
+    await db.pool.query("DELETE FROM txonce_idempotency_keys WHERE scope = 'leaving-too'");
     expect(await t.keys.purge({ scope: "leaving" }, { batchSize: 1000 })).toBe(2_501);
     expect(await countKeys(db.pool)).toBe(7);
-    expect(await t.withIdempotency("cached", async () => ++runs, { scope: "leaving" })).toBe(2);
+    expect(await t.withIdempotency("cached", async () => ++runs, { scope: "leaving" })).toBe(3);
+    expect(await t.withIdempotency("cached", async () => ++runs, { scope: "leaving-too" })).toBe(2);
   });
 });
 
