@@ -369,6 +369,32 @@ describe.each(adapterRows)("$name", (row) => {
     expect(rows[0].n).toBe(5);
   });
 
+  test("operator actions: inspect decodes the record, forget waits for a running first call and the key runs again, doctor reads", async () => {
+    const key = newKey("forget");
+    const t = subject.txonce();
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let started!: () => void;
+    const holding = new Promise<void>((resolve) => (started = resolve));
+    let runs = 0;
+    const running = t.withIdempotency(key, async () => {
+      started();
+      await released;
+      return { run: ++runs, at: new Date("2026-01-01T00:00:00Z") };
+    }, { scope });
+    await holding;
+    expect((await t.keys.inspect({ scope, key })).status).toBe("running");
+    const forgetting = t.keys.forget({ scope, key });
+    await sleep(50);
+    release();
+    await running;
+    expect(await forgetting).toBe(true);
+    expect(await keyRows(scope, key)).toEqual([]);
+    expect(await t.withIdempotency(key, async () => ({ run: ++runs, at: new Date("2026-01-01T00:00:00Z") }), { scope })).toEqual({ run: 2, at: new Date("2026-01-01T00:00:00Z") });
+    expect(await t.keys.inspect({ scope, key })).toMatchObject({ status: "completed", result: { run: 2, at: new Date("2026-01-01T00:00:00Z") } });
+    expect((await t.doctor({ skip: ["autovacuum", "xmin-horizon", "tables"] })).checks.find((c) => c.name === "schema")?.verdict).toBe("ok");
+  });
+
   describe("withIdempotencyIn: joining a transaction the caller opened", () => {
     test("the key is claimed in it, and the caller's commit stores it with the caller's other writes", async () => {
       const t = subject.txonce();
