@@ -553,9 +553,10 @@ export function idempotencyWithCache<Tx, TxOptions>(
     for (;;) {
       const poll = polls.count++;
       if (poll > 0) {
+        // The last poll found the key in flight: this call is waiting, even if it gives up now.
+        call.wait.waiting();
         const left = call.deadline - Date.now();
         if (left <= 0) throw inUse(call);
-        call.wait.waiting();
         await sleep(Math.min(pollDelay(poll), left));
       }
       let rows: Row[];

@@ -155,7 +155,8 @@ describe("the replay cache", () => {
   test("drops a record when it expires by the database's clock: the next call runs", async () => {
     const { withIdempotencyOutcome } = txonce(db.prisma);
     const key = newKey();
-    const first = await withIdempotencyOutcome(key, async () => "old", { retention: 400 });
+    // Long enough for the replay below to come before the expiry on a loaded machine.
+    const first = await withIdempotencyOutcome(key, async () => "old", { retention: 2000 });
     await expect(withIdempotencyOutcome(key, async () => "new")).resolves.toMatchObject({ value: "old", replayed: true });
     await sleep(first.expiresAt.getTime() - Date.now() + 50);
     const second = await withIdempotencyOutcome(key, async () => "new");
