@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import { Codec, type CustomType } from "./codec.js";
 import { toMilliseconds, type Duration } from "./duration.js";
 import {
@@ -16,8 +15,9 @@ import {
 } from "./errors.js";
 import type { Database, Row, SqlExecutor } from "./executor.js";
 import { fingerprintOf } from "./fingerprint.js";
+import { keyLockId } from "./key-lock.js";
 import { backoffPolicy } from "./outbox/backoff.js";
-import { RecordCache, type StoredRecord } from "./record-cache.js";
+import { RecordCache, recordId, type StoredRecord } from "./record-cache.js";
 import { statementsFor, type Statements } from "./sql/statements.js";
 import { connectionFailureOf, isCodelessDriverError, locatedSchemaError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
 import { idempotencyTelemetry, LockWait } from "./telemetry/idempotency.js";
@@ -244,6 +244,19 @@ export function createIdempotency<Tx, TxOptions>(
   /** The statements of the schema the tables are in (the `schema` option). (Default: unqualified) */
   sql: Statements = statementsFor(),
 ): Idempotency<Tx, TxOptions> {
+  return idempotencyWithCache(db, defaults, sql).idempotency;
+}
+
+/**
+ * {@link createIdempotency}, with the replay cache it keeps (`undefined` when `replayCache` is
+ * `false`), which the operator actions (`keys.forget`, `keys.purge`) evict from.
+ */
+export function idempotencyWithCache<Tx, TxOptions>(
+  db: Database<Tx, TxOptions>,
+  defaults: IdempotencyDefaults<TxOptions> = {},
+  /** The statements of the schema the tables are in (the `schema` option). (Default: unqualified) */
+  sql: Statements = statementsFor(),
+): { idempotency: Idempotency<Tx, TxOptions>; cache: RecordCache | undefined } {
   const lookup = { db, statements: sql };
   const maxKeyLength = defaults.maxKeyLength ?? DEFAULT_MAX_KEY_LENGTH;
   if (!Number.isInteger(maxKeyLength) || maxKeyLength < 1) {
@@ -620,13 +633,14 @@ export function createIdempotency<Tx, TxOptions>(
     };
   }
 
-  return {
+  const idempotency: Idempotency<Tx, TxOptions> = {
     withIdempotency: async (key, operation, options) => (await withIdempotencyOutcome(key, operation, options)).value,
     withIdempotencyOutcome,
     withIdempotencyIn: async (tx, key, operation, options) => (await withIdempotencyOutcomeIn(tx, key, operation, options)).value,
     withIdempotencyOutcomeIn,
     codec,
   };
+  return { idempotency, cache };
 }
 
 function createCache(option: IdempotencyDefaults["replayCache"]): RecordCache | undefined {
@@ -671,22 +685,7 @@ function classified(
 
 const toDate = (value: unknown) => new Date(value as Date | string);
 
-/**
- * The id of the transaction-level advisory lock that a claim of (scope, key) takes: the first 64
- * bits of a SHA-256 of the pair, the scope's length first so that no two pairs encode alike,
- * under a prefix of txonce's keys (the outbox's locks hash `txonce.outbox:` keys), and with the
- * `schema` option when there is one, so that the same key in two schemas' tables takes two locks.
- * Computed here rather than in SQL to keep the claim statement cheap to parse. A collision with
- * another lock only makes a call wait for a call it did not need to wait for.
- */
-function keyLockId(scope: string, key: string, schema: string | undefined): string {
-  const prefix = schema === undefined ? "txonce.key:" : `txonce.key:${schema.length}:${schema}:`;
-  const digest = createHash("sha256").update(`${prefix}${scope.length}:${scope}${key}`).digest();
-  return digest.readBigInt64BE(0).toString();
-}
-
-/** Names a (scope, key) pair unambiguously: neither may contain NUL (see checkIdentifier). */
-const cacheId = (call: { scope: string; key: string }) => `${call.scope}\u0000${call.key}`;
+const cacheId = (call: { scope: string; key: string }) => recordId(call.scope, call.key);
 
 function codePointCount(value: string): number {
   let count = 0;

@@ -12,7 +12,19 @@ export {
   type Operation,
 } from "./idempotency.js";
 export { createTxonce, type Txonce, type TxonceOptions, type AdapterHooks } from "./txonce.js";
-export { createOutbox, type Outbox, type OutboxOptions, type OutboxBacklog } from "./outbox/outbox.js";
+export { createOutbox, type Outbox, type OutboxOptions, type OutboxBacklog, type DeadMessage } from "./outbox/outbox.js";
+export { type Keys, type KeyRef, type KeyRecord, type ForgetOptions, type PurgeOptions } from "./keys.js";
+export {
+  doctor,
+  doctorCheckNames,
+  type DoctorCheck,
+  type DoctorCheckName,
+  type DoctorOptions,
+  type DoctorReport,
+  type DoctorThresholds,
+  type Levels,
+  type Verdict,
+} from "./doctor/doctor.js";
 export type { OutboxMessage, OutboxMessageInput, Publisher } from "./outbox/message.js";
 export { createRelay, type Relay, type RelayOptions } from "./outbox/relay.js";
 export type { RelayLogger } from "./outbox/relay-logger.js";

@@ -9,9 +9,13 @@
  *   (`expires_at - now()` read in the same statement), minus a margin for rounding. The database
  *   clock cannot have advanced less than that, so the copy never outlives the record;
  * - `maxAge` bounds how long a record deleted or changed behind txonce's back (an operator
- *   forgetting a key by hand, a truncated table) can still be replayed from memory;
+ *   forgetting a key by hand, a truncated table) can still be replayed from memory; the operator
+ *   actions of this instance (`keys.forget`, `keys.purge`) evict what they delete at once;
  * - `maxBytes` bounds the memory: least recently used entries go first.
  */
+
+/** Names a (scope, key) pair unambiguously: neither may contain NUL (see checkIdentifier in idempotency.ts). */
+export const recordId = (scope: string, key: string) => `${scope}\u0000${key}`;
 
 /** A completed key as stored: what a replay needs. */
 export interface StoredRecord {
@@ -71,6 +75,21 @@ export class RecordCache {
     for (const [oldest, entry] of this.#entries) {
       if (this.#bytes <= this.maxBytes) break;
       this.#entries.delete(oldest);
+      this.#bytes -= entry.bytes;
+    }
+  }
+
+  /** Forgets the copy of (scope, key), if any: `keys.forget` deleted its record. */
+  forget(scope: string, key: string): void {
+    this.delete(recordId(scope, key));
+  }
+
+  /** Forgets every copy of the scope's keys: `keys.purge` deleted its records. */
+  forgetScope(scope: string): void {
+    const prefix = recordId(scope, "");
+    for (const [id, entry] of this.#entries) {
+      if (!id.startsWith(prefix)) continue;
+      this.#entries.delete(id);
       this.#bytes -= entry.bytes;
     }
   }

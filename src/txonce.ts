@@ -1,7 +1,9 @@
 import { runCleanup, idempotencyKeysTable, type CleanupOptions, type CleanupResult } from "./cleanup/cleanup.js";
 import { scheduleCleanup, type CleanupSchedule, type ScheduleCleanupOptions } from "./cleanup/schedule.js";
 import type { Database } from "./executor.js";
-import { createIdempotency, type Idempotency, type IdempotencyDefaults, type Operation } from "./idempotency.js";
+import { doctor, type DoctorOptions, type DoctorReport } from "./doctor/doctor.js";
+import { idempotencyWithCache, type Idempotency, type IdempotencyDefaults, type Operation } from "./idempotency.js";
+import { createKeys, type Keys } from "./keys.js";
 import { createOutbox, type Outbox, type OutboxOptions } from "./outbox/outbox.js";
 import { statementsFor } from "./sql/statements.js";
 
@@ -41,6 +43,13 @@ export interface Txonce<Tx, TxOptions = unknown> extends Idempotency<Tx, TxOptio
    * share a handler with idempotent ones (e.g. an HTTP route where the key is optional).
    */
   transaction<T>(operation: Operation<Tx, T>, options?: { transaction?: TxOptions }): Promise<T>;
+  /** Operator actions on idempotency keys: inspect one, forget one, purge a scope (docs/operations.md). */
+  readonly keys: Keys;
+  /**
+   * txonce's health checks (what `npx txonce doctor` prints): schema, cleanup, table size and
+   * dead tuples, autovacuum, the xmin horizon, the outbox backlog, expired leases. Read-only.
+   */
+  doctor(options?: Omit<DoctorOptions, "schema">): Promise<DoctorReport>;
 }
 
 /** How an adapter tunes the parts that depend on its client. */
@@ -58,7 +67,7 @@ export function createTxonce<Tx, TxOptions>(
   const { outbox: outboxOptions, schema, ...idempotencyDefaults } = options;
   const { telemetry } = options;
   const statements = statementsFor(schema);
-  const idempotency = createIdempotency(db, idempotencyDefaults, statements);
+  const { idempotency, cache } = idempotencyWithCache(db, idempotencyDefaults, statements);
   const { outbox, prunable } = createOutbox(db, idempotency.codec, outboxOptions, telemetry, statements);
   const tables = [idempotencyKeysTable(statements), prunable];
   return {
@@ -66,6 +75,8 @@ export function createTxonce<Tx, TxOptions>(
     outbox,
     transaction: (operation, transactionOptions) =>
       db.transaction((tx) => operation(tx), transactionOptions?.transaction ?? idempotencyDefaults.transaction),
+    keys: createKeys(db as Database<unknown, unknown>, idempotency.codec, cache, statements),
+    doctor: (doctorOptions) => doctor(db, { ...doctorOptions, schema }),
     cleanup: (cleanupOptions) => runCleanup(db, tables, cleanupOptions, telemetry, statements),
     scheduleCleanup: (scheduleOptions) =>
       scheduleCleanup(db as Database<unknown, TxOptions>, tables, scheduleOptions, hooks.lockTransactionOptions, telemetry, statements),

@@ -402,6 +402,32 @@ describe.each(adapterRows)("$name", (row) => {
     expect(rows[0].n).toBe(5);
   });
 
+  test("operator actions: inspect decodes the record, forget waits for a running first call and the key runs again, doctor reads", async () => {
+    const key = newKey("forget");
+    const t = subject.txonce();
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let started!: () => void;
+    const holding = new Promise<void>((resolve) => (started = resolve));
+    let runs = 0;
+    const running = t.withIdempotency(key, async () => {
+      started();
+      await released;
+      return { run: ++runs, at: new Date("2026-01-01T00:00:00Z") };
+    }, { scope });
+    await holding;
+    expect((await t.keys.inspect({ scope, key })).status).toBe("running");
+    const forgetting = t.keys.forget({ scope, key });
+    await sleep(50);
+    release();
+    await running;
+    expect(await forgetting).toBe(true);
+    expect(await keyRows(scope, key)).toEqual([]);
+    expect(await t.withIdempotency(key, async () => ({ run: ++runs, at: new Date("2026-01-01T00:00:00Z") }), { scope })).toEqual({ run: 2, at: new Date("2026-01-01T00:00:00Z") });
+    expect(await t.keys.inspect({ scope, key })).toMatchObject({ status: "completed", result: { run: 2, at: new Date("2026-01-01T00:00:00Z") } });
+    expect((await t.doctor({ skip: ["autovacuum", "xmin-horizon", "tables"] })).checks.find((c) => c.name === "schema")?.verdict).toBe("ok");
+  });
+
   describe("withIdempotencyIn: joining a transaction the caller opened", () => {
     test("the key is claimed in it, and the caller's commit stores it with the caller's other writes", async () => {
       const t = subject.txonce();
@@ -477,7 +503,7 @@ describe("tables in another schema", () => {
     const appTables = await readFile(join(import.meta.dirname, "../examples/demo/app-tables.sql"), "utf8");
     const client = await sdb.pool.connect();
     try {
-      await client.query("DROP TABLE txonce_idempotency_keys, txonce_outbox_messages; DROP PROCEDURE txonce_cleanup");
+      await client.query("DROP TABLE txonce_idempotency_keys, txonce_outbox_messages, txonce_cleanup_runs; DROP PROCEDURE txonce_cleanup");
       for (const schema of ["app", "app2"]) {
         await client.query(`CREATE SCHEMA ${schema}; SET search_path TO ${schema}`);
         await client.query(schemaSql);
@@ -503,8 +529,8 @@ describe("tables in another schema", () => {
       "SELECT table_schema, table_name FROM information_schema.tables WHERE table_name LIKE 'txonce%' OR table_name = 'charges' ORDER BY 1, 2",
     );
     expect(rows.map((r) => `${r.table_schema}.${r.table_name}`)).toEqual([
-      "app.charges", "app.txonce_idempotency_keys", "app.txonce_outbox_messages",
-      "app2.charges", "app2.txonce_idempotency_keys", "app2.txonce_outbox_messages",
+      "app.charges", "app.txonce_cleanup_runs", "app.txonce_idempotency_keys", "app.txonce_outbox_messages",
+      "app2.charges", "app2.txonce_cleanup_runs", "app2.txonce_idempotency_keys", "app2.txonce_outbox_messages",
       "public.charges",
     ]);
   });
@@ -596,6 +622,23 @@ describe("tables in another schema", () => {
         (await pools[schema]!.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys WHERE key LIKE $1", [`${prefix}-%`])).rows[0].n;
       expect([await count("app"), await count("app2")]).toEqual([0, 12]);
       await pools.app2!.query("DELETE FROM txonce_idempotency_keys WHERE key LIKE $1", [`${prefix}-%`]);
+    });
+
+    test("operator actions and the doctor read app's tables: inspect, forget, the cleanup run recorded in app", async () => {
+      const t = subject.txonce();
+      const key = newKey("operate");
+      await t.withIdempotency(key, async () => "in app", { scope });
+      await expect(t.keys.inspect({ scope, key })).resolves.toMatchObject({ status: "completed", result: "in app" });
+      await expect(other.txonce({ schema: "app2" }).keys.inspect({ scope, key })).resolves.toMatchObject({ status: "absent" });
+      await expect(t.keys.forget({ scope, key })).resolves.toBe(true);
+      expect(await keyRowsIn("app", scope, key)).toEqual([]);
+      const runs = async (schema: string) => (await pools[schema]!.query("SELECT count(*)::int AS n FROM txonce_cleanup_runs")).rows[0].n as number;
+      const before = [await runs("app"), await runs("app2")];
+      await t.cleanup();
+      expect([await runs("app"), await runs("app2")]).toEqual([before[0]! + 1, before[1]]);
+      const report = await t.doctor({ skip: ["autovacuum", "tables", "xmin-horizon"] });
+      expect(report.checks.find((c) => c.name === "schema")).toMatchObject({ verdict: "ok" });
+      expect(report.checks.find((c) => c.name === "cleanup")?.detail).toMatchObject({ lastRun: expect.objectContaining({ runner: expect.any(String) }) });
     });
 
     test("the schema option wins over the client's; tables not there: SchemaNotInstalledError names the schema and where they are", async () => {

@@ -82,7 +82,7 @@ test("a project made by `prisma init` (one schema file, named in prisma7.config.
   expect(second.stdout).toContain("up to date");
   expect(read(schemaFile)).toBe(added);
 
-  expect(generatedModels(dir)).toEqual(["TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]);
+  expect(generatedModels(dir)).toEqual(["TxonceCleanupRun.ts", "TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]);
 });
 
 test("a schema folder (prisma.config.ts names `prisma`): txonce.prisma in it, then generated", () => {
@@ -103,7 +103,7 @@ test("a schema folder (prisma.config.ts names `prisma`): txonce.prisma in it, th
   const second = txonceInit(dir);
   expect(second.stdout).toContain("up to date");
   expect(read(join(dir, "prisma", "txonce.prisma"))).toBe(written);
-  expect(generatedModels(dir)).toEqual(["Order.ts", "TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]);
+  expect(generatedModels(dir)).toEqual(["Order.ts", "TxonceCleanupRun.ts", "TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]);
 });
 
 test("an older block is replaced in place; the rest of the schema stays as it was", () => {
@@ -184,11 +184,11 @@ test("--schema names the schema without a config; a default-located schema.prism
 });
 
 test.each([
-  ["no schema anywhere", (_dir: string) => {}, 2, /no Prisma schema found: there is no schema.prisma or prisma\/schema.prisma\. Run `npx prisma init` first/],
+  ["no schema anywhere", (_dir: string) => {}, 64, /no Prisma schema found: there is no schema.prisma or prisma\/schema.prisma\. Run `npx prisma init` first/],
   [
     "a config that Prisma cannot load",
     (dir: string) => writeFileSync(join(dir, "prisma.config.ts"), `import "./missing-module.js";\nexport default {};\n`),
-    2,
+    64,
     /could not load prisma.config.ts: .*missing-module.*Prisma cannot read it either/,
   ],
   [

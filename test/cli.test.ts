@@ -122,7 +122,7 @@ test("Prisma's ?schema= picks the schema the tables are in (quoted: a name with 
   await db.pool.query(`DROP SCHEMA "${schema}" CASCADE`);
 });
 
-test("--schema names the schema the tables are in (over the URL's), and a name that is not a plain identifier is a usage error", async () => {
+test("--schema names the schema the tables are in (over the URL's) for cleanup, doctor, keys and dead; a name that is not a plain identifier is a usage error", async () => {
   const schema = "cli_billing";
   await db.pool.query(`CREATE SCHEMA ${schema}`);
   const client = await db.pool.connect();
@@ -145,8 +145,14 @@ test("--schema names the schema the tables are in (over the URL's), and a name t
     expect(JSON.parse(lastLine(r.stdout)!).tables.txonce_idempotency_keys.deleted).toBe(3);
     expect(await countKeys(db.pool)).toBe(5);
     const bad = await txonceCli(["cleanup", "--schema", "a b"], { DATABASE_URL: db.url });
-    expect(bad.code).toBe(2);
+    expect(bad.code).toBe(64);
     expect(bad.stderr.split("\n")[0]).toMatch(/--schema: expected a schema name/);
+    // The other commands that read the tables take --schema the same way.
+    const doctor = await txonceCli(["doctor", "--json", "--schema", schema, "--skip", "autovacuum,tables,xmin-horizon,cleanup"], { DATABASE_URL: url.toString() });
+    expect(JSON.parse(doctor.stdout)).toMatchObject({ schema, checks: expect.arrayContaining([expect.objectContaining({ name: "schema", verdict: "ok" })]) });
+    const shown = await txonceCli(["keys", "show", "--json", "--schema", schema, "--scope", "s", "--key", "k"], { DATABASE_URL: url.toString() });
+    expect(shown.code, shown.stderr).toBe(0);
+    expect((await txonceCli(["dead", "list", "--schema", "a b"], { DATABASE_URL: db.url })).code).toBe(64);
   } finally {
     await db.pool.query(`DROP SCHEMA ${schema} CASCADE`);
     await db.pool.query("TRUNCATE txonce_idempotency_keys");
@@ -225,9 +231,9 @@ test.each([
   [["cleanup"], /no database: pass --database-url or set DATABASE_URL \(in the environment or in .env\)/],
   [["cleanup", "--database-url", "prisma+postgres://localhost:51213/?api_key=x"], /must start with postgres:\/\/ or postgresql:\/\/, not prisma\+postgres:\/\//],
   [["vacuum"], /unknown command "vacuum"/],
-])("%j: exit 2 with the reason", async (args, reason) => {
+])("%j: exit 64 (EX_USAGE) with the reason", async (args, reason) => {
   const r = await txonceCli(args);
-  expect(r.code).toBe(2);
+  expect(r.code).toBe(64);
   expect(r.stderr.split("\n")[0]).toMatch(reason);
   expect(r.stdout).toBe("");
 });

@@ -97,7 +97,7 @@ test("CALL app.txonce_cleanup(schema_name => 'app') cleans the tables of schema 
 });
 
 test("statementsFor(schema) qualifies every table name of every statement, names the schema in lock ids and the channel; none is unqualified as written", () => {
-  const bare = /(?<![."])\btxonce_(idempotency_keys|outbox_messages)\b/g;
+  const bare = /(?<![."])\btxonce_(idempotency_keys|outbox_messages|cleanup_runs)\b/g;
   const asWritten = statementsFor();
   const schema = "App$$1"; // case kept, and a `$` that must not act as a replacement pattern
   const qualified = statementsFor(schema);

@@ -101,7 +101,8 @@ export function checkCleanupOptions(options: CleanupOptions): { batchSize: numbe
 /**
  * Deletes due rows from each table in batches, each batch its own statement (its own short
  * transaction), until none are left or the time budget is spent. Safe to run from several
- * processes at once: batches skip rows that another batch or live traffic has locked.
+ * processes at once: batches skip rows that another batch or live traffic has locked. A run that
+ * deletes (not a dry run) is recorded in txonce_cleanup_runs, the latest 100 kept, for `txonce doctor`.
  */
 export async function runCleanup(
   db: SqlExecutor,
@@ -165,7 +166,7 @@ async function clean(
     results[t.table] = { deleted: tableDeleted, batches: tableBatches, finished };
   }
 
-  return {
+  const result: CleanupResult = {
     deleted,
     batches,
     durationMs: Math.round(elapsed()),
@@ -173,4 +174,17 @@ async function clean(
     dryRun: options.dryRun ?? false,
     tables: results,
   };
+  if (!options.dryRun) await recordRun(db, result, statements);
+  return result;
+}
+
+/**
+ * Notes the run in txonce_cleanup_runs, where `txonce doctor` reads when cleanup last ran. A
+ * database that has not applied that table's migration yet is left as it is (the doctor reports
+ * the missing migration): the run itself succeeded.
+ */
+async function recordRun(db: SqlExecutor, result: CleanupResult, sql: Statements): Promise<void> {
+  const [row] = await db.query(sql.cleanupRunsInstalled, []);
+  if (row?.installed !== true) return;
+  await db.query(sql.recordCleanupRun, [result.durationMs, result.deleted, result.finished]);
 }

@@ -1,9 +1,8 @@
 import { toMilliseconds } from "../duration.js";
 import { InvalidArgumentError } from "../errors.js";
-import { checkSchema } from "../sql/statements.js";
 import { checkCleanupOptions, type CleanupProgress, type CleanupResult } from "../cleanup/cleanup.js";
 import { txonce } from "../adapters/pg.js";
-import { pgConnection } from "./connection-url.js";
+import { openPool } from "./pool.js";
 import type { CliIo } from "./run.js";
 import { UsageError } from "./usage-error.js";
 
@@ -23,7 +22,7 @@ export const cleanupUsage = `Usage: txonce cleanup [options]
 Deletes expired idempotency records, then outbox messages published longer ago than their
 retention, in batches, each its own short transaction, skipping rows that live traffic holds.
 Safe to run from several places at once. Exit code 0 on success, 1 when the database fails
-(unreachable, tables missing), 2 on a bad flag.
+(unreachable, tables missing), 64 on a bad flag.
 
 Options:
   --database-url <url>    PostgreSQL URL (default: $DATABASE_URL, from the environment or from
@@ -63,24 +62,7 @@ export async function cleanupCommand(values: Values, io: CliIo): Promise<number>
       throw error;
     }
   }
-  const url = values["database-url"] ?? io.env.DATABASE_URL;
-  if (!url) throw new UsageError("no database: pass --database-url or set DATABASE_URL (in the environment or in .env)");
-  const { connectionString, schema: urlSchema } = pgConnection(url);
-  try {
-    checkSchema(values.schema);
-  } catch (error) {
-    if (error instanceof InvalidArgumentError) throw new UsageError(`--schema: ${error.reason}`);
-    throw error;
-  }
-  // The URL's schema is the connection's search_path too: a name the option does not take (not a
-  // plain identifier) is still found there.
-  const schema = values.schema ?? (isPlainSchema(urlSchema) ? urlSchema : undefined);
-
-  const { default: pg } = await import("pg").catch(() => {
-    throw new Error("the pg package is not installed: npm install pg");
-  });
-  const pool = new pg.Pool({ connectionString, max: 1, connectionTimeoutMillis: 10_000 });
-  pool.on("error", () => {}); // an idle connection dropping is not the job's failure
+  const { pool, schema } = await openPool(values["database-url"], io, values.schema);
   const abort = new AbortController();
   let exitCode = 0;
   const onSignal = (signal: NodeJS.Signals) => {
@@ -106,14 +88,6 @@ export async function cleanupCommand(values: Values, io: CliIo): Promise<number>
     io.signals.off("SIGINT", onSignal);
     io.signals.off("SIGTERM", onSignal);
     await pool.end().catch(() => {});
-  }
-}
-
-function isPlainSchema(name: string | undefined): boolean {
-  try {
-    return checkSchema(name) !== undefined;
-  } catch {
-    return false;
   }
 }
 

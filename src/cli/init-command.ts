@@ -22,8 +22,9 @@ export const initOptions = {
 
 export const initUsage = `Usage: txonce init [options]
 
-Adds txonce's Prisma models (TxonceIdempotencyKey, TxonceOutboxMessage) to your Prisma schema,
-found the way Prisma 7 finds it: the \`schema\` of prisma.config.ts, else prisma/schema.prisma.
+Adds txonce's Prisma models (TxonceIdempotencyKey, TxonceOutboxMessage, TxonceCleanupRun) to
+your Prisma schema, found the way Prisma 7 finds it: the \`schema\` of prisma.config.ts, else
+prisma/schema.prisma.
 A schema folder gets them as txonce.prisma in it; a single schema file gets them appended between
 "txonce:begin" and "txonce:end" comments. Run it again after upgrading txonce: it changes nothing
 when the models are current and replaces them in place when they are not.
@@ -43,8 +44,8 @@ type Values = { schema?: string; config?: string; "db-schema"?: string };
 const BEGIN = "// txonce:begin";
 const END = "// txonce:end";
 const BLOCK = /^\/\/ txonce:begin[^\n]*\n[\s\S]*?^\/\/ txonce:end[^\n]*(\n|$)/m;
-const MODEL_NAMES = ["TxonceIdempotencyKey", "TxonceOutboxMessage"];
-const TABLE_NAMES = ["txonce_idempotency_keys", "txonce_outbox_messages"];
+const MODEL_NAMES = ["TxonceIdempotencyKey", "TxonceOutboxMessage", "TxonceCleanupRun"];
+const TABLE_NAMES = ["txonce_idempotency_keys", "txonce_outbox_messages", "txonce_cleanup_runs"];
 
 export async function initCommand(values: Values, io: CliIo): Promise<number> {
   const dbSchemaOption = values["db-schema"];

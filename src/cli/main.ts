@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
- * The `txonce` command: `npx txonce init` adds txonce's models to a Prisma schema, and
- * `npx txonce cleanup` prunes expired records from cron, with no generated Prisma client needed
+ * The `txonce` command: `npx txonce init` adds txonce's models to a Prisma schema,
+ * `npx txonce cleanup` prunes expired records from cron, `npx txonce doctor` checks the tables'
+ * health, `keys` and `dead` are the operator actions; no generated Prisma client is needed
  * (it talks to PostgreSQL through node-postgres, `pg`, which `@prisma/adapter-pg` already brings).
  */
 import { existsSync } from "node:fs";

@@ -47,9 +47,36 @@ export interface Outbox<Tx> {
   requeueDead(filter?: { ids?: readonly string[]; topic?: string }): Promise<number>;
   /** How many messages wait, and how old the oldest is. */
   backlog(): Promise<OutboxBacklog>;
+  /**
+   * Dead-lettered messages (they gave up after `maxAttempts`), oldest death first, with their
+   * decoded payload and last error; {@link requeueDead} puts them back. (Default: every topic, at most 100)
+   */
+  listDead(filter?: { topic?: string; limit?: number }): Promise<DeadMessage[]>;
+}
+
+/** A dead-lettered message, as {@link Outbox.listDead} returns it. */
+export interface DeadMessage {
+  readonly id: string;
+  /** Enqueue order, as a decimal string. */
+  readonly seq: string;
+  readonly topic: string;
+  readonly key: string | null;
+  /** The decoded payload. */
+  readonly payload: unknown;
+  /** The payload as stored (txonce's codec text). */
+  readonly encodedPayload: string;
+  readonly headers: Readonly<Record<string, string>>;
+  /** Publish attempts made. */
+  readonly attempts: number;
+  /** The publisher's error on the last attempt. */
+  readonly lastError: string | null;
+  readonly createdAt: Date;
+  readonly deadAt: Date;
 }
 
 const MAX_NAME_LENGTH = 255;
+const DEFAULT_DEAD_LIMIT = 100;
+const MAX_DEAD_LIMIT = 10_000;
 
 /** The outbox over a database; `prunable` is the table cleanup should prune, with its retention. */
 export function createOutbox<Tx>(
@@ -143,6 +170,28 @@ export function createOutbox<Tx>(
       return Number(rows[0]?.requeued ?? 0);
     },
     backlog,
+    async listDead(filter = {}) {
+      if (typeof filter !== "object" || filter === null) throw new InvalidArgumentError("filter", "expected { topic?, limit? }");
+      if (filter.topic !== undefined) checkName(filter.topic, "topic");
+      const limit = filter.limit ?? DEFAULT_DEAD_LIMIT;
+      if (!Number.isInteger(limit) || limit < 1 || limit > MAX_DEAD_LIMIT) {
+        throw new InvalidArgumentError("limit", `expected an integer from 1 to ${MAX_DEAD_LIMIT}, got ${String(limit)}`);
+      }
+      const rows = await withSchemaCheck(db.query(sql.listDead, [filter.topic ?? null, limit]));
+      return rows.map((row) => ({
+        id: String(row.id),
+        seq: String(row.seq),
+        topic: String(row.topic),
+        key: (row.key as string | null) ?? null,
+        payload: codec.decode(String(row.payload)),
+        encodedPayload: String(row.payload),
+        headers: ((typeof row.headers === "string" ? JSON.parse(row.headers) : row.headers) ?? {}) as Record<string, string>,
+        attempts: Number(row.attempts),
+        lastError: (row.last_error as string | null) ?? null,
+        createdAt: new Date(row.created_at as string | Date),
+        deadAt: new Date(row.dead_at as string | Date),
+      }));
+    },
   };
   return {
     outbox,

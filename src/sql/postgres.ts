@@ -37,7 +37,7 @@ export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
  * executions fail each other (bench/claim-races.ts, docs/benchmarks.md).
  *
  * $1 scope, $2 key, $3 fingerprint hash or null, $4 retention in ms, $5 the key's advisory lock
- * id (a bigint, see `keyLockId` in idempotency.ts).
+ * id (a bigint, see `keyLockId` in key-lock.ts).
  */
 export const claimKey = `
 INSERT INTO ${IDEMPOTENCY_TABLE} (scope, key, fingerprint, expires_at)
@@ -395,3 +395,189 @@ SELECT count(*)::integer AS deleted FROM deleted`;
 export const countPublishedBefore = `
 SELECT count(*)::integer AS expired FROM ${OUTBOX_TABLE}
 WHERE published_at <= now() - $1::double precision * interval '1 millisecond'`;
+
+// ---- Operator actions (src/keys.ts, outbox.listDead)
+
+/**
+ * One key as an operator sees it: its row if there is one (expired or not), else whether a call
+ * holds its advisory lock right now (running its first execution: the row is not visible until
+ * that call commits). $1 scope, $2 key, $3 the key's advisory lock id.
+ */
+export const inspectKey = `
+SELECT k.fingerprint, k.result, k.created_at, k.expires_at, k.expires_at <= now() AS expired,
+  CASE WHEN k.created_at IS NULL THEN NOT pg_try_advisory_xact_lock($3::bigint) END AS running
+FROM (SELECT) AS one
+LEFT JOIN ${IDEMPOTENCY_TABLE} AS k ON k.scope = $1::text AND k.key = $2::text`;
+
+/**
+ * The first statement of `keys.forget`'s transaction: makes it READ COMMITTED whatever the
+ * database's default, so that the DELETE after the lock sees a record that the call holding the
+ * lock committed while this transaction waited.
+ */
+export const readCommitted = `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`;
+
+/** Bounds the waits of the rest of the transaction. $1 lock_timeout in ms. */
+export const setLockTimeout = `SELECT set_config('lock_timeout', $1::integer || 'ms', true) AS lock_timeout`;
+
+/**
+ * Waits for the key's advisory lock (what a running first call holds until it commits), at most
+ * `lock_timeout` (SQLSTATE 55P03 past it). As text: some drivers cannot read a `void` column.
+ * $1 the key's advisory lock id.
+ */
+export const lockKey = `SELECT pg_advisory_xact_lock($1::bigint)::text AS locked`;
+
+/** Deletes one key's record (expired or not). $1 scope, $2 key. */
+export const forgetKey = `
+DELETE FROM ${IDEMPOTENCY_TABLE} WHERE scope = $1::text AND key = $2::text
+RETURNING created_at, expires_at`;
+
+/**
+ * Deletes one batch of a scope's records and returns how many went; rows that a call holds right
+ * now (one replacing an expired record) are skipped. $1 scope, $2 batch size.
+ */
+export const purgeScopeBatch = `
+WITH doomed AS (
+  SELECT scope, key FROM ${IDEMPOTENCY_TABLE} WHERE scope = $1::text LIMIT $2::integer FOR UPDATE SKIP LOCKED
+), deleted AS (
+  DELETE FROM ${IDEMPOTENCY_TABLE} k USING doomed WHERE k.scope = doomed.scope AND k.key = doomed.key RETURNING 1
+)
+SELECT count(*)::integer AS deleted FROM deleted`;
+
+/** Dead-lettered messages, oldest death first. $1 topic or null, $2 limit. */
+export const listDead = `
+SELECT id::text AS id, seq::text AS seq, topic, key, payload, headers, attempts, last_error, created_at, dead_at
+FROM ${OUTBOX_TABLE}
+WHERE dead_at IS NOT NULL AND published_at IS NULL AND ($1::text IS NULL OR topic = $1::text)
+ORDER BY dead_at, seq
+LIMIT $2::integer`;
+
+// ---- Cleanup runs (txonce_cleanup_runs)
+
+export const CLEANUP_RUNS_TABLE = "txonce_cleanup_runs";
+
+/** Whether txonce_cleanup_runs exists (a database that has not applied its migration yet). */
+export const cleanupRunsInstalled = `
+SELECT to_regclass('${CLEANUP_RUNS_TABLE}') IS NOT NULL AS installed`;
+
+/**
+ * Records one cleanup run that ended now and keeps the latest 100. $1 duration in ms, $2 rows
+ * deleted, $3 whether it finished.
+ */
+export const recordCleanupRun = `
+WITH run AS (
+  INSERT INTO ${CLEANUP_RUNS_TABLE} (started_at, deleted, finished, runner)
+  VALUES (now() - $1::double precision * interval '1 millisecond', $2::bigint, $3::boolean, 'job')
+  RETURNING id
+)
+DELETE FROM ${CLEANUP_RUNS_TABLE} WHERE id <= (SELECT id FROM run) - 100`;
+
+// ---- txonce doctor (src/doctor/)
+
+/**
+ * txonce's objects in the current schema (the first of the search_path), one row each: `kind`
+ * (`table`, `column`, `index`, `storage`, `routine`), `name` and `value` (a column's type and
+ * nullability, an index's columns, a table's storage parameters, a routine's source hash). The
+ * doctor compares them with src/doctor/expected-schema.ts, which `npm run migrations -- --write`
+ * makes with this statement after each migration.
+ */
+export const schemaObjects = `
+WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()),
+tables AS (
+  SELECT c.oid, c.relname, c.reloptions FROM pg_class c
+  WHERE c.relnamespace = (SELECT oid FROM ns) AND c.relkind IN ('r', 'p') AND c.relname LIKE 'txonce\\_%'
+)
+SELECT 'table' AS kind, relname::text AS name, '' AS value FROM tables
+UNION ALL
+SELECT 'column', t.relname || '.' || a.attname, format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+FROM tables t JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'index', ic.relname::text, t.relname || CASE WHEN i.indisunique THEN ' unique (' ELSE ' (' END ||
+  array_to_string(ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnatts) AS k ORDER BY k), ', ') || ')'
+FROM tables t JOIN pg_index i ON i.indrelid = t.oid JOIN pg_class ic ON ic.oid = i.indexrelid
+UNION ALL
+SELECT 'storage', relname::text, array_to_string(ARRAY(SELECT o FROM unnest(reloptions) AS o ORDER BY o), ', ')
+FROM tables WHERE reloptions IS NOT NULL
+UNION ALL
+SELECT 'routine', p.proname::text, md5(p.prosrc) FROM pg_proc p
+WHERE p.pronamespace = (SELECT oid FROM ns) AND p.proname LIKE 'txonce\\_%'
+ORDER BY 1, 2`;
+
+/** Expired keys waiting for cleanup, and the latest cleanup run (none when the table is missing). */
+export const doctorExpiredKeys = `
+SELECT count(*)::bigint::text AS expired, min(expires_at) AS oldest_expiry, now() AS db_now
+FROM ${IDEMPOTENCY_TABLE} WHERE expires_at <= now()`;
+
+/** The latest cleanup run. */
+export const doctorLastCleanupRun = `
+SELECT started_at, finished_at, deleted::text AS deleted, finished, runner FROM ${CLEANUP_RUNS_TABLE}
+ORDER BY id DESC LIMIT 1`;
+
+/**
+ * Size and health of txonce's tables in the current schema: total, table and index bytes, live and
+ * dead tuples from the statistics collector, the last (auto)vacuum, the table's storage parameters,
+ * and an estimate of its live data (live tuples times the average row width that ANALYZE measured,
+ * plus 28 bytes of tuple header and line pointer per row; null before the first ANALYZE).
+ */
+export const doctorTables = `
+SELECT c.relname::text AS name,
+  pg_total_relation_size(c.oid)::bigint::text AS total_bytes,
+  pg_relation_size(c.oid)::bigint::text AS table_bytes,
+  pg_indexes_size(c.oid)::bigint::text AS index_bytes,
+  s.n_live_tup::bigint::text AS live_tuples, s.n_dead_tup::bigint::text AS dead_tuples,
+  s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze,
+  c.reloptions,
+  (SELECT sum(avg_width) FROM pg_stats st WHERE st.schemaname = current_schema() AND st.tablename = c.relname)::double precision AS row_width
+FROM pg_class c
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+  AND c.relkind = 'r' AND c.relname IN ('${IDEMPOTENCY_TABLE}', '${OUTBOX_TABLE}')
+ORDER BY c.relname`;
+
+/** The server's autovacuum settings. */
+export const doctorAutovacuum = `
+SELECT current_setting('autovacuum') AS autovacuum, current_setting('track_counts') AS track_counts,
+  current_setting('autovacuum_vacuum_scale_factor') AS vacuum_scale_factor,
+  current_setting('autovacuum_vacuum_threshold') AS vacuum_threshold`;
+
+/**
+ * What holds back the xmin horizon (the oldest row version VACUUM must keep), oldest first: open
+ * transactions of other sessions (their snapshot or transaction id), prepared transactions, and
+ * replication slots. Sessions of other databases are left out: they do not hold back VACUUM of
+ * this database's tables. `seconds` is how long the transaction has been open (null for a slot).
+ * Other roles' sessions show only with the pg_read_all_stats role (part of pg_monitor).
+ */
+export const doctorXminHolders = `
+SELECT * FROM (
+  SELECT 'transaction' AS kind, pid::text AS id,
+    greatest(age(backend_xmin), age(backend_xid))::bigint AS xid_age,
+    EXTRACT(EPOCH FROM clock_timestamp() - xact_start)::double precision AS seconds,
+    state, usename::text AS "user", application_name, left(regexp_replace(query, '\\s+', ' ', 'g'), 120) AS query
+  FROM pg_stat_activity
+  WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) AND xact_start IS NOT NULL
+    AND (datname = current_database() OR datid IS NULL)
+  UNION ALL
+  SELECT 'prepared', gid, age(transaction)::bigint, EXTRACT(EPOCH FROM clock_timestamp() - prepared)::double precision,
+    NULL, owner::text, NULL, NULL
+  FROM pg_prepared_xacts
+  UNION ALL
+  SELECT 'slot', slot_name::text, greatest(age(xmin), age(catalog_xmin))::bigint, NULL,
+    CASE WHEN active THEN 'active' ELSE 'inactive' END, NULL, NULL, NULL
+  FROM pg_replication_slots WHERE xmin IS NOT NULL OR catalog_xmin IS NOT NULL
+) AS holders
+ORDER BY seconds DESC NULLS LAST, xid_age DESC
+LIMIT 5`;
+
+/**
+ * The outbox: pending, dead, the age of the oldest due message (pending, not leased and past its
+ * `available_at`: waiting for a relay), and leases that ended without the relay recording an
+ * outcome (a relay that stopped while publishing; another relay takes them over once they are due).
+ */
+export const doctorOutbox = `
+SELECT
+  count(*) FILTER (WHERE dead_at IS NULL)::bigint::text AS pending,
+  count(*) FILTER (WHERE dead_at IS NOT NULL)::bigint::text AS dead,
+  COALESCE(EXTRACT(EPOCH FROM now() - min(available_at) FILTER (WHERE dead_at IS NULL AND available_at <= now()
+    AND (lease_until IS NULL OR lease_until <= now()))) * 1000, 0)::double precision AS oldest_due_ms,
+  count(*) FILTER (WHERE dead_at IS NULL AND lease_until < now())::bigint::text AS expired_leases,
+  COALESCE(EXTRACT(EPOCH FROM now() - min(lease_until) FILTER (WHERE dead_at IS NULL AND lease_until < now())) * 1000, 0)::double precision AS oldest_expired_lease_ms
+FROM ${OUTBOX_TABLE} WHERE published_at IS NULL`;

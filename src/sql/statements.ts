@@ -17,7 +17,7 @@ export type Statements = typeof unqualified & {
 };
 
 /** txonce's tables and routines: the names {@link statementsFor} qualifies. */
-export const TABLE_NAMES = [unqualified.IDEMPOTENCY_TABLE, unqualified.OUTBOX_TABLE] as const;
+export const TABLE_NAMES = [unqualified.IDEMPOTENCY_TABLE, unqualified.OUTBOX_TABLE, unqualified.CLEANUP_RUNS_TABLE] as const;
 const QUALIFIED = new RegExp(`(?<![."\\w])\\b(${TABLE_NAMES.join("|")})\\b(?![."])`, "g");
 
 /** PostgreSQL's identifier length limit (NAMEDATALEN - 1), in bytes. */
@@ -71,7 +71,7 @@ const memo = new Map<string | undefined, Statements>();
 /**
  * The statements for the tables in `schema` (checked with {@link checkSchema}), made once per
  * schema. Without a schema, the statements as written: unqualified, found on the search_path.
- * Table names (`IDEMPOTENCY_TABLE`, `OUTBOX_TABLE`) stay unqualified: they name the tables in
+ * Table names (`IDEMPOTENCY_TABLE`, `OUTBOX_TABLE`, `CLEANUP_RUNS_TABLE`) stay unqualified: they name the tables in
  * results.
  */
 export function statementsFor(schema?: string): Statements {

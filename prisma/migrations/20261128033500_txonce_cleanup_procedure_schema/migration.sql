@@ -6,7 +6,8 @@
 --   SELECT cron.schedule('txonce-cleanup', '*/15 * * * *', $$CALL app.txonce_cleanup(schema_name => 'app')$$);
 --
 -- Written by hand (Prisma does not model procedures). The three-parameter procedure is replaced:
--- `CALL txonce_cleanup()` and `CALL txonce_cleanup(1000, ...)` keep working as they did.
+-- `CALL txonce_cleanup()` and `CALL txonce_cleanup(1000, ...)` keep working as they did, and each
+-- run is still recorded in txonce_cleanup_runs (of the same schema), keeping the latest 100.
 
 -- DropProcedure
 DROP PROCEDURE IF EXISTS "txonce_cleanup"(INTEGER, INTERVAL, INTERVAL);
@@ -25,6 +26,11 @@ DECLARE
     batch INTEGER;
     keys_deleted BIGINT := 0;
     messages_deleted BIGINT := 0;
+    keys_done BOOLEAN := false;
+    messages_done BOOLEAN := false;
+    run_id BIGINT;
+    runs_table TEXT := CASE WHEN schema_name IS NULL THEN 'txonce_cleanup_runs'
+        ELSE format('%I.txonce_cleanup_runs', schema_name) END;
     keys_table TEXT := CASE WHEN schema_name IS NULL THEN 'txonce_idempotency_keys'
         ELSE format('%I.txonce_idempotency_keys', schema_name) END;
     messages_table TEXT := CASE WHEN schema_name IS NULL THEN 'txonce_outbox_messages'
@@ -45,7 +51,8 @@ BEGIN
         GET DIAGNOSTICS batch = ROW_COUNT;
         keys_deleted := keys_deleted + batch;
         COMMIT;
-        EXIT WHEN batch < batch_size OR clock_timestamp() - started >= max_duration;
+        keys_done := batch < batch_size;
+        EXIT WHEN keys_done OR clock_timestamp() - started >= max_duration;
     END LOOP;
     LOOP
         EXIT WHEN clock_timestamp() - started >= max_duration;
@@ -62,8 +69,16 @@ BEGIN
         GET DIAGNOSTICS batch = ROW_COUNT;
         messages_deleted := messages_deleted + batch;
         COMMIT;
-        EXIT WHEN batch < batch_size;
+        messages_done := batch < batch_size;
+        EXIT WHEN messages_done;
     END LOOP;
+    EXECUTE format($sql$
+        INSERT INTO %1$s (started_at, deleted, finished, runner)
+        VALUES ($1, $2, $3, 'procedure') RETURNING id$sql$, runs_table)
+        INTO run_id
+        USING started, keys_deleted + messages_deleted, keys_done AND messages_done;
+    EXECUTE format('DELETE FROM %1$s WHERE id <= $1 - 100', runs_table) USING run_id;
+    COMMIT;
     RAISE NOTICE 'txonce_cleanup: deleted % expired idempotency keys and % published outbox messages in %',
         keys_deleted, messages_deleted, clock_timestamp() - started;
 END;
