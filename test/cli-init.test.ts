@@ -136,12 +136,12 @@ test("a multi-schema datasource: --db-schema adds @@schema to txonce's models, k
   const r = txonceInit(dir, ["--db-schema", "app"]);
   expect(r.code, r.stderr).toBe(0);
   const block = /\/\/ txonce:begin[\s\S]*\/\/ txonce:end/.exec(read(schemaFile))![0];
-  expect(block.match(/^\s*@@schema\("app"\)$/gm)).toHaveLength(2);
-  expect(generatedModels(dir)).toEqual(expect.arrayContaining(["TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]));
+  expect(block.match(/^\s*@@schema\("app"\)$/gm)).toHaveLength(3);
+  expect(generatedModels(dir)).toEqual(expect.arrayContaining(["TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts", "TxonceCleanupRun.ts"]));
   const again = txonceInit(dir);
   expect(again.code, again.stderr).toBe(0);
   expect(again.stdout).toContain("are up to date");
-  expect(txonceInit(dir, ["--db-schema", "app-2"]).code).toBe(2);
+  expect(txonceInit(dir, ["--db-schema", "app-2"]).code).toBe(64);
 });
 
 test("models copied by hand are left alone: exit 1, saying where they are", () => {
