@@ -46,6 +46,8 @@ const ROUNDS = Math.max(1, Math.round(env("TELEMETRY_ROUNDS", 5)));
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,8").split(",").map((s) => Math.max(1, Number(s)));
 const MESSAGES = Math.max(100, Math.round(env("TELEMETRY_MESSAGES", 5000)));
 const ACCOUNT = "bench";
+/** Which parts run: "stub" (0), "first" (1), "relay" (2); default all three. */
+const PARTS = (process.env.TELEMETRY_PARTS ?? "stub,first,relay").split(",");
 
 type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK";
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
@@ -126,7 +128,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   };
   const stubs = Object.fromEntries(MODES.map((mode) => [mode, createIdempotency(stub, { replayCache: false, telemetry: telemetryOf(mode) })]));
   const stubRounds: Record<Mode, number>[] = [];
-  for (let round = 0; round < ROUNDS + 1; round++) {
+  for (let round = 0; PARTS.includes("stub") && round < ROUNDS + 1; round++) {
     const result = {} as Record<Mode, number>;
     for (let i = 0; i < MODES.length; i++) {
       const mode = MODES[(i + round) % MODES.length]!;
@@ -139,9 +141,9 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     }
     if (round > 0) stubRounds.push(result); // round 0 warms up
   }
-  log();
-  log("txonce's own CPU per first execution, on a database stub (20,000 calls per mode and round):");
-  table(
+  if (PARTS.includes("stub")) log();
+  if (PARTS.includes("stub")) log("txonce's own CPU per first execution, on a database stub (20,000 calls per mode and round):");
+  if (PARTS.includes("stub")) table(
     ["mode", "µs/call", "added to off"],
     MODES.map((mode) => {
       const us = median(stubRounds.map((r) => r[mode]));
@@ -156,7 +158,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     });
 
   // 1. First execution.
-  for (const concurrency of CONCURRENCY) {
+  for (const concurrency of PARTS.includes("first") ? CONCURRENCY : []) {
     for (const mode of MODES) {
       enter(mode);
       await closedLoop(concurrency, 0.5, first(mode)); // warm-up
@@ -219,7 +221,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     return { rate: n / seconds, cpuUsPerMsg: (cpu.user + cpu.system) / n };
   };
   const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
-  for (let round = 0; round < ROUNDS; round++) {
+  for (let round = 0; PARTS.includes("relay") && round < ROUNDS; round++) {
     const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
     for (let i = 0; i < MODES.length; i++) {
       const mode = MODES[(i + round) % MODES.length]!;
@@ -231,9 +233,9 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     }
     drains.push(result);
   }
-  log();
-  log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker (load ${loadavg()}):`);
-  table(
+  if (PARTS.includes("relay")) log();
+  if (PARTS.includes("relay")) log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker (load ${loadavg()}):`);
+  if (PARTS.includes("relay")) table(
     ["mode", "messages/s", "ratio to off", "min-max ratio", "Node CPU µs/msg"],
     MODES.map((mode) => {
       const ratios = drains.map((r) => r[mode].rate / r.off.rate);

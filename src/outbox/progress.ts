@@ -3,6 +3,8 @@
  * is charged an attempt when it is handed to the publisher, and marked published, failed, dead or
  * released when that is known. Entries are written in groups, one statement per group (group
  * commit): while one write is in flight the next entries gather, and go in the write after it.
+ * An outcome is written at once; a charge waits for its outcome, up to {@link CHARGE_DELAY_MS},
+ * so that a publish that ends quickly costs one entry in one write rather than two writes.
  * A crash loses at most the entries not yet written: those messages are published again after
  * their lease, and an attempt whose charge was not written is not counted (never one too many).
  */
@@ -47,12 +49,21 @@ export interface ProgressOptions {
 /** How soon entries skipped because a claim had their rows locked are written again. */
 const BUSY_RETRY_MS = 10;
 
+/**
+ * How long a charge may wait for its publish's outcome before it is written on its own. A publish
+ * that ends sooner is charged in the same entry, and the same statement, as its outcome; one that
+ * takes longer (or a relay that hangs) is charged by then. A relay killed less than this after a
+ * hand-off leaves that attempt uncharged, as a crash before any write always could.
+ */
+export const CHARGE_DELAY_MS = 20;
+
 export function progressWriter(db: SqlExecutor, options: ProgressOptions): ProgressWriter {
   let pending = new Map<string, Entry>();
   let writing: Promise<void> | undefined;
   let scheduled = false;
   let closed = false;
   let retry: NodeJS.Timeout | undefined;
+  let chargeTimer: NodeJS.Timeout | undefined;
   let waiters: (() => void)[] = [];
 
   // Entries by message and lease: what one lease did to one message.
@@ -140,6 +151,8 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
   }
 
   function schedule() {
+    clearTimeout(chargeTimer);
+    chargeTimer = undefined;
     if (scheduled || writing) return;
     scheduled = true;
     // After the current macrotask: publishes that resolve at once (and their outcomes) join the
@@ -150,7 +163,11 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
   return {
     started(message, token) {
       add({ message, token, charge: 1 });
-      schedule();
+      // Written with the outcome if that comes soon, else on its own after CHARGE_DELAY_MS.
+      if (chargeTimer === undefined && !scheduled && !writing) {
+        chargeTimer = setTimeout(schedule, CHARGE_DELAY_MS);
+        chargeTimer.unref();
+      }
     },
     ended(message, token, outcome) {
       add({ message, token, charge: 0, outcome });
@@ -166,6 +183,7 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
     async close() {
       closed = true;
       clearTimeout(retry);
+      clearTimeout(chargeTimer);
       await writing;
       for (let round = 0; pending.size > 0 && round < 10; round++) {
         const group = pending;
