@@ -46,6 +46,11 @@ async function main() {
     await pool.query(schemaSql);
     const relays: [string, TxonceOverPg][] = [["after", (await import("../src/adapters/pg.js")).txonce as unknown as TxonceOverPg]];
     if (before) relays.unshift(["before", (await import(pathToFileURL(`${before}/adapters/pg.ts`).href)).txonce as TxonceOverPg]);
+    // RELAY_OTHER_SRC="label=/path/src,...": more source trees, drained in the same rounds.
+    for (const other of (process.env.RELAY_OTHER_SRC ?? "").split(",").filter(Boolean)) {
+      const [label, path] = other.split("=") as [string, string];
+      relays.push([label, (await import(pathToFileURL(`${path}/adapters/pg.ts`).href)).txonce as TxonceOverPg]);
+    }
     log(`relay drain: ${num(MESSAGES)} messages, keys ${KEYS.join("/")}, settings ${SETTINGS.map((s) => s.join("x")).join("/")}, ${RELAYS} relay(s), ${ROUNDS} rounds, publish ${PUBLISH_MS} ms`);
     log(`load: ${loadavg()}`);
     const results = new Map<string, { rate: number; statements: number; cpu: number }[]>();
@@ -80,6 +85,12 @@ async function main() {
       }
     }
     table(["backlog", "batch x workers", "before msg/s (rounds)", "after msg/s (rounds)", "after/before", "stmts/msg before", "after", "CPU µs/msg before", "after"], rows);
+    for (const [label] of relays.filter(([l]) => l !== "before" && l !== "after")) {
+      table(["backlog", "batch x workers", `${label} msg/s (rounds)`, "stmts/msg", "CPU µs/msg"], KEYS.flatMap((keys) => SETTINGS.map(([batchSize, workers]) => {
+        const rs = results.get(`${keys}|${batchSize}x${workers}|${label}`)!;
+        return [keys === 0 ? "unkeyed" : `${keys} keys`, `${batchSize} x ${workers}`, `${num(median(rs.map((r) => r.rate)))} (${rs.map((r) => num(r.rate)).join(", ")})`, fmt(median(rs.map((r) => r.statements)), 3), fmt(median(rs.map((r) => r.cpu)), 1)];
+      })));
+    }
     log(`load: ${loadavg()}`);
     if (process.env.DRAIN_TIMES === "1") {
       table(["statement", "count", "mean ms"], [...statementTimes].map(([k, v]) => [k, num(v.n), fmt(v.ms / v.n, 2)]));
