@@ -46,6 +46,10 @@ async function main() {
     await pool.query(schemaSql);
     const relays: [string, TxonceOverPg][] = [["after", (await import("../src/adapters/pg.js")).txonce as unknown as TxonceOverPg]];
     if (before) relays.unshift(["before", (await import(pathToFileURL(`${before}/adapters/pg.ts`).href)).txonce as TxonceOverPg]);
+    if (process.env.DRAIN_PREPARED === "1") {
+      const { txonce } = await import("../src/adapters/pg.js");
+      relays.push(["after, preparedStatements", ((pool: pg.Pool) => txonce(pool, { preparedStatements: true })) as unknown as TxonceOverPg]);
+    }
     // RELAY_OTHER_SRC="label=/path/src,...": more source trees, drained in the same rounds.
     for (const other of (process.env.RELAY_OTHER_SRC ?? "").split(",").filter(Boolean)) {
       const [label, path] = other.split("=") as [string, string];

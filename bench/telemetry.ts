@@ -34,7 +34,9 @@ import { context, metrics, propagation, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { ExportResultCode, W3CTraceContextPropagator, type ExportResult } from "@opentelemetry/core";
 import { AggregationTemporality, MeterProvider, PeriodicExportingMetricReader, type PushMetricExporter, type ResourceMetrics } from "@opentelemetry/sdk-metrics";
-import { BatchSpanProcessor, NodeTracerProvider, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-node";
+import {
+  BatchSpanProcessor, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler, type ReadableSpan, type SpanExporter,
+} from "@opentelemetry/sdk-trace-node";
 import { txonce } from "../src/adapters/prisma.js";
 import type { Database, Row } from "../src/executor.js";
 import { createIdempotency } from "../src/idempotency.js";
@@ -49,9 +51,11 @@ const ACCOUNT = "bench";
 /** Which parts run: "stub" (0), "first" (1), "relay" (2); default all three. */
 const PARTS = (process.env.TELEMETRY_PARTS ?? "stub,first,relay").split(",");
 
-type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK";
+type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled";
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
-const telemetryOf = (mode: Mode) => ({ enabled: mode === "no SDK" || mode === "SDK" });
+/** The relay's modes: also the SDK with a sampler that records 1% of the traces it starts. */
+const RELAY_MODES: Mode[] = [...MODES, "SDK, 1% sampled"];
+const telemetryOf = (mode: Mode) => ({ enabled: mode !== "off" && mode !== "SDK, txonce off" });
 
 /** Counts what it is handed and drops it. */
 class DroppingSpanExporter implements SpanExporter {
@@ -78,6 +82,11 @@ class DroppingMetricExporter implements PushMetricExporter {
 const spanExporter = new DroppingSpanExporter();
 const metricExporter = new DroppingMetricExporter();
 const tracerProvider = new NodeTracerProvider({ spanProcessors: [new BatchSpanProcessor(spanExporter)] });
+/** The same, sampling: a trace started here (the relay's send spans are roots) is recorded 1 time in 100. */
+const sampledTracerProvider = new NodeTracerProvider({
+  sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(0.01) }),
+  spanProcessors: [new BatchSpanProcessor(spanExporter)],
+});
 const meterProvider = new MeterProvider({
   readers: [new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 1000 })],
 });
@@ -89,7 +98,7 @@ function enter(mode: Mode) {
   propagation.disable();
   metrics.disable();
   if (!mode.startsWith("SDK")) return;
-  trace.setGlobalTracerProvider(tracerProvider);
+  trace.setGlobalTracerProvider(mode === "SDK, 1% sampled" ? sampledTracerProvider : tracerProvider);
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   propagation.setGlobalPropagator(new W3CTraceContextPropagator());
   metrics.setGlobalMeterProvider(meterProvider);
@@ -117,7 +126,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   log("Telemetry (issue 12)");
   log(`settings: ${ROUNDS} interleaved rounds per mode; first execution ${SECONDS}s per round at concurrency ${CONCURRENCY.join(" and ")}; relay ${num(MESSAGES)} unkeyed messages per drain`);
   log(`load: ${loadavg()}`);
-  const instances = Object.fromEntries(MODES.map((mode) => [mode, txonce(prisma, { telemetry: telemetryOf(mode) })])) as Record<Mode, ReturnType<typeof txonce>>;
+  const instances = Object.fromEntries(RELAY_MODES.map((mode) => [mode, txonce(prisma, { telemetry: telemetryOf(mode) })])) as Record<Mode, ReturnType<typeof txonce>>;
 
   // 0. txonce's own CPU per call, on a stub.
   const claimed: Row[] = [{ created_at: new Date(), expires_at: new Date(Date.now() + 3_600_000), xact: "1" }];
@@ -223,8 +232,8 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
   for (let round = 0; PARTS.includes("relay") && round < ROUNDS; round++) {
     const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
-    for (let i = 0; i < MODES.length; i++) {
-      const mode = MODES[(i + round) % MODES.length]!;
+    for (let i = 0; i < RELAY_MODES.length; i++) {
+      const mode = RELAY_MODES[(i + round) % RELAY_MODES.length]!;
       enter(mode);
       await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
       await enqueue(instances[mode], MESSAGES);
@@ -237,7 +246,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   if (PARTS.includes("relay")) log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker (load ${loadavg()}):`);
   if (PARTS.includes("relay")) table(
     ["mode", "messages/s", "ratio to off", "min-max ratio", "Node CPU µs/msg"],
-    MODES.map((mode) => {
+    RELAY_MODES.map((mode) => {
       const ratios = drains.map((r) => r[mode].rate / r.off.rate);
       return [
         mode,
@@ -251,11 +260,13 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
 
   enter("SDK");
   await tracerProvider.forceFlush();
+  await sampledTracerProvider.forceFlush();
   await meterProvider.forceFlush();
   log();
   log(`The SDK's exporters got ${num(spanExporter.spans)} spans and ${num(metricExporter.exports)} metric exports in all (they were live).`);
   enter("off");
   await tracerProvider.shutdown();
+  await sampledTracerProvider.shutdown();
   await meterProvider.shutdown();
   await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
 }
