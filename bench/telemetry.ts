@@ -40,6 +40,8 @@ import {
 import { txonce } from "../src/adapters/prisma.js";
 import type { Database, Row } from "../src/executor.js";
 import { createIdempotency } from "../src/idempotency.js";
+import type { OutboxMessage } from "../src/outbox/message.js";
+import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
 import { env, fmt, loadavg, log, median, num, table, type BenchContext } from "./common.js";
 
@@ -48,8 +50,8 @@ const ROUNDS = Math.max(1, Math.round(env("TELEMETRY_ROUNDS", 5)));
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,8").split(",").map((s) => Math.max(1, Number(s)));
 const MESSAGES = Math.max(100, Math.round(env("TELEMETRY_MESSAGES", 5000)));
 const ACCOUNT = "bench";
-/** Which parts run: "stub" (0), "first" (1), "relay" (2); default all three. */
-const PARTS = (process.env.TELEMETRY_PARTS ?? "stub,first,relay").split(",");
+/** Which parts run: "stub" (0), "first" (1), "relay" (2), "send" (3); default all four. */
+const PARTS = (process.env.TELEMETRY_PARTS ?? "stub,first,relay,send").split(",");
 
 type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled";
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
@@ -257,6 +259,47 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
       ];
     }),
   );
+
+  // 3. The relay's telemetry alone: the send span and metrics of one message, without the relay.
+  if (PARTS.includes("send")) {
+    const publish = async () => {};
+    const batch: OutboxMessage[] = Array.from({ length: 100 }, (_, i) => ({
+      id: `0197f0aa-0000-7000-8000-${String(i).padStart(12, "0")}`, seq: String(i), topic: "bench.telemetry", key: null, payload: { n: i },
+      encodedPayload: "{}", headers: {}, createdAt: new Date(), attempts: 1,
+      traceContext: { traceparent: `00-${(i + 1).toString(16).padStart(32, "0")}-${(i + 1).toString(16).padStart(16, "0")}-01` },
+    }));
+    const sendModes: Mode[] = ["off", "SDK", "SDK, 1% sampled"];
+    const telemetries = Object.fromEntries(sendModes.map((mode) => [mode, outboxTelemetry(telemetryOf(mode))]));
+    const perMessage = async (mode: Mode, n: number) => {
+      const telemetry = telemetries[mode];
+      const cpu0 = process.cpuUsage();
+      for (let b = 0; b < n / batch.length; b++) {
+        await Promise.all(batch.map(async (m) => {
+          const sending = telemetry?.send(m, "txonce", publish);
+          await (sending?.published ?? publish());
+          sending?.end();
+        }));
+      }
+      const cpu = process.cpuUsage(cpu0);
+      return (cpu.user + cpu.system) / n;
+    };
+    const sendRounds: Record<string, number>[] = [];
+    for (let round = 0; round < ROUNDS + 1; round++) {
+      const result: Record<string, number> = {};
+      for (let i = 0; i < sendModes.length; i++) {
+        const mode = sendModes[(i + round) % sendModes.length]!;
+        enter(mode);
+        result[mode] = await perMessage(mode, 50_000);
+      }
+      if (round > 0) sendRounds.push(result); // round 0 warms up
+    }
+    log();
+    log(`The relay's telemetry per message, no relay or database: a send span (linked to a stored creation context) and its metrics, 50,000 messages per mode and round (load ${loadavg()}):`);
+    table(
+      ["mode", "µs/message", "added to off"],
+      sendModes.map((mode) => [mode, fmt(median(sendRounds.map((r) => r[mode]!)), 2), `${fmt(median(sendRounds.map((r) => r[mode]! - r.off!)), 2)} µs`]),
+    );
+  }
 
   enter("SDK");
   await tracerProvider.forceFlush();
