@@ -103,17 +103,41 @@ export class UnencodableValueError extends InvalidArgumentError {
 
 /**
  * The txonce tables are missing from the database (SQLSTATE 42P01 or 42703): the migration has
- * not been applied to this database or schema.
+ * not been applied to this database or schema, or txonce looks in another schema than the one
+ * they are in (the `schema` option). The message names the schema searched and, when txonce's
+ * tables are in another schema of the database, that one.
  */
 export class SchemaNotInstalledError extends TxonceError {
   readonly code = "TXONCE_SCHEMA_NOT_INSTALLED";
-  constructor(options?: { cause?: unknown }) {
+  /** The schema the tables were looked for in: the `schema` option, else the connection's current schema (when it could be asked). */
+  readonly schema: string | undefined;
+  /** Other schemas of the database that hold txonce's tables (empty when none, or when they could not be looked up). */
+  readonly foundIn: readonly string[];
+  constructor(options?: { cause?: unknown; schema?: string; searchPath?: boolean; foundIn?: readonly string[] }) {
+    const schema = options?.schema;
+    const foundIn = options?.foundIn ?? [];
+    const where =
+      schema !== undefined
+        ? `schema "${schema}"${options?.searchPath ? " (the connection's search_path)" : ""} of this database`
+        : foundIn.length > 0
+          ? "the connection's search_path"
+          : "this database";
+    const elsewhere =
+      foundIn.length > 0
+        ? ` (found in schema ${foundIn.map((s) => JSON.stringify(s)).join(", ")}: pass { schema: ${JSON.stringify(foundIn[0])} })`
+        : "";
+    // Found elsewhere: the fix is the option. Found nowhere: how to install them.
+    const install =
+      foundIn.length > 0
+        ? ""
+        : " With Prisma: `npx txonce init` adds txonce's models to your schema, then `npx prisma migrate dev --name txonce` " +
+          "creates them. Without Prisma: apply node_modules/txonce/prisma/migrations/*/migration.sql in order";
     super(
-      "The txonce tables are not in this database. With Prisma: `npx txonce init` adds txonce's models " +
-        "to your schema, then `npx prisma migrate dev --name txonce` creates them. Without Prisma: apply " +
-        "node_modules/txonce/prisma/migrations/*/migration.sql in order",
-      options,
+      `The txonce tables are not ${schema === undefined && foundIn.length > 0 ? "on" : "in"} ${where}${elsewhere}.${install}`,
+      options?.cause === undefined ? undefined : { cause: options.cause },
     );
+    this.schema = schema;
+    this.foundIn = foundIn;
   }
 }
 

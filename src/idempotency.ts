@@ -9,6 +9,7 @@ import {
   InvalidArgumentError,
   NoConnectionError,
   OutcomeUnknownError,
+  SchemaNotInstalledError,
   TxonceError,
   type IdempotencyRecordInfo,
   type IdempotencyStep,
@@ -17,8 +18,8 @@ import type { Database, Row, SqlExecutor } from "./executor.js";
 import { fingerprintOf } from "./fingerprint.js";
 import { backoffPolicy } from "./outbox/backoff.js";
 import { RecordCache, type StoredRecord } from "./record-cache.js";
-import * as sql from "./sql/postgres.js";
-import { connectionFailureOf, isCodelessDriverError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
+import { statementsFor, type Statements } from "./sql/statements.js";
+import { connectionFailureOf, isCodelessDriverError, locatedSchemaError, SqlState, sqlStateOf, withSchemaCheck } from "./sqlstate.js";
 import { idempotencyTelemetry, LockWait } from "./telemetry/idempotency.js";
 import type { TelemetryOptions } from "./telemetry/options.js";
 
@@ -240,7 +241,10 @@ async function within<T>(query: Promise<T>, ms: number): Promise<T | typeof TIME
 export function createIdempotency<Tx, TxOptions>(
   db: Database<Tx, TxOptions>,
   defaults: IdempotencyDefaults<TxOptions> = {},
+  /** The statements of the schema the tables are in (the `schema` option). (Default: unqualified) */
+  sql: Statements = statementsFor(),
 ): Idempotency<Tx, TxOptions> {
+  const lookup = { db, statements: sql };
   const maxKeyLength = defaults.maxKeyLength ?? DEFAULT_MAX_KEY_LENGTH;
   if (!Number.isInteger(maxKeyLength) || maxKeyLength < 1) {
     throw new InvalidArgumentError("maxKeyLength", `expected a positive integer, got ${String(maxKeyLength)}`);
@@ -320,7 +324,7 @@ export function createIdempotency<Tx, TxOptions>(
       startedAt,
       deadline: startedAt + lockTimeoutMs,
       lockTimeoutMs,
-      lockId: keyLockId(scope, key),
+      lockId: keyLockId(scope, key, sql.schema),
       wait,
     };
   }
@@ -431,6 +435,8 @@ export function createIdempotency<Tx, TxOptions>(
       return ran();
     } catch (error) {
       if (error instanceof KeyTaken) return { kind: "taken" };
+      // Where the tables are is looked up once the transaction has ended and let go of its connection.
+      if (error instanceof SchemaNotInstalledError) throw await locatedSchemaError(error, lookup);
       if (!began) throw classified(error, call, "begin", "unavailable");
       if (!produced || error instanceof TxonceError) throw error;
       // The operation ran and its result was saved: the failure is COMMIT's.
@@ -469,6 +475,7 @@ export function createIdempotency<Tx, TxOptions>(
       try {
         rows = await withSchemaCheck(
           inTransaction.query(sql.claimExpiredKey, [call.scope, call.key, call.fingerprint, call.retentionMs, call.lockId]),
+          lookup,
         );
       } catch (error) {
         throw classified(error, call, "claim");
@@ -542,14 +549,15 @@ export function createIdempotency<Tx, TxOptions>(
     for (;;) {
       const poll = polls.count++;
       if (poll > 0) {
+        // The last poll found the key in flight: this call is waiting, even if it gives up now.
+        call.wait.waiting();
         const left = call.deadline - Date.now();
         if (left <= 0) throw inUse(call);
-        call.wait.waiting();
         await sleep(Math.min(pollDelay(poll), left));
       }
       let rows: Row[];
       try {
-        rows = await withSchemaCheck(on.db.query(sql.pollKey, [call.scope, call.key, call.lockId]));
+        rows = await withSchemaCheck(on.db.query(sql.pollKey, [call.scope, call.key, call.lockId]), lookup);
       } catch (error) {
         throw classified(error, call, "poll", on.codeless);
       }
@@ -666,12 +674,14 @@ const toDate = (value: unknown) => new Date(value as Date | string);
 /**
  * The id of the transaction-level advisory lock that a claim of (scope, key) takes: the first 64
  * bits of a SHA-256 of the pair, the scope's length first so that no two pairs encode alike,
- * under a prefix of txonce's keys (the outbox's locks hash `txonce.outbox:` keys). Computed here
- * rather than in SQL to keep the claim statement cheap to parse. A collision with another lock
- * only makes a call wait for a call it did not need to wait for.
+ * under a prefix of txonce's keys (the outbox's locks hash `txonce.outbox:` keys), and with the
+ * `schema` option when there is one, so that the same key in two schemas' tables takes two locks.
+ * Computed here rather than in SQL to keep the claim statement cheap to parse. A collision with
+ * another lock only makes a call wait for a call it did not need to wait for.
  */
-function keyLockId(scope: string, key: string): string {
-  const digest = createHash("sha256").update(`txonce.key:${scope.length}:${scope}${key}`).digest();
+function keyLockId(scope: string, key: string, schema: string | undefined): string {
+  const prefix = schema === undefined ? "txonce.key:" : `txonce.key:${schema.length}:${schema}:`;
+  const digest = createHash("sha256").update(`${prefix}${scope.length}:${scope}${key}`).digest();
   return digest.readBigInt64BE(0).toString();
 }
 

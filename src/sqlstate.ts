@@ -1,4 +1,6 @@
 import { SchemaNotInstalledError } from "./errors.js";
+import type { SqlExecutor } from "./executor.js";
+import type { Statements } from "./sql/statements.js";
 
 /** SQLSTATE codes that txonce reacts to (PostgreSQL Appendix A). */
 export const SqlState = {
@@ -140,15 +142,64 @@ function* chain(error: unknown): Generator<object> {
   }
 }
 
-/** Awaits a query of txonce's own, turning "no such table/column" into {@link SchemaNotInstalledError}. */
-export async function withSchemaCheck<T>(query: Promise<T>): Promise<T> {
+/** Where to look for txonce's tables when a statement did not find them. */
+export interface SchemaLookup {
+  /** Runs the look-up outside any transaction (the failed statement's may be aborted). */
+  readonly db: SqlExecutor;
+  /** The statements of the schema searched (their `locateTables`, and the schema option). */
+  readonly statements: Pick<Statements, "locateTables" | "schema" | "IDEMPOTENCY_TABLE">;
+}
+
+/** How long the look-up of the schemas that hold the tables may take before the error goes without it. */
+const LOOKUP_TIMEOUT_MS = 1000;
+
+/**
+ * Awaits a query of txonce's own, turning "no such table/column" into {@link SchemaNotInstalledError}.
+ * With `lookup`, the error names the schema searched and the schemas that hold txonce's tables
+ * (see {@link locatedSchemaError}).
+ */
+export async function withSchemaCheck<T>(query: Promise<T>, lookup?: SchemaLookup): Promise<T> {
   try {
     return await query;
   } catch (error) {
     const state = sqlStateOf(error);
     if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) {
-      throw new SchemaNotInstalledError({ cause: error });
+      const missing = new SchemaNotInstalledError({ cause: error });
+      throw lookup ? await locatedSchemaError(missing, lookup) : missing;
     }
     throw error;
+  }
+}
+
+/**
+ * The error again, naming the schema searched and the schemas that hold txonce's tables: one
+ * catalog query outside any transaction, bounded by a second (with a pool of one connection that
+ * a transaction still holds, it would wait for that connection). Send it after the failed
+ * statement's transaction has ended where that can be done.
+ */
+export async function locatedSchemaError(error: SchemaNotInstalledError, lookup: SchemaLookup): Promise<SchemaNotInstalledError> {
+  return new SchemaNotInstalledError({ cause: error.cause, ...(await locate(lookup)) });
+}
+
+async function locate({ db, statements }: SchemaLookup): Promise<{ schema?: string; searchPath?: boolean; foundIn?: string[] }> {
+  let timer: NodeJS.Timeout | undefined;
+  const lookedUp = db.query(statements.locateTables, [statements.IDEMPOTENCY_TABLE]);
+  lookedUp.catch(() => {});
+  try {
+    const rows = await Promise.race([
+      lookedUp,
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => resolve(undefined), LOOKUP_TIMEOUT_MS);
+        timer.unref();
+      }),
+    ]);
+    const row = rows?.[0];
+    const searched = statements.schema ?? (typeof row?.searched === "string" ? row.searched : undefined);
+    const found = typeof row?.found === "string" && row.found !== "" ? row.found.split(",") : [];
+    return { schema: searched, searchPath: statements.schema === undefined && searched !== undefined, foundIn: found.filter((s) => s !== searched) };
+  } catch {
+    return { schema: statements.schema };
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -3,11 +3,23 @@ import { scheduleCleanup, type CleanupSchedule, type ScheduleCleanupOptions } fr
 import type { Database } from "./executor.js";
 import { createIdempotency, type Idempotency, type IdempotencyDefaults, type Operation } from "./idempotency.js";
 import { createOutbox, type Outbox, type OutboxOptions } from "./outbox/outbox.js";
+import { statementsFor } from "./sql/statements.js";
 
 /** Options of `txonce(client, options)`: the idempotency defaults, plus the outbox's. */
 export interface TxonceOptions<TxOptions> extends IdempotencyDefaults<TxOptions> {
   /** The transactional outbox. (Default: published messages kept 7 days) */
   outbox?: OutboxOptions;
+  /**
+   * The PostgreSQL schema that holds txonce's tables (where its migration was applied, e.g.
+   * Prisma's `?schema=app`): every statement names the tables as `"app".txonce_...`. A plain
+   * identifier, used quoted (its case is kept). The idempotency keys' advisory locks, the
+   * cleanup's lock and the outbox's NOTIFY channel name it too, so that two schemas in one
+   * database do not wait for or wake each other: give every process that shares the tables the
+   * same value. With Prisma's `PrismaPg` and TypeORM, the client's own schema is the default
+   * (docs/adapters.md, "Tables in another schema"). (Default: the client's schema, else none: unqualified
+   * names, found on the connection's `search_path`)
+   */
+  schema?: string;
 }
 
 /** Everything `txonce(client)` gives you: idempotent operations and the retention job. */
@@ -43,18 +55,19 @@ export function createTxonce<Tx, TxOptions>(
   options: TxonceOptions<TxOptions> = {},
   hooks: AdapterHooks<TxOptions> = {},
 ): Txonce<Tx, TxOptions> {
-  const { outbox: outboxOptions, ...idempotencyDefaults } = options;
+  const { outbox: outboxOptions, schema, ...idempotencyDefaults } = options;
   const { telemetry } = options;
-  const idempotency = createIdempotency(db, idempotencyDefaults);
-  const { outbox, prunable } = createOutbox(db, idempotency.codec, outboxOptions, telemetry);
-  const tables = [idempotencyKeysTable, prunable];
+  const statements = statementsFor(schema);
+  const idempotency = createIdempotency(db, idempotencyDefaults, statements);
+  const { outbox, prunable } = createOutbox(db, idempotency.codec, outboxOptions, telemetry, statements);
+  const tables = [idempotencyKeysTable(statements), prunable];
   return {
     ...idempotency,
     outbox,
     transaction: (operation, transactionOptions) =>
       db.transaction((tx) => operation(tx), transactionOptions?.transaction ?? idempotencyDefaults.transaction),
-    cleanup: (cleanupOptions) => runCleanup(db, tables, cleanupOptions, telemetry),
+    cleanup: (cleanupOptions) => runCleanup(db, tables, cleanupOptions, telemetry, statements),
     scheduleCleanup: (scheduleOptions) =>
-      scheduleCleanup(db as Database<unknown, TxOptions>, tables, scheduleOptions, hooks.lockTransactionOptions, telemetry),
+      scheduleCleanup(db as Database<unknown, TxOptions>, tables, scheduleOptions, hooks.lockTransactionOptions, telemetry, statements),
   };
 }

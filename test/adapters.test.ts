@@ -11,14 +11,23 @@
  * in-process sharing of attempts; `others` are clients with pools of their own.
  */
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import pg from "pg";
 import {
   IdempotencyKeyInUseError,
   IdempotencyKeyReusedError,
   InvalidArgumentError,
+  SchemaNotInstalledError,
+  schemaSql,
   type OutboxMessage,
   type Txonce,
 } from "../src/index.js";
-import { adapterRows, type Subject } from "./support/adapters.js";
+import { PrismaPg } from "@prisma/adapter-pg";
+import { PrismaClient } from "../generated/prisma/client.js";
+import { txonce as txoncePg } from "../src/adapters/pg.js";
+import { txonce as txoncePrisma } from "../src/adapters/prisma.js";
+import { adapterRows, pgPool, type Subject } from "./support/adapters.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { seedKeys } from "./support/seed.js";
 
@@ -326,37 +335,61 @@ describe.each(adapterRows)("$name", (row) => {
     expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE topic = $1", [topic])).rows[0].n).toBe(0);
   });
 
-  test("outbox: a message enqueued in the business transaction is published after commit; a rolled-back one never", async () => {
-    const t = subject.txonce();
-    const topic = `${scope}.created`;
-    const received: OutboxMessage[] = [];
-    const relay = t.outbox.relay({ publisher: async (m) => void (m.topic.startsWith(scope) && received.push(m)), pollInterval: 20 });
-    await relay.start();
-    try {
-      const charge = await t.withIdempotency(newKey("outbox"), async (tx) => {
-        const created = await subject.charge(tx, newAmount());
-        await t.outbox.enqueue(tx, { topic, key: "acc", payload: { chargeId: created.id, at: new Date(0) } });
-        return created;
-      }, { scope });
-      await subject.transaction((tx) => t.outbox.enqueue(tx, { topic, payload: "in the library's own transaction" }));
-      await expect(
-        subject.transaction(async (tx) => {
-          await t.outbox.enqueue(tx, { topic, payload: "rolled back" });
-          throw new Error("abort");
-        }),
-      ).rejects.toThrow("abort");
-      const deadline = Date.now() + 10_000;
-      while (received.length < 2 && Date.now() < deadline) await sleep(20);
-      await sleep(60);
-      // Messages without a common key are published in any order.
-      expect(received.map((m) => m.payload)).toHaveLength(2);
-      expect(received.map((m) => m.payload)).toEqual(
-        expect.arrayContaining([{ chargeId: charge.id, at: new Date(0) }, "in the library's own transaction"]),
-      );
-    } finally {
-      await relay.stop();
-    }
-  });
+  test.each([false, true])(
+    "outbox (deleteOnPublish: %s): a message enqueued in the business transaction is published after commit and marked published (or deleted); a rolled-back one never",
+    async (deleteOnPublish) => {
+      const t = subject.txonce({ outbox: { deleteOnPublish } });
+      const topic = `${scope}.created.${deleteOnPublish}`;
+      const received: OutboxMessage[] = [];
+      const errors: unknown[] = [];
+      const relay = t.outbox.relay({
+        publisher: async (m) => void (m.topic === topic && received.push(m)),
+        pollInterval: 20,
+        logger: false,
+        onError: (error) => errors.push(error),
+      });
+      const rowsOf = async () =>
+        (await db.pool.query("SELECT published_at, lease_token FROM txonce_outbox_messages WHERE topic = $1", [topic])).rows;
+      await relay.start();
+      try {
+        const charge = await t.withIdempotency(newKey("outbox"), async (tx) => {
+          const created = await subject.charge(tx, newAmount());
+          await t.outbox.enqueue(tx, { topic, key: "acc", payload: { chargeId: created.id, at: new Date(0) } });
+          return created;
+        }, { scope });
+        await subject.transaction((tx) => t.outbox.enqueue(tx, { topic, payload: "in the library's own transaction" }));
+        await expect(
+          subject.transaction(async (tx) => {
+            await t.outbox.enqueue(tx, { topic, payload: "rolled back" });
+            throw new Error("abort");
+          }),
+        ).rejects.toThrow("abort");
+        // Published, then recorded: marked published (or deleted), the lease let go.
+        const recorded = async () => {
+          const rows = await rowsOf();
+          return deleteOnPublish ? rows.length === 0 : rows.length === 2 && rows.every((r) => r.published_at !== null && r.lease_token === null);
+        };
+        const deadline = Date.now() + 10_000;
+        while ((received.length < 2 || !(await recorded())) && errors.length === 0 && Date.now() < deadline) await sleep(20);
+        await sleep(60);
+        expect(errors).toEqual([]);
+        // Messages without a common key are published in any order.
+        expect(received.map((m) => m.payload)).toHaveLength(2);
+        expect(received.map((m) => m.payload)).toEqual(
+          expect.arrayContaining([{ chargeId: charge.id, at: new Date(0) }, "in the library's own transaction"]),
+        );
+        const rows = await rowsOf();
+        if (deleteOnPublish) expect(rows).toEqual([]);
+        else expect(rows).toEqual([
+          { published_at: expect.any(Date), lease_token: null },
+          { published_at: expect.any(Date), lease_token: null },
+        ]);
+        await expect(t.outbox.backlog()).resolves.toMatchObject({ pending: 0, dead: 0 });
+      } finally {
+        await relay.stop();
+      }
+    },
+  );
 
   test("cleanup deletes expired records and keeps live ones", async () => {
     const prefix = `${scope}-cleanup`;
@@ -426,5 +459,194 @@ describe.each(adapterRows)("$name", (row) => {
       expect(duplicate.value).toStrictEqual(value);
       expect(await charges(amount)).toBe(1);
     });
+  });
+});
+
+/**
+ * The schema dimension: txonce's tables in schema `app` (and `app2`), which no connection has on
+ * its search_path, while `public` has the business tables but none of txonce's. Each row is told
+ * the schema the way its users would: Prisma through PrismaPg's `schema`, TypeORM through the
+ * DataSource's `schema` (txonce takes both as its default), the others with the `schema` option.
+ */
+describe("tables in another schema", () => {
+  let sdb: TestDatabase;
+  /** Pools whose search_path is the schema: for the assertions and the seeding. */
+  const pools: Record<string, pg.Pool> = {};
+  beforeAll(async () => {
+    sdb = await createTestDatabase({ prismaPoolSize: 1 });
+    const appTables = await readFile(join(import.meta.dirname, "../examples/demo/app-tables.sql"), "utf8");
+    const client = await sdb.pool.connect();
+    try {
+      await client.query("DROP TABLE txonce_idempotency_keys, txonce_outbox_messages; DROP PROCEDURE txonce_cleanup");
+      for (const schema of ["app", "app2"]) {
+        await client.query(`CREATE SCHEMA ${schema}; SET search_path TO ${schema}`);
+        await client.query(schemaSql);
+        await client.query(appTables);
+        await client.query("INSERT INTO accounts (id, balance) VALUES ('acc', 0); RESET search_path");
+        pools[schema] = new pg.Pool({ connectionString: sdb.url, max: 2, options: `-c search_path=${schema}` });
+      }
+    } finally {
+      client.release();
+    }
+    await sdb.pool.query("INSERT INTO accounts (id, balance) VALUES ('acc', 0)");
+  });
+  afterAll(async () => {
+    await Promise.all(Object.values(pools).map((p) => p.end()));
+    await sdb?.drop();
+  });
+
+  const keyRowsIn = async (schema: string, scope: string, key: string) =>
+    (await pools[schema]!.query("SELECT result FROM txonce_idempotency_keys WHERE scope = $1 AND key = $2", [scope, key])).rows;
+
+  test("public has the business tables and none of txonce's", async () => {
+    const { rows } = await sdb.pool.query(
+      "SELECT table_schema, table_name FROM information_schema.tables WHERE table_name LIKE 'txonce%' OR table_name = 'charges' ORDER BY 1, 2",
+    );
+    expect(rows.map((r) => `${r.table_schema}.${r.table_name}`)).toEqual([
+      "app.charges", "app.txonce_idempotency_keys", "app.txonce_outbox_messages",
+      "app2.charges", "app2.txonce_idempotency_keys", "app2.txonce_outbox_messages",
+      "public.charges",
+    ]);
+  });
+
+  describe.each(adapterRows)("$name", (row) => {
+    let subject: Subject;
+    let other: Subject;
+    const scope = `schema:${row.name}`;
+    let keySeq = 0;
+    const newKey = (label: string) => `${label}-${++keySeq}`;
+    beforeAll(async () => {
+      subject = await row.open(sdb.url, 3, "app");
+      other = await row.open(sdb.url, 2, "app");
+    });
+    afterAll(async () => {
+      await Promise.all([subject, other].map((s) => s?.close()));
+    });
+
+    test("first call and replay: the key is stored in app's table, replayed by another client from there", async () => {
+      const key = newKey("first");
+      let runs = 0;
+      const first = await subject.txonce().withIdempotencyOutcome(key, async (tx) => (runs++, subject.charge(tx, 7)), { scope });
+      expect(first).toMatchObject({ replayed: false });
+      expect(await keyRowsIn("app", scope, key)).toEqual([{ result: expect.stringContaining(String(first.value.id)) }]);
+      const again = await other.txonce().withIdempotencyOutcome(key, async () => (runs++, "must not run"), { scope });
+      expect(again).toMatchObject({ replayed: true });
+      expect(again.value).toStrictEqual(first.value);
+      expect(runs).toBe(1);
+    });
+
+    test("two schemas in one database: the same key is a key of each, and neither waits for the other's claim", async () => {
+      const key = newKey("two");
+      const [inApp, inApp2] = [subject.txonce(), other.txonce({ schema: "app2" })];
+      const slow = inApp.withIdempotency(key, async () => (await sleep(500), "app's"), { scope });
+      await sleep(100); // app's claim holds the key's lock now
+      await expect(inApp2.withIdempotency(key, async () => "app2's", { scope, lockTimeout: 200 })).resolves.toBe("app2's");
+      await expect(slow).resolves.toBe("app's");
+      expect(await keyRowsIn("app", scope, key)).toEqual([{ result: expect.stringContaining("app's") }]);
+      expect(await keyRowsIn("app2", scope, key)).toEqual([{ result: expect.stringContaining("app2's") }]);
+    });
+
+    test("outbox: enqueued in app's table, the relay of app is woken by app's channel, publishes and marks them", async () => {
+      const t = subject.txonce();
+      const topic = `${scope}.created`;
+      const received: OutboxMessage[] = [];
+      const errors: unknown[] = [];
+      // A poll interval longer than the test: only a notification on app's channel wakes the relay.
+      const relay = t.outbox.relay({
+        publisher: async (m) => void (m.topic === topic && received.push(m)),
+        pollInterval: "1m",
+        listen: { connectionString: sdb.url },
+        logger: false,
+        onError: (error) => errors.push(error),
+      });
+      // What a relay of the tables in public (no schema) listens to: app's commits do not wake it.
+      const publicChannel = new pg.Client({ connectionString: sdb.url });
+      const heardInPublic: string[] = [];
+      publicChannel.on("notification", (n) => heardInPublic.push(n.channel));
+      await publicChannel.connect();
+      await publicChannel.query("LISTEN txonce_outbox");
+      await relay.start();
+      try {
+        await sleep(50); // the first claim found nothing; the relay waits for a notification
+        await t.withIdempotency(newKey("outbox"), async (tx) => t.outbox.enqueue(tx, { topic, key: "k", payload: 1 }), { scope });
+        await subject.transaction((tx) => t.outbox.enqueue(tx, { topic, payload: 2 }));
+        const marked = async () =>
+          (await pools.app!.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE topic = $1 AND published_at IS NOT NULL", [topic])).rows[0].n;
+        const deadline = Date.now() + 10_000;
+        while ((received.length < 2 || (await marked()) < 2) && errors.length === 0 && Date.now() < deadline) await sleep(20);
+        expect(errors).toEqual([]);
+        expect(received.map((m) => m.payload).sort()).toEqual([1, 2]);
+        expect(await marked()).toBe(2);
+        await expect(t.outbox.backlog()).resolves.toMatchObject({ pending: 0, dead: 0 });
+        expect(heardInPublic).toEqual([]);
+      } finally {
+        await relay.stop();
+        await publicChannel.end();
+      }
+    });
+
+    test("cleanup deletes app's expired keys and leaves app2's", async () => {
+      const prefix = `${scope}-cleanup`;
+      for (const schema of ["app", "app2"]) await seedKeys(pools[schema]!, { count: 12, expired: true, scope, prefix });
+      const dry = await subject.txonce().cleanup({ dryRun: true });
+      expect(dry.tables.txonce_idempotency_keys!.deleted).toBeGreaterThanOrEqual(12);
+      const result = await subject.txonce().cleanup({ batchSize: 5 });
+      expect(result).toMatchObject({ finished: true });
+      const count = async (schema: string) =>
+        (await pools[schema]!.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys WHERE key LIKE $1", [`${prefix}-%`])).rows[0].n;
+      expect([await count("app"), await count("app2")]).toEqual([0, 12]);
+      await pools.app2!.query("DELETE FROM txonce_idempotency_keys WHERE key LIKE $1", [`${prefix}-%`]);
+    });
+
+    test("the schema option wins over the client's; tables not there: SchemaNotInstalledError names the schema and where they are", async () => {
+      const t = subject.txonce({ schema: "nowhere" });
+      const checks: [string, () => Promise<unknown>][] = [
+        ["withIdempotency", () => t.withIdempotency(newKey("missing"), async () => "must not run", { scope })],
+        ["enqueue", () => subject.transaction((tx) => t.outbox.enqueue(tx, { topic: `${scope}.missing`, payload: 1 }))],
+        ["cleanup", () => t.cleanup()],
+      ];
+      for (const [what, call] of checks) {
+        const error = await call().catch((e: unknown) => e);
+        expect(error, what).toBeInstanceOf(SchemaNotInstalledError);
+        expect(error, what).toMatchObject({ code: "TXONCE_SCHEMA_NOT_INSTALLED", schema: "nowhere", foundIn: ["app", "app2"] });
+        expect((error as Error).message, what).toMatch(/^The txonce tables are not in schema "nowhere" of this database \(found in schema "app", "app2": pass \{ schema: "app" \}\)/);
+      }
+    });
+  });
+
+  test("Prisma: the ?schema= of PrismaPg's connection string is the default too; PrismaPg's schema option wins over it", async () => {
+    const url = new URL(sdb.url);
+    url.searchParams.set("schema", "app2");
+    const ignore = () => {};
+    const fromUrl = new PrismaClient({ adapter: new PrismaPg({ connectionString: url.toString(), max: 1 }, { onPoolError: ignore }) });
+    const fromOption = new PrismaClient({ adapter: new PrismaPg({ connectionString: url.toString(), max: 1 }, { schema: "app", onPoolError: ignore }) });
+    try {
+      await txoncePrisma(fromUrl).withIdempotency("prisma-url", async () => "in app2", { scope: "url" });
+      await txoncePrisma(fromOption).withIdempotency("prisma-url", async () => "in app", { scope: "url" });
+      expect(await keyRowsIn("app2", "url", "prisma-url")).toEqual([{ result: expect.stringContaining("in app2") }]);
+      expect(await keyRowsIn("app", "url", "prisma-url")).toEqual([{ result: expect.stringContaining("in app") }]);
+    } finally {
+      await Promise.all([fromUrl.$disconnect(), fromOption.$disconnect()]);
+    }
+  });
+
+  test("without a schema, the error says the tables are not on the search_path and names the schemas that have them", async () => {
+    const pool = pgPool(sdb.url, 2);
+    try {
+      const error = await txoncePg(pool).withIdempotency("k", async () => 1).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(SchemaNotInstalledError);
+      expect(error).toMatchObject({ schema: "public", foundIn: ["app", "app2"] });
+      expect((error as Error).message).toMatch(/^The txonce tables are not in schema "public" \(the connection's search_path\) of this database \(found in schema "app", "app2": pass \{ schema: "app" \}\)/);
+    } finally {
+      await pool.end();
+    }
+  });
+
+  test("a schema option that is not a plain identifier is refused before anything runs", () => {
+    for (const schema of ["", "app; DROP TABLE charges", 'a"b', "1app", "x".repeat(64), 7]) {
+      expect(() => txoncePg(pools.app!, { schema: schema as string }), String(schema)).toThrow(
+        expect.objectContaining({ code: "TXONCE_INVALID_ARGUMENT", argument: "schema" }),
+      );
+    }
   });
 });

@@ -5,7 +5,7 @@
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
-import { InvalidArgumentError, SchemaNotInstalledError, type CleanupResult } from "../src/index.js";
+import { InvalidArgumentError, SchemaNotInstalledError, schemaSql, type CleanupResult } from "../src/index.js";
 import { txonce } from "../src/adapters/prisma.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { countKeys, seedKeys } from "./support/seed.js";
@@ -194,6 +194,44 @@ describe("scheduleCleanup()", () => {
     for (const { who, batch } of batches) {
       if (batch === 1) owner = who; // a run's first batch: it holds the lock now
       else expect(who, "a batch of another scheduler's run came in the middle of this run").toBe(owner);
+    }
+  });
+
+  test("the lock is per schema: a run on schema app's tables holds app's lock, not public's", async () => {
+    await db.pool.query("CREATE SCHEMA IF NOT EXISTS sched_app");
+    const setup = await db.pool.connect();
+    try {
+      await setup.query("SET search_path TO sched_app");
+      await setup.query(schemaSql);
+    } finally {
+      await setup.query("RESET search_path");
+      setup.release();
+    }
+    const holder = await db.pool.connect();
+    const lockOf = (schema: string) => `SELECT pg_advisory_xact_lock(hashtext('txonce.cleanup:' || current_database() || ':' || '${schema}'))`;
+    try {
+      await holder.query("BEGIN");
+      await holder.query(lockOf("sched_app")); // another replica's run on sched_app
+      const outcome = (options: { schema?: string }) =>
+        new Promise<string>((resolve, reject) => {
+          const schedule = txonce(db.prisma, options).scheduleCleanup({
+            every: "1h",
+            onRun: () => void schedule.stop().then(() => resolve("ran")),
+            onSkip: () => void schedule.stop().then(() => resolve("skipped")),
+            onError: reject,
+          });
+        });
+      expect(await outcome({ schema: "sched_app" })).toBe("skipped");
+      expect(await outcome({})).toBe("ran");
+      await holder.query("ROLLBACK");
+      await holder.query("BEGIN");
+      await holder.query(lockOf("public")); // a run on public's tables
+      expect(await outcome({ schema: "sched_app" })).toBe("ran");
+      expect(await outcome({})).toBe("skipped");
+    } finally {
+      await holder.query("ROLLBACK");
+      holder.release();
+      await db.pool.query("DROP SCHEMA sched_app CASCADE");
     }
   });
 

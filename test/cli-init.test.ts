@@ -121,6 +121,29 @@ test("an older block is replaced in place; the rest of the schema stays as it wa
   expect(read(schemaFile)).toBe(current + after);
 });
 
+test("a multi-schema datasource: --db-schema adds @@schema to txonce's models, kept by a later run; without it, exit 1 and nothing written", () => {
+  const dir = project("multi-schema");
+  prisma(dir, ["init", "--no-skills"]);
+  const schemaFile = join(dir, "prisma", "schema.prisma");
+  writeFileSync(schemaFile, read(schemaFile).replace(/(datasource db \{\n[^}]*?provider\s*=\s*"postgresql"\n)/, '$1  schemas  = ["public", "app"]\n'));
+  const original = read(schemaFile);
+  expect(original).toContain('schemas  = ["public", "app"]');
+  const refused = txonceInit(dir);
+  expect(refused.code).toBe(1);
+  expect(refused.stderr).toMatch(/lists schemas .*--db-schema <name>.*Nothing changed/);
+  expect(read(schemaFile)).toBe(original);
+
+  const r = txonceInit(dir, ["--db-schema", "app"]);
+  expect(r.code, r.stderr).toBe(0);
+  const block = /\/\/ txonce:begin[\s\S]*\/\/ txonce:end/.exec(read(schemaFile))![0];
+  expect(block.match(/^\s*@@schema\("app"\)$/gm)).toHaveLength(2);
+  expect(generatedModels(dir)).toEqual(expect.arrayContaining(["TxonceIdempotencyKey.ts", "TxonceOutboxMessage.ts"]));
+  const again = txonceInit(dir);
+  expect(again.code, again.stderr).toBe(0);
+  expect(again.stdout).toContain("are up to date");
+  expect(txonceInit(dir, ["--db-schema", "app-2"]).code).toBe(2);
+});
+
 test("models copied by hand are left alone: exit 1, saying where they are", () => {
   const dir = project("hand-copied");
   prisma(dir, ["init", "--no-skills"]);

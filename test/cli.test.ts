@@ -118,8 +118,39 @@ test("Prisma's ?schema= picks the schema the tables are in (quoted: a name with 
   url.searchParams.set("schema", "nowhere");
   const missing = await txonceCli(["cleanup"], { DATABASE_URL: url.toString() });
   expect(missing.code).toBe(1);
-  expect(lastLine(missing.stderr)).toMatch(/The txonce tables are not in this database.*\(looked in schema "nowhere" \(the URL's \?schema=\)\)$/);
+  expect(lastLine(missing.stderr)).toMatch(/The txonce tables are not in schema "nowhere" of this database \(found in schema .*"public".*: pass \{ schema: "[^"]+" \}\)/);
   await db.pool.query(`DROP SCHEMA "${schema}" CASCADE`);
+});
+
+test("--schema names the schema the tables are in (over the URL's), and a name that is not a plain identifier is a usage error", async () => {
+  const schema = "cli_billing";
+  await db.pool.query(`CREATE SCHEMA ${schema}`);
+  const client = await db.pool.connect();
+  try {
+    await client.query(`SET search_path TO ${schema}`);
+    await client.query(schemaSql);
+    await client.query(
+      `INSERT INTO txonce_idempotency_keys (key, expires_at) SELECT 'k' || i, now() - interval '1 day' FROM generate_series(1, 3) i`,
+    );
+    await client.query("RESET search_path");
+  } finally {
+    client.release();
+  }
+  await seedKeys(db.pool, { count: 5, expired: true }); // in public: not this run's business
+  try {
+    const url = new URL(db.url);
+    url.searchParams.set("schema", "elsewhere");
+    const r = await txonceCli(["cleanup", "--json", "--schema", schema], { DATABASE_URL: url.toString() });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(lastLine(r.stdout)!).tables.txonce_idempotency_keys.deleted).toBe(3);
+    expect(await countKeys(db.pool)).toBe(5);
+    const bad = await txonceCli(["cleanup", "--schema", "a b"], { DATABASE_URL: db.url });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr.split("\n")[0]).toMatch(/--schema: expected a schema name/);
+  } finally {
+    await db.pool.query(`DROP SCHEMA ${schema} CASCADE`);
+    await db.pool.query("TRUNCATE txonce_idempotency_keys");
+  }
 });
 
 test("--version prints the package's version", async () => {
@@ -211,6 +242,6 @@ test("an unreachable database: exit 1 with a one-line reason", async () => {
 test("a database without the tables: exit 1 saying how to install them", async () => {
   const r = await txonceCli(["cleanup"], { DATABASE_URL: emptyDatabaseUrl });
   expect(r.code).toBe(1);
-  expect(lastLine(r.stderr)).toMatch(/^txonce cleanup: The txonce tables are not in this database/);
+  expect(lastLine(r.stderr)).toMatch(/^txonce cleanup: The txonce tables are not in schema "public" \(the connection's search_path\) of this database\. With Prisma: `npx txonce init`/);
   expect(r.stderr).not.toMatch(/^\s+at /m);
 });

@@ -155,7 +155,8 @@ describe("the replay cache", () => {
   test("drops a record when it expires by the database's clock: the next call runs", async () => {
     const { withIdempotencyOutcome } = txonce(db.prisma);
     const key = newKey();
-    const first = await withIdempotencyOutcome(key, async () => "old", { retention: 400 });
+    // Long enough for the replay below to come before the expiry on a loaded machine.
+    const first = await withIdempotencyOutcome(key, async () => "old", { retention: 2000 });
     await expect(withIdempotencyOutcome(key, async () => "new")).resolves.toMatchObject({ value: "old", replayed: true });
     await sleep(first.expiresAt.getTime() - Date.now() + 50);
     const second = await withIdempotencyOutcome(key, async () => "new");
@@ -389,4 +390,8 @@ test("a database without the txonce tables gives SchemaNotInstalledError", async
   expect(error).toBeInstanceOf(SchemaNotInstalledError);
   expect(error).toMatchObject({ code: "TXONCE_SCHEMA_NOT_INSTALLED" });
   expect((error as Error).cause).toBeDefined();
+  // Looked up once the claim's transaction let go of the pool's one connection (not timed out
+  // waiting for it): the schema searched and where the tables are.
+  expect(error).toMatchObject({ schema: "empty_schema", foundIn: ["public"] });
+  expect((error as Error).message).toMatch(/^The txonce tables are not in schema "empty_schema" \(the connection's search_path\) of this database \(found in schema "public": pass \{ schema: "public" \}\)\.$/);
 });

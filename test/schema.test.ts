@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, inject, test } from "vitest";
 import { migrations, schemaSql } from "../src/index.js";
+import { statementsFor } from "../src/sql/statements.js";
 import { txonce } from "../src/adapters/prisma.js";
 import { EMPTY_MIGRATION, migrationSqlFor } from "../scripts/prisma6/migration-sql.js";
 import { schemaModuleSource, shippedMigrations } from "../scripts/migrations.js";
@@ -63,6 +64,59 @@ test("CALL txonce_cleanup() (for pg_cron) deletes expired keys and old published
     (SELECT count(*)::int FROM txonce_idempotency_keys WHERE scope = 'proc') AS keys,
     (SELECT count(*)::int FROM txonce_outbox_messages) AS messages`);
   expect(rows[0]).toEqual({ keys: 10, messages: 12 });
+});
+
+test("CALL app.txonce_cleanup(schema_name => 'app') cleans the tables of schema app from a session whose search_path does not have it", async () => {
+  const setup = await db.pool.connect();
+  try {
+    await setup.query("CREATE SCHEMA proc_app; SET search_path TO proc_app");
+    await setup.query(schemaSql);
+  } finally {
+    await setup.query("RESET search_path");
+    setup.release();
+  }
+  try {
+    for (const table of ["proc_app.txonce_idempotency_keys", "txonce_idempotency_keys"]) {
+      await db.pool.query(`INSERT INTO ${table} (scope, key, result, expires_at)
+        SELECT 'proc-schema', 'old-' || i, 'x', now() - interval '1 hour' FROM generate_series(1, 1500) i`);
+    }
+    await db.pool.query(`INSERT INTO proc_app.txonce_outbox_messages (id, topic, payload, published_at)
+      SELECT gen_random_uuid(), 't', 'p', now() - interval '8 days' FROM generate_series(1, 3)`);
+    await db.pool.query("CALL proc_app.txonce_cleanup(1000, schema_name => 'proc_app')");
+    const { rows } = await db.pool.query(`SELECT
+      (SELECT count(*)::int FROM proc_app.txonce_idempotency_keys) AS app_keys,
+      (SELECT count(*)::int FROM proc_app.txonce_outbox_messages) AS app_messages,
+      (SELECT count(*)::int FROM txonce_idempotency_keys WHERE scope = 'proc-schema') AS public_keys`);
+    expect(rows[0]).toEqual({ app_keys: 0, app_messages: 0, public_keys: 1500 });
+    // Without schema_name, the names are found on the search_path, as before the parameter existed.
+    await expect(db.pool.query("CALL proc_app.txonce_cleanup()")).resolves.toBeDefined();
+    expect((await db.pool.query("SELECT count(*)::int AS n FROM txonce_idempotency_keys WHERE scope = 'proc-schema'")).rows[0].n).toBe(0);
+  } finally {
+    await db.pool.query("DROP SCHEMA proc_app CASCADE");
+  }
+});
+
+test("statementsFor(schema) qualifies every table name of every statement, names the schema in lock ids and the channel; none is unqualified as written", () => {
+  const bare = /(?<![."])\btxonce_(idempotency_keys|outbox_messages)\b/g;
+  const asWritten = statementsFor();
+  const schema = "App$$1"; // case kept, and a `$` that must not act as a replacement pattern
+  const qualified = statementsFor(schema);
+  expect(statementsFor(schema)).toBe(qualified); // made once
+  let statements = 0;
+  for (const [name, text] of Object.entries(asWritten)) {
+    if (typeof text !== "string" || name.endsWith("_TABLE") || name === "OUTBOX_CHANNEL") continue;
+    const made = (qualified as unknown as Record<string, string>)[name]!;
+    expect(made.match(bare), name).toBeNull();
+    expect(made.split(`"${schema}".txonce_`).length - 1, name).toBe(text.match(bare)?.length ?? 0);
+    expect(made, name).not.toContain("current_schema()");
+    if (text.includes("pg_notify(")) expect(made, name).toContain(`pg_notify('txonce_outbox:${schema}'`);
+    statements++;
+  }
+  expect(statements).toBeGreaterThan(15);
+  expect(qualified.tryCleanupLock).toContain(`':' || '${schema}'`);
+  expect(qualified.IDEMPOTENCY_TABLE).toBe("txonce_idempotency_keys"); // names in results stay plain
+  expect(qualified.OUTBOX_CHANNEL).toBe(`txonce_outbox:${schema}`);
+  expect(statementsFor("s".repeat(63)).OUTBOX_CHANNEL).toMatch(/^txonce_outbox:[0-9a-f]{40}$/); // within 63 bytes
 });
 
 test("the exported schemaSql is the migration files, inlined", async () => {

@@ -9,6 +9,7 @@ import type { AddressInfo } from "node:net";
 import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { txonce } from "../src/adapters/prisma.js";
+import { handleIdempotentRequest } from "../src/http/core.js";
 import { IdempotencyKeyInUseError, IdempotencyKeyReusedError } from "../src/errors.js";
 import { continueTrace, type OutboxMessage } from "../src/index.js";
 import { headersOf, PublishRejectedError } from "../src/outbox/publishers/common.js";
@@ -123,6 +124,23 @@ describe("withIdempotency", () => {
     const [span] = otel.spansNamed("withIdempotency");
     expect(span!.attributes).toMatchObject({ "txonce.idempotency.key": "order-7", "txonce.idempotency.scope": "tenant-1", "txonce.idempotency.outcome": "executed" });
     expect(parentOf(otel.spans.getFinishedSpans().find((s) => s.spanContext().spanId === inner)!, [span!])).toBe(span);
+  });
+
+  test("an HTTP route's call is named by its method and route pattern, not by its URL or key", async () => {
+    const t = txonce(db.prisma);
+    const info = (id: string) => ({
+      request: {},
+      method: "POST",
+      route: "/accounts/:id/charges",
+      url: `/accounts/${id}/charges`,
+      body: { amount: 1 },
+      header: (name: string) => (name === "idempotency-key" ? `"${unique("k")}"` : undefined),
+    });
+    await handleIdempotentRequest(t, {}, info("a1"), async () => ({ status: 201 }));
+    await handleIdempotentRequest(t, { name: "charge" }, info("a2"), async () => ({ status: 201 }));
+    expect(otel.spansNamed("withIdempotency POST /accounts/:id/charges")).toHaveLength(1);
+    expect(otel.spansNamed("withIdempotency charge")).toHaveLength(1);
+    expect(await otel.total("txonce.idempotency.calls", { "txonce.operation.name": "POST /accounts/:id/charges" })).toBe(1);
   });
 
   test("telemetry: { enabled: false } emits nothing", async () => {

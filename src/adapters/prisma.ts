@@ -106,6 +106,25 @@ export function prismaDatabase<Client extends PrismaClientLike>(
 
 export type TxonceOptions = TxonceOptionsOver<PrismaTransactionOptions>;
 
+/**
+ * The schema the client's driver adapter queries: `PrismaPg`'s `schema` option, else the
+ * `?schema=` of its connection string (what `prisma migrate` reads). Read from the client's
+ * engine configuration, which Prisma does not document: `undefined` when it is not there.
+ */
+export function prismaSchemaOf(prisma: unknown): string | undefined {
+  try {
+    const adapter = (prisma as { _engineConfig?: { adapter?: { options?: { schema?: unknown }; config?: { connectionString?: unknown } } } })
+      ._engineConfig?.adapter;
+    const schema = adapter?.options?.schema;
+    if (typeof schema === "string" && schema !== "") return schema;
+    const url = adapter?.config?.connectionString;
+    if (typeof url === "string" && url.includes("schema=")) return new URL(url).searchParams.get("schema") || undefined;
+  } catch {
+    // not a URL, or an engine configuration of another shape
+  }
+  return undefined;
+}
+
 export type Txonce<Client> = TxonceOver<TransactionClientOf<Client>, PrismaTransactionOptions>;
 
 /**
@@ -118,7 +137,7 @@ export type Txonce<Client> = TxonceOver<TransactionClientOf<Client>, PrismaTrans
 export function txonce<Client extends PrismaClientLike>(prisma: Client, options: TxonceOptions = {}): Txonce<Client> {
   return createTxonce(
     prismaDatabase(prisma),
-    { ...options, types: [prismaDecimalType, ...(options.types ?? [])] },
+    { ...options, schema: options.schema ?? prismaSchemaOf(prisma), types: [prismaDecimalType, ...(options.types ?? [])] },
     // The cleanup lock's transaction stays open (idle, holding only the lock) for a whole run.
     { lockTransactionOptions: (maxDurationMs) => ({ maxWait: 10_000, timeout: maxDurationMs + 60_000 }) },
   );

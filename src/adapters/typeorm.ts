@@ -128,5 +128,8 @@ export function txonce<Client extends TypeormDataSourceLike<any>>(
   dataSource: Client,
   options: TxonceOptions = {},
 ): Txonce<TypeormEntityManagerOf<Client>, TypeormTransactionOptions> {
-  return createTxonce(typeormDatabase(dataSource as TypeormDataSourceLike<TypeormEntityManagerOf<Client> & TypeormEntityManagerLike>), options);
+  const database = typeormDatabase(dataSource as TypeormDataSourceLike<TypeormEntityManagerOf<Client> & TypeormEntityManagerLike>);
+  // The data source's `schema` (where TypeORM puts and looks for its entities) is the default.
+  const own = (dataSource.options as { schema?: unknown }).schema;
+  return createTxonce(database, { ...options, schema: options.schema ?? (typeof own === "string" && own !== "" ? own : undefined) });
 }

@@ -1,7 +1,7 @@
 import { toMilliseconds, type Duration } from "../duration.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { SqlExecutor } from "../executor.js";
-import * as sql from "../sql/postgres.js";
+import { statementsFor, type Statements } from "../sql/statements.js";
 import { withSchemaCheck } from "../sqlstate.js";
 import { cleanupTelemetry, type CleanupTelemetry } from "../telemetry/cleanup.js";
 import type { TelemetryOptions } from "../telemetry/options.js";
@@ -77,11 +77,12 @@ export interface PrunableTable {
   readonly params?: readonly unknown[];
 }
 
-export const idempotencyKeysTable: PrunableTable = {
+/** The idempotency keys, with the statements of their schema. */
+export const idempotencyKeysTable = (sql: Statements = statementsFor()): PrunableTable => ({
   table: sql.IDEMPOTENCY_TABLE,
   deleteBatch: sql.deleteExpiredKeys,
   countDue: sql.countExpiredKeys,
-};
+});
 
 const DEFAULT_BATCH_SIZE = 1000;
 const DEFAULT_MAX_DURATION = "1m";
@@ -108,11 +109,13 @@ export async function runCleanup(
   options: CleanupOptions = {},
   /** Spans and metrics of the run (docs/observability.md). (Default: on) */
   telemetryOptions?: TelemetryOptions,
+  /** The statements of the tables' schema, to name it when they are missing. (Default: unqualified) */
+  statements: Statements = statementsFor(),
 ): Promise<CleanupResult> {
   const { batchSize, maxDurationMs } = checkCleanupOptions(options);
   // telemetry: the run in a span, its duration, and the rows each batch deleted
   const telemetry = cleanupTelemetry(telemetryOptions);
-  return telemetry ? telemetry.run(() => clean(db, tables, options, batchSize, maxDurationMs, telemetry)) : clean(db, tables, options, batchSize, maxDurationMs);
+  return telemetry ? telemetry.run(() => clean(db, tables, options, batchSize, maxDurationMs, statements, telemetry)) : clean(db, tables, options, batchSize, maxDurationMs, statements);
 }
 
 async function clean(
@@ -121,8 +124,10 @@ async function clean(
   options: CleanupOptions,
   batchSize: number,
   maxDurationMs: number,
+  statements: Statements,
   telemetry?: CleanupTelemetry,
 ): Promise<CleanupResult> {
+  const lookup = { db, statements };
   const started = performance.now();
   const elapsed = () => performance.now() - started;
   const results: Record<string, TableCleanupResult> = {};
@@ -131,7 +136,7 @@ async function clean(
 
   for (const t of tables) {
     if (options.dryRun) {
-      const rows = await withSchemaCheck(db.query(t.countDue, [...(t.params ?? [])]));
+      const rows = await withSchemaCheck(db.query(t.countDue, [...(t.params ?? [])]), lookup);
       const expired = Number(rows[0]?.expired ?? 0);
       results[t.table] = { deleted: expired, batches: 0, finished: true };
       deleted += expired;
@@ -141,7 +146,7 @@ async function clean(
     let tableBatches = 0;
     let finished = false;
     while (elapsed() < maxDurationMs && !options.signal?.aborted) {
-      const rows = await withSchemaCheck(db.query(t.deleteBatch, [batchSize, ...(t.params ?? [])]));
+      const rows = await withSchemaCheck(db.query(t.deleteBatch, [batchSize, ...(t.params ?? [])]), lookup);
       const batchDeleted = Number(rows[0]?.deleted ?? 0);
       // A statement that found nothing left to delete is how the run learns it is done, not a batch.
       if (batchDeleted > 0) {

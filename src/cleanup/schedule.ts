@@ -1,7 +1,7 @@
 import { toMilliseconds, type Duration } from "../duration.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { Database } from "../executor.js";
-import * as sql from "../sql/postgres.js";
+import { statementsFor, type Statements } from "../sql/statements.js";
 import { checkCleanupOptions, runCleanup, type CleanupOptions, type CleanupResult, type PrunableTable } from "./cleanup.js";
 import { cleanupTelemetry } from "../telemetry/cleanup.js";
 import type { TelemetryOptions } from "../telemetry/options.js";
@@ -47,6 +47,8 @@ export function scheduleCleanup<TxOptions>(
   lockTransactionOptions?: (maxDurationMs: number) => TxOptions,
   /** Spans and metrics of the runs, and of the runs skipped (docs/observability.md). (Default: on) */
   telemetryOptions?: TelemetryOptions,
+  /** The statements of the tables' schema: the lock is per database and schema. (Default: unqualified) */
+  sql: Statements = statementsFor(),
 ): CleanupSchedule {
   const { every = "1h", runOnStart = true, onError = warn, onRun, onSkip, ...cleanupOptions } = options;
   const everyMs = toMilliseconds(every, "every");
@@ -65,7 +67,7 @@ export function scheduleCleanup<TxOptions>(
       const result = await db.transaction(async (_tx, inTransaction) => {
         const [row] = await inTransaction.query(sql.tryCleanupLock, []);
         if (!row?.locked) return undefined;
-        return runCleanup(db, tables, { ...cleanupOptions, signal: abort.signal }, telemetryOptions);
+        return runCleanup(db, tables, { ...cleanupOptions, signal: abort.signal }, telemetryOptions, sql);
       }, lockTransactionOptions?.(maxDurationMs));
       if (result) onRun?.(result);
       else {

@@ -1,5 +1,6 @@
 import { toMilliseconds } from "../duration.js";
-import { InvalidArgumentError, SchemaNotInstalledError } from "../errors.js";
+import { InvalidArgumentError } from "../errors.js";
+import { checkSchema } from "../sql/statements.js";
 import { checkCleanupOptions, type CleanupProgress, type CleanupResult } from "../cleanup/cleanup.js";
 import { txonce } from "../adapters/pg.js";
 import { pgConnection } from "./connection-url.js";
@@ -8,6 +9,7 @@ import { UsageError } from "./usage-error.js";
 
 export const cleanupOptions = {
   "database-url": { type: "string" },
+  schema: { type: "string" },
   "batch-size": { type: "string" },
   "max-duration": { type: "string" },
   "outbox-retention": { type: "string" },
@@ -26,6 +28,8 @@ Safe to run from several places at once. Exit code 0 on success, 1 when the data
 Options:
   --database-url <url>    PostgreSQL URL (default: $DATABASE_URL, from the environment or from
                           .env in the current folder); Prisma's ?schema=name is honoured
+  --schema <name>         the schema that holds txonce's tables (default: the URL's ?schema=,
+                          else the connection's search_path)
   --batch-size <n>        rows per batch (default: 1000)
   --max-duration <time>   time budget, e.g. 30s, 5m; no batch starts after it (default: 1m)
   --outbox-retention <time>  keep published outbox messages this long (default: 7d)
@@ -61,7 +65,16 @@ export async function cleanupCommand(values: Values, io: CliIo): Promise<number>
   }
   const url = values["database-url"] ?? io.env.DATABASE_URL;
   if (!url) throw new UsageError("no database: pass --database-url or set DATABASE_URL (in the environment or in .env)");
-  const { connectionString, schema } = pgConnection(url);
+  const { connectionString, schema: urlSchema } = pgConnection(url);
+  try {
+    checkSchema(values.schema);
+  } catch (error) {
+    if (error instanceof InvalidArgumentError) throw new UsageError(`--schema: ${error.reason}`);
+    throw error;
+  }
+  // The URL's schema is the connection's search_path too: a name the option does not take (not a
+  // plain identifier) is still found there.
+  const schema = values.schema ?? (isPlainSchema(urlSchema) ? urlSchema : undefined);
 
   const { default: pg } = await import("pg").catch(() => {
     throw new Error("the pg package is not installed: npm install pg");
@@ -78,7 +91,7 @@ export async function cleanupCommand(values: Values, io: CliIo): Promise<number>
   io.signals.once("SIGTERM", onSignal);
   const progress = progressReporter(io, values["dry-run"] ?? false);
   try {
-    const { cleanup } = txonce(pool, { outbox: { retention: outboxRetention } });
+    const { cleanup } = txonce(pool, { schema, outbox: { retention: outboxRetention } });
     const result = await cleanup({
       batchSize,
       maxDuration,
@@ -89,16 +102,18 @@ export async function cleanupCommand(values: Values, io: CliIo): Promise<number>
     progress.done();
     io.stdout.write(values.json ? `${JSON.stringify(result)}\n` : `${summary(result)}\n`);
     return exitCode;
-  } catch (error) {
-    if (error instanceof SchemaNotInstalledError) {
-      const where = schema === undefined ? "the schemas on the search_path (public, unless the URL has ?schema=)" : `schema "${schema}" (the URL's ?schema=)`;
-      throw new Error(`${error.message} (looked in ${where})`, { cause: error });
-    }
-    throw error;
   } finally {
     io.signals.off("SIGINT", onSignal);
     io.signals.off("SIGTERM", onSignal);
     await pool.end().catch(() => {});
+  }
+}
+
+function isPlainSchema(name: string | undefined): boolean {
+  try {
+    return checkSchema(name) !== undefined;
+  } catch {
+    return false;
   }
 }
 

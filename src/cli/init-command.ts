@@ -8,10 +8,14 @@ import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { CliIo } from "./run.js";
+import { InvalidArgumentError } from "../errors.js";
+import { checkSchema } from "../sql/statements.js";
 import { findPrismaSchema, type SchemaLocation } from "./prisma-schema.js";
+import { UsageError } from "./usage-error.js";
 
 export const initOptions = {
   schema: { type: "string" },
+  "db-schema": { type: "string" },
   config: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -27,11 +31,14 @@ Then create the tables: npx prisma migrate dev --name txonce, and npx prisma gen
 
 Options:
   --schema <path>   the schema file or folder, instead of asking the Prisma config
+  --db-schema <name>  the PostgreSQL schema of txonce's tables in a multi-schema datasource
+                    (schemas = [...]): adds @@schema("<name>") to txonce's models; kept when
+                    init runs again without it (default: none, the datasource's schema)
   --config <file>   the Prisma config file (default: the one Prisma finds in this folder)
   -h, --help        show this help
 `;
 
-type Values = { schema?: string; config?: string };
+type Values = { schema?: string; config?: string; "db-schema"?: string };
 
 const BEGIN = "// txonce:begin";
 const END = "// txonce:end";
@@ -40,9 +47,17 @@ const MODEL_NAMES = ["TxonceIdempotencyKey", "TxonceOutboxMessage"];
 const TABLE_NAMES = ["txonce_idempotency_keys", "txonce_outbox_messages"];
 
 export async function initCommand(values: Values, io: CliIo): Promise<number> {
+  const dbSchemaOption = values["db-schema"];
+  if (dbSchemaOption !== undefined) {
+    try {
+      checkSchema(dbSchemaOption);
+    } catch (error) {
+      if (error instanceof InvalidArgumentError) throw new UsageError(`--db-schema: ${error.reason}`);
+      throw error;
+    }
+  }
   const schema = await findPrismaSchema(io.cwd, values);
   const shown = (path: string) => relative(io.cwd, path) || path;
-  const models = shippedModels();
 
   checkProvider(schema);
   const elsewhere = modelledElsewhere(schema);
@@ -57,13 +72,25 @@ export async function initCommand(values: Values, io: CliIo): Promise<number> {
   let target: string;
   let before: string | undefined;
   let after: string;
+  const ownedText = (text: string | undefined) => (schema.kind === "folder" ? text : BLOCK.exec(text ?? "")?.[0]);
+  const earlier = schema.kind === "folder" ? readIfExists(join(schema.path, "txonce.prisma")) : readFileSync(schema.path, "utf8");
+  // The database schema txonce's models were given before, kept when the option is left out.
+  const dbSchema = dbSchemaOption ?? /^\s*@@schema\("([^"]+)"\)/m.exec(ownedText(earlier) ?? "")?.[1];
+  const models = withDbSchema(shippedModels(), dbSchema);
+  if (dbSchema === undefined && schemaFiles(schema).some((file) => /^\s*schemas\s*=\s*\[/m.test(readFileSync(file, "utf8")))) {
+    io.stderr.write(
+      "txonce init: your datasource lists schemas (schemas = [...]), so Prisma wants @@schema on every model: " +
+        "run it again with --db-schema <name> (one of those schemas), and give txonce the same name as its schema option. Nothing changed.\n",
+    );
+    return 1;
+  }
   if (schema.kind === "folder") {
     target = join(schema.path, "txonce.prisma");
-    before = readIfExists(target);
+    before = earlier;
     after = `${FOLDER_FILE_HEADER}\n${models}`;
   } else {
     target = schema.path;
-    before = readFileSync(target, "utf8");
+    before = earlier ?? "";
     const block = `${BEGIN} (added by \`npx txonce init\`: run it again to update; do not edit down to txonce:end)\n${models}${END}\n`;
     after = BLOCK.test(before) ? before.replace(BLOCK, block) : `${before}${before.endsWith("\n") || before === "" ? "" : "\n"}\n${block}`;
   }
@@ -98,6 +125,12 @@ const FOLDER_FILE_HEADER = [
   "// txonce's models, written by `npx txonce init`: run it again after upgrading txonce to update",
   "// this file, and do not edit it. Keep the table and column names: txonce's SQL uses them.",
 ].join("\n");
+
+/** The models with `@@schema("name")` after each `@@map`, for a multi-schema datasource. */
+function withDbSchema(models: string, dbSchema: string | undefined): string {
+  if (dbSchema === undefined) return models;
+  return models.replace(/^(\s*)(@@map\("txonce_[a-z_]+"\))$/gm, (_line, indent: string, map: string) => `${indent}${map}\n${indent}@@schema("${dbSchema}")`);
+}
 
 /** The models of the shipped prisma/txonce.prisma, without its header comment. */
 function shippedModels(): string {

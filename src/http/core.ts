@@ -145,6 +145,12 @@ export interface HttpIdempotencyOptions<Req, TxOptions = unknown> {
   lockTimeout?: Duration;
   /** Options of the transaction the handler runs in. (Default: the instance's) */
   transaction?: TxOptions;
+  /**
+   * The operation's name for telemetry: the span is `withIdempotency {name}` and metrics carry it
+   * as `txonce.operation.name`. Keep it low-cardinality. (Default: the method and route pattern,
+   * e.g. `"POST /accounts/:id/charges"`)
+   */
+  name?: string;
 }
 
 /** A response ready to send: the framework adapters write exactly this. */
@@ -234,7 +240,7 @@ export async function handleIdempotentRequest<Req, Tx, TxOptions>(
   const maxBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
   const storeClientErrors = options.storeClientErrors ?? true;
 
-  const callOptions: IdempotencyOptions<TxOptions> = { scope, fingerprint };
+  const callOptions: IdempotencyOptions<TxOptions> = { scope, fingerprint, name: options.name ?? routeScope };
   if (options.retention !== undefined) callOptions.retention = options.retention;
   if (options.lockTimeout !== undefined) callOptions.lockTimeout = options.lockTimeout;
   if (options.transaction !== undefined) callOptions.transaction = options.transaction;

@@ -51,7 +51,7 @@ export async function listen(
     c.on("end", () => reconnect());
     try {
       await c.connect();
-      await c.query(`LISTEN ${channel}`);
+      await c.query(`LISTEN "${channel.replaceAll('"', '""')}"`); // quoted: a schema's channel keeps its case and its ':'
     } catch (error) {
       await c.end().catch(() => {});
       throw error;

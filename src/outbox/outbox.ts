@@ -4,7 +4,7 @@ import { toMilliseconds, type Duration } from "../duration.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { Database } from "../executor.js";
 import type { PrunableTable } from "../cleanup/cleanup.js";
-import * as sql from "../sql/postgres.js";
+import { statementsFor, type Statements } from "../sql/statements.js";
 import { withSchemaCheck } from "../sqlstate.js";
 import { outboxTelemetry } from "../telemetry/outbox.js";
 import type { TelemetryOptions } from "../telemetry/options.js";
@@ -57,7 +57,10 @@ export function createOutbox<Tx>(
   codec: Codec,
   options: OutboxOptions = {},
   telemetryOptions?: TelemetryOptions,
+  /** The statements of the schema the outbox table is in (the `schema` option). (Default: unqualified) */
+  sql: Statements = statementsFor(),
 ): { outbox: Outbox<Tx>; prunable: PrunableTable } {
+  const lookup = { db, statements: sql };
   const retentionMs = toMilliseconds(options.retention ?? "7d", "outbox.retention");
   const deleteOnPublish = options.deleteOnPublish ?? false;
   const telemetry = outboxTelemetry(telemetryOptions);
@@ -112,6 +115,7 @@ export function createOutbox<Tx>(
           rows.map((r) => r.delayMs),
           creating?.traceContexts ?? rows.map(() => null),
         ]),
+        lookup,
       );
     } catch (error) {
       creating?.end(error);
@@ -122,7 +126,7 @@ export function createOutbox<Tx>(
   };
 
   const backlog = async (): Promise<OutboxBacklog> => {
-    const [row] = await withSchemaCheck(db.query(sql.outboxBacklog, []));
+    const [row] = await withSchemaCheck(db.query(sql.outboxBacklog, []), lookup);
     return {
       pending: Number(row?.pending ?? 0),
       dead: Number(row?.dead ?? 0),
@@ -133,9 +137,9 @@ export function createOutbox<Tx>(
   const outbox: Outbox<Tx> = {
     enqueue: async (tx, message) => (await enqueueMany(tx, [message]))[0]!,
     enqueueMany,
-    relay: (relayOptions) => createRelay(db, codec, deleteOnPublish, relayOptions, telemetry && { telemetry, backlog }),
+    relay: (relayOptions) => createRelay(db, codec, deleteOnPublish, relayOptions, telemetry && { telemetry, backlog }, sql),
     async requeueDead(filter = {}) {
-      const rows = await withSchemaCheck(db.query(sql.requeueDead, [filter.ids ? [...filter.ids] : null, filter.topic ?? null]));
+      const rows = await withSchemaCheck(db.query(sql.requeueDead, [filter.ids ? [...filter.ids] : null, filter.topic ?? null]), lookup);
       return Number(rows[0]?.requeued ?? 0);
     },
     backlog,

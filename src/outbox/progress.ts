@@ -11,7 +11,7 @@
  * their lease, and an attempt whose charge was not written is not counted (never one too many).
  */
 import type { SqlExecutor } from "../executor.js";
-import * as sql from "../sql/postgres.js";
+import { statementsFor, type Statements } from "../sql/statements.js";
 import type { OutboxMessage } from "./message.js";
 
 /** How a publish ended; `released` = handed back without an attempt. */
@@ -40,6 +40,8 @@ export interface ProgressWriter {
 }
 
 export interface ProgressOptions {
+  /** The statements of the outbox table's schema. (Default: unqualified) */
+  sql?: Statements;
   deleteOnPublish: boolean;
   /** Called after a group was written, with the entries that had an outcome. */
   onWritten(ended: { message: OutboxMessage | { readonly id: string }; outcome: Outcome }[]): void;
@@ -67,6 +69,7 @@ export const CHARGE_DELAY_MS = 20;
 export const OUTCOME_DELAY_MS = 5;
 
 export function progressWriter(db: SqlExecutor, options: ProgressOptions): ProgressWriter {
+  const sql = options.sql ?? statementsFor();
   let pending = new Map<string, Entry>();
   let writing: Promise<void> | undefined;
   let scheduled = false;

@@ -3,7 +3,7 @@ import type { Codec } from "../codec.js";
 import { toMilliseconds, type Duration } from "../duration.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { Row, SqlExecutor } from "../executor.js";
-import * as sql from "../sql/postgres.js";
+import { statementsFor, type Statements } from "../sql/statements.js";
 import { withSchemaCheck } from "../sqlstate.js";
 import { backoffPolicy, type BackoffOptions } from "./backoff.js";
 import { listen, pgListenConnection, type ListenClientLike, type Listener } from "./listener.js";
@@ -139,6 +139,8 @@ export function createRelay(
   options: RelayOptions,
   /** The outbox's telemetry, and how to read the backlog its gauges report. (Default: none) */
   instrumented?: { telemetry: OutboxTelemetry; backlog: () => Promise<BacklogReading> },
+  /** The statements of the schema the outbox table is in (the `schema` option). (Default: unqualified) */
+  sql: Statements = statementsFor(),
 ): Relay {
   const config = configure(options);
   const { logger } = config;
@@ -177,6 +179,7 @@ export function createRelay(
     });
 
   const progress = progressWriter(db, {
+    sql,
     deleteOnPublish,
     retryMs: config.pollMs,
     onError,
@@ -327,6 +330,7 @@ export function createRelay(
           unkeyedOnly
             ? db.query(sql.claimUnkeyedMessages, [config.batchSize, config.leaseMs, token])
             : db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE]),
+          { db, statements: sql },
         );
         const [result] = await Promise.all([claimed, recorded]);
         recorded = undefined;

@@ -3,7 +3,10 @@
  * explicitly, so that drivers that send untyped parameters (Prisma's raw queries, PGlite) bind
  * them the same way as node-postgres.
  *
- * The tables are created by the migration in `prisma/migrations/` (see `schema.ts`).
+ * The tables are created by the migration in `prisma/migrations/` (see `schema.ts`). Their names
+ * are written unqualified (found on the connection's search_path), and `current_schema()` stands
+ * for the schema of txonce's tables in lock ids: `statementsFor(schema)` (statements.ts) qualifies
+ * both for the `schema` option. Everything that runs these statements gets them from there.
  */
 
 export const IDEMPOTENCY_TABLE = "txonce_idempotency_keys";
@@ -129,6 +132,17 @@ SELECT count(*)::integer AS expired FROM ${IDEMPOTENCY_TABLE} WHERE expires_at <
  */
 export const tryCleanupLock = `
 SELECT pg_try_advisory_xact_lock(hashtext('txonce.cleanup:' || current_database() || ':' || current_schema())) AS locked`;
+
+/**
+ * Where txonce's tables are, when a statement did not find them: the schema searched
+ * (`current_schema()`, the first schema of the search_path that exists, or the `schema` option)
+ * and every schema that has a table named $1, comma-separated.
+ */
+export const locateTables = `
+SELECT current_schema() AS searched, (
+  SELECT string_agg(n.nspname, ',' ORDER BY n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relname = $1::text AND c.relkind IN ('r', 'p')
+) AS found`;
 
 export const OUTBOX_TABLE = "txonce_outbox_messages";
 /** The channel the enqueueing transaction notifies on commit; relays LISTEN on it. */
@@ -300,16 +314,19 @@ RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.hea
  * attempts to add: 1 once it was handed to the publisher) and `outcome`: null (still publishing),
  * 'published', 'failed' (retried after `backoff_ms`, with `error`), 'dead' (with `error`), or
  * 'released' (handed back unattempted). (One JSON text rather than six arrays: drivers that map
- * each array element, Prisma's among them, spend far less on one string.) Published messages are
- * deleted instead when $2 is true (deleteOnPublish). A message whose lease this relay no longer
- * holds is left alone; one that another relay's claim has locked right now is skipped rather than
- * waited for (its lease ran out, so that claim takes it over, or the claim lets go of it within
- * its statement). Returns the ids it skipped while they were locked (status 'busy'), and nothing
- * for the messages it recorded (or left alone): a group of 100 outcomes usually returns no row.
+ * each array element, Prisma's among them, spend far less on one string. It is bound as text and
+ * cast to json in SQL: a parameter typed json would be serialized again by postgres.js, which
+ * JSON-encodes whatever it binds to a json parameter, a string included, so json_to_recordset got
+ * a JSON string.) Published messages are deleted instead when $2 is true (deleteOnPublish). A
+ * message whose lease this relay no longer holds is left alone; one that another relay's claim has
+ * locked right now is skipped rather than waited for (its lease ran out, so that claim takes it
+ * over, or the claim lets go of it within its statement). Returns the ids it skipped while they
+ * were locked (status 'busy'), and nothing for the messages it recorded (or left alone): a group
+ * of 100 outcomes usually returns no row.
  */
 export const recordProgress = `
 WITH progress AS MATERIALIZED (
-  SELECT * FROM json_to_recordset($1::json)
+  SELECT * FROM json_to_recordset($1::text::json)
     AS p(id uuid, token uuid, charge integer, outcome text, error text, backoff_ms double precision)
 ), held AS MATERIALIZED (
   SELECT m.id FROM ${OUTBOX_TABLE} m

@@ -114,7 +114,7 @@ describe.skipIf(!available)("telemetry end to end through RabbitMQ", () => {
       };
       const client = one("POST /orders (client)");
       const serverSpan = one("POST /orders");
-      const call = one("withIdempotency");
+      const call = one("withIdempotency POST /orders");
       const create = one(`create ${topic}`);
       const send = one(`send ${topic}`);
       const process = one(`process ${topic}`);

@@ -46,8 +46,13 @@ export interface AdapterRow {
   readonly name: string;
   /** The adapter's `txonce(client)`, for what is not a client of its kind. */
   txonceOf(client: unknown): unknown;
-  /** Opens a client on `url` with a pool of at most `max` connections. */
-  open(url: string, max: number): Subject | Promise<Subject>;
+  /**
+   * Opens a client on `url` with a pool of at most `max` connections. With `schema`, txonce's
+   * tables are in that schema, which is not on the connection's search_path: the client is told
+   * where its schema lies (PrismaPg's `schema`, TypeORM's `schema`: txonce takes it from there),
+   * or txonce gets the `schema` option.
+   */
+  open(url: string, max: number, schema?: string): Subject | Promise<Subject>;
   /**
    * Whether the adapter can tell that a transaction the application opened (not txonce) has
    * ended (docs/adapters.md, "what each supports").
@@ -72,10 +77,13 @@ export function pgPool(url: string, max: number, options: pg.PoolConfig = {}): p
   return pool;
 }
 
-function prismaClient(url: string, max: number): PrismaClient {
+function prismaClient(url: string, max: number, schema?: string): PrismaClient {
   const ignore = () => {};
-  return new PrismaClient({ adapter: new PrismaPg({ connectionString: url, max }, { onPoolError: ignore, onConnectionError: ignore }) });
+  return new PrismaClient({ adapter: new PrismaPg({ connectionString: url, max }, { schema, onPoolError: ignore, onConnectionError: ignore }) });
 }
+
+/** The `schema` option for txonce when the client cannot say it: the test's options win. */
+const withSchema = (schema: string | undefined, options: TxonceOptions<any> | undefined) => (schema === undefined ? options : { schema, ...options });
 
 interface KyselyDb {
   charges: { id: Generated<number>; account_id: string; amount: string | number; created_at: Generated<Date> };
@@ -106,8 +114,8 @@ function prismaRow(name: string, make: (prisma: PrismaClient, options?: TxonceOp
     tellsEndedTransactions: false,
     txonceOf: (client) => txoncePrisma(client as never),
     isolation: { repeatableRead: { isolationLevel: "RepeatableRead" }, serializable: { isolationLevel: "Serializable" } },
-    open(url, max) {
-      const prisma = prismaClient(url, max);
+    open(url, max, schema) {
+      const prisma = prismaClient(url, max, schema);
       return {
         client: prisma,
         txonce: (options) => make(prisma, options) as Txonce<any, any>,
@@ -129,11 +137,11 @@ export const adapterRows: readonly AdapterRow[] = [
     tellsEndedTransactions: true,
     txonceOf: (client) => txoncePg(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
-    open(url, max) {
+    open(url, max, schema) {
       const pool = pgPool(url, max);
       return {
         client: pool,
-        txonce: (options) => txoncePg(pool, options) as Txonce<any, any>,
+        txonce: (options) => txoncePg(pool, withSchema(schema, options)) as Txonce<any, any>,
         async transaction(work) {
           const client = await pool.connect();
           try {
@@ -159,11 +167,11 @@ export const adapterRows: readonly AdapterRow[] = [
     tellsEndedTransactions: false,
     txonceOf: (client) => txonceKysely(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
-    open(url, max) {
+    open(url, max, schema) {
       const db = new Kysely<KyselyDb>({ dialect: new PostgresDialect({ pool: pgPool(url, max) }) });
       return {
         client: db,
-        txonce: (options) => txonceKysely(db, options) as Txonce<any, any>,
+        txonce: (options) => txonceKysely(db, withSchema(schema, options)) as Txonce<any, any>,
         transaction: (work) => db.transaction().execute((trx) => work(trx)),
         charge: (trx: Kysely<KyselyDb>, amount) =>
           trx.insertInto("charges").values({ account_id: "acc", amount }).returning(["id", "amount", "created_at"]).executeTakeFirstOrThrow(),
@@ -177,12 +185,12 @@ export const adapterRows: readonly AdapterRow[] = [
     tellsEndedTransactions: true,
     txonceOf: (client) => txonceDrizzle(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
-    open(url, max) {
+    open(url, max, schema) {
       const pool = pgPool(url, max);
       const db = drizzlePg({ client: pool });
       return {
         client: db,
-        txonce: (options) => txonceDrizzle(db, options) as Txonce<any, any>,
+        txonce: (options) => txonceDrizzle(db, withSchema(schema, options)) as Txonce<any, any>,
         transaction: (work) => db.transaction((tx) => work(tx)),
         charge: async (tx: typeof db, amount) => (await tx.insert(drizzleCharges).values({ accountId: "acc", amount: String(amount) }).returning())[0]!,
         select: async (tx: typeof db, sql) => (await tx.execute(sql)).rows as Row[],
@@ -195,12 +203,12 @@ export const adapterRows: readonly AdapterRow[] = [
     tellsEndedTransactions: false,
     txonceOf: (client) => txonceDrizzle(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
-    open(url, max) {
+    open(url, max, schema) {
       const sql = postgres(url, { max, onnotice: () => {} });
       const db = drizzlePostgresJs({ client: sql });
       return {
         client: db,
-        txonce: (options) => txonceDrizzle(db, options) as Txonce<any, any>,
+        txonce: (options) => txonceDrizzle(db, withSchema(schema, options)) as Txonce<any, any>,
         transaction: (work) => db.transaction((tx) => work(tx)),
         charge: async (tx: typeof db, amount) => (await tx.insert(drizzleCharges).values({ accountId: "acc", amount: String(amount) }).returning())[0]!,
         select: async (tx: typeof db, text) => [...(await tx.execute(text))] as Row[],
@@ -213,11 +221,11 @@ export const adapterRows: readonly AdapterRow[] = [
     tellsEndedTransactions: true,
     txonceOf: (client) => txonceKnex(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
-    open(url, max) {
+    open(url, max, schema) {
       const knex = knexFactory({ client: "pg", connection: url, pool: { min: 0, max } });
       return {
         client: knex,
-        txonce: (options) => txonceKnex(knex, options) as Txonce<any, any>,
+        txonce: (options) => txonceKnex(knex, withSchema(schema, options)) as Txonce<any, any>,
         transaction: (work) => knex.transaction((trx) => work(trx)),
         charge: async (trx: typeof knex, amount) =>
           (await trx("charges").insert({ account_id: "acc", amount }).returning(["id", "amount", "created_at"]))[0] as Charge,
@@ -231,8 +239,8 @@ export const adapterRows: readonly AdapterRow[] = [
     tellsEndedTransactions: true,
     txonceOf: (client) => txonceTypeorm(client as never),
     isolation: { repeatableRead: { isolationLevel: "REPEATABLE READ" }, serializable: { isolationLevel: "SERIALIZABLE" } },
-    async open(url, max) {
-      const dataSource = new DataSource({ type: "postgres", url, poolSize: max, entities: [TypeormCharge] });
+    async open(url, max, schema) {
+      const dataSource = new DataSource({ type: "postgres", url, poolSize: max, entities: [TypeormCharge], schema });
       await dataSource.initialize();
       return {
         client: dataSource,
@@ -250,11 +258,11 @@ export const adapterRows: readonly AdapterRow[] = [
     tellsEndedTransactions: false,
     txonceOf: (client) => txoncePostgres(client as never),
     isolation: { repeatableRead: { isolationLevel: "repeatable read" }, serializable: { isolationLevel: "serializable" } },
-    open(url, max) {
+    open(url, max, schema) {
       const sql = postgres(url, { max, onnotice: () => {} });
       return {
         client: sql,
-        txonce: (options) => txoncePostgres(sql, options) as Txonce<any, any>,
+        txonce: (options) => txoncePostgres(sql, withSchema(schema, options)) as Txonce<any, any>,
         transaction: async (work) => (await sql.begin((tx) => work(tx))) as never,
         charge: async (tx: postgres.TransactionSql, amount) =>
           ({ ...(await tx`INSERT INTO charges ${tx({ account_id: "acc", amount })} RETURNING id, amount, created_at`)[0] }) as Charge,
