@@ -34,10 +34,14 @@ import { context, metrics, propagation, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { ExportResultCode, W3CTraceContextPropagator, type ExportResult } from "@opentelemetry/core";
 import { AggregationTemporality, MeterProvider, PeriodicExportingMetricReader, type PushMetricExporter, type ResourceMetrics } from "@opentelemetry/sdk-metrics";
-import { BatchSpanProcessor, NodeTracerProvider, type ReadableSpan, type SpanExporter } from "@opentelemetry/sdk-trace-node";
+import {
+  BatchSpanProcessor, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler, type ReadableSpan, type SpanExporter,
+} from "@opentelemetry/sdk-trace-node";
 import { txonce } from "../src/adapters/prisma.js";
 import type { Database, Row } from "../src/executor.js";
 import { createIdempotency } from "../src/idempotency.js";
+import type { OutboxMessage } from "../src/outbox/message.js";
+import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
 import { env, fmt, loadavg, log, median, num, table, type BenchContext } from "./common.js";
 
@@ -46,10 +50,14 @@ const ROUNDS = Math.max(1, Math.round(env("TELEMETRY_ROUNDS", 5)));
 const CONCURRENCY = (process.env.BENCH_CONCURRENCY ?? "1,8").split(",").map((s) => Math.max(1, Number(s)));
 const MESSAGES = Math.max(100, Math.round(env("TELEMETRY_MESSAGES", 5000)));
 const ACCOUNT = "bench";
+/** Which parts run: "stub" (0), "first" (1), "relay" (2), "send" (3); default all four. */
+const PARTS = (process.env.TELEMETRY_PARTS ?? "stub,first,relay,send").split(",");
 
-type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK";
+type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled";
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
-const telemetryOf = (mode: Mode) => ({ enabled: mode === "no SDK" || mode === "SDK" });
+/** The relay's modes: also the SDK with a sampler that records 1% of the traces it starts. */
+const RELAY_MODES: Mode[] = [...MODES, "SDK, 1% sampled"];
+const telemetryOf = (mode: Mode) => ({ enabled: mode !== "off" && mode !== "SDK, txonce off" });
 
 /** Counts what it is handed and drops it. */
 class DroppingSpanExporter implements SpanExporter {
@@ -76,6 +84,11 @@ class DroppingMetricExporter implements PushMetricExporter {
 const spanExporter = new DroppingSpanExporter();
 const metricExporter = new DroppingMetricExporter();
 const tracerProvider = new NodeTracerProvider({ spanProcessors: [new BatchSpanProcessor(spanExporter)] });
+/** The same, sampling: a trace started here (the relay's send spans are roots) is recorded 1 time in 100. */
+const sampledTracerProvider = new NodeTracerProvider({
+  sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(0.01) }),
+  spanProcessors: [new BatchSpanProcessor(spanExporter)],
+});
 const meterProvider = new MeterProvider({
   readers: [new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 1000 })],
 });
@@ -87,7 +100,7 @@ function enter(mode: Mode) {
   propagation.disable();
   metrics.disable();
   if (!mode.startsWith("SDK")) return;
-  trace.setGlobalTracerProvider(tracerProvider);
+  trace.setGlobalTracerProvider(mode === "SDK, 1% sampled" ? sampledTracerProvider : tracerProvider);
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   propagation.setGlobalPropagator(new W3CTraceContextPropagator());
   metrics.setGlobalMeterProvider(meterProvider);
@@ -115,7 +128,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   log("Telemetry (issue 12)");
   log(`settings: ${ROUNDS} interleaved rounds per mode; first execution ${SECONDS}s per round at concurrency ${CONCURRENCY.join(" and ")}; relay ${num(MESSAGES)} unkeyed messages per drain`);
   log(`load: ${loadavg()}`);
-  const instances = Object.fromEntries(MODES.map((mode) => [mode, txonce(prisma, { telemetry: telemetryOf(mode) })])) as Record<Mode, ReturnType<typeof txonce>>;
+  const instances = Object.fromEntries(RELAY_MODES.map((mode) => [mode, txonce(prisma, { telemetry: telemetryOf(mode) })])) as Record<Mode, ReturnType<typeof txonce>>;
 
   // 0. txonce's own CPU per call, on a stub.
   const claimed: Row[] = [{ created_at: new Date(), expires_at: new Date(Date.now() + 3_600_000), xact: "1" }];
@@ -126,7 +139,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   };
   const stubs = Object.fromEntries(MODES.map((mode) => [mode, createIdempotency(stub, { replayCache: false, telemetry: telemetryOf(mode) })]));
   const stubRounds: Record<Mode, number>[] = [];
-  for (let round = 0; round < ROUNDS + 1; round++) {
+  for (let round = 0; PARTS.includes("stub") && round < ROUNDS + 1; round++) {
     const result = {} as Record<Mode, number>;
     for (let i = 0; i < MODES.length; i++) {
       const mode = MODES[(i + round) % MODES.length]!;
@@ -139,9 +152,9 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     }
     if (round > 0) stubRounds.push(result); // round 0 warms up
   }
-  log();
-  log("txonce's own CPU per first execution, on a database stub (20,000 calls per mode and round):");
-  table(
+  if (PARTS.includes("stub")) log();
+  if (PARTS.includes("stub")) log("txonce's own CPU per first execution, on a database stub (20,000 calls per mode and round):");
+  if (PARTS.includes("stub")) table(
     ["mode", "µs/call", "added to off"],
     MODES.map((mode) => {
       const us = median(stubRounds.map((r) => r[mode]));
@@ -156,7 +169,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     });
 
   // 1. First execution.
-  for (const concurrency of CONCURRENCY) {
+  for (const concurrency of PARTS.includes("first") ? CONCURRENCY : []) {
     for (const mode of MODES) {
       enter(mode);
       await closedLoop(concurrency, 0.5, first(mode)); // warm-up
@@ -219,10 +232,10 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     return { rate: n / seconds, cpuUsPerMsg: (cpu.user + cpu.system) / n };
   };
   const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
-  for (let round = 0; round < ROUNDS; round++) {
+  for (let round = 0; PARTS.includes("relay") && round < ROUNDS; round++) {
     const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
-    for (let i = 0; i < MODES.length; i++) {
-      const mode = MODES[(i + round) % MODES.length]!;
+    for (let i = 0; i < RELAY_MODES.length; i++) {
+      const mode = RELAY_MODES[(i + round) % RELAY_MODES.length]!;
       enter(mode);
       await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
       await enqueue(instances[mode], MESSAGES);
@@ -231,11 +244,11 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     }
     drains.push(result);
   }
-  log();
-  log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker (load ${loadavg()}):`);
-  table(
+  if (PARTS.includes("relay")) log();
+  if (PARTS.includes("relay")) log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker (load ${loadavg()}):`);
+  if (PARTS.includes("relay")) table(
     ["mode", "messages/s", "ratio to off", "min-max ratio", "Node CPU µs/msg"],
-    MODES.map((mode) => {
+    RELAY_MODES.map((mode) => {
       const ratios = drains.map((r) => r[mode].rate / r.off.rate);
       return [
         mode,
@@ -247,13 +260,56 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     }),
   );
 
+  // 3. The relay's telemetry alone: the send span and metrics of one message, without the relay.
+  if (PARTS.includes("send")) {
+    const publish = async () => {};
+    const batch: OutboxMessage[] = Array.from({ length: 100 }, (_, i) => ({
+      id: `0197f0aa-0000-7000-8000-${String(i).padStart(12, "0")}`, seq: String(i), topic: "bench.telemetry", key: null, payload: { n: i },
+      encodedPayload: "{}", headers: {}, createdAt: new Date(), attempts: 1,
+      traceContext: { traceparent: `00-${(i + 1).toString(16).padStart(32, "0")}-${(i + 1).toString(16).padStart(16, "0")}-01` },
+    }));
+    const sendModes: Mode[] = ["off", "SDK", "SDK, 1% sampled"];
+    const telemetries = Object.fromEntries(sendModes.map((mode) => [mode, outboxTelemetry(telemetryOf(mode))]));
+    const perMessage = async (mode: Mode, n: number) => {
+      const telemetry = telemetries[mode];
+      const cpu0 = process.cpuUsage();
+      for (let b = 0; b < n / batch.length; b++) {
+        await Promise.all(batch.map(async (m) => {
+          const sending = telemetry?.send(m, "txonce", publish);
+          await (sending?.published ?? publish());
+          sending?.end();
+        }));
+      }
+      const cpu = process.cpuUsage(cpu0);
+      return (cpu.user + cpu.system) / n;
+    };
+    const sendRounds: Record<string, number>[] = [];
+    for (let round = 0; round < ROUNDS + 1; round++) {
+      const result: Record<string, number> = {};
+      for (let i = 0; i < sendModes.length; i++) {
+        const mode = sendModes[(i + round) % sendModes.length]!;
+        enter(mode);
+        result[mode] = await perMessage(mode, 50_000);
+      }
+      if (round > 0) sendRounds.push(result); // round 0 warms up
+    }
+    log();
+    log(`The relay's telemetry per message, no relay or database: a send span (linked to a stored creation context) and its metrics, 50,000 messages per mode and round (load ${loadavg()}):`);
+    table(
+      ["mode", "µs/message", "added to off"],
+      sendModes.map((mode) => [mode, fmt(median(sendRounds.map((r) => r[mode]!)), 2), `${fmt(median(sendRounds.map((r) => r[mode]! - r.off!)), 2)} µs`]),
+    );
+  }
+
   enter("SDK");
   await tracerProvider.forceFlush();
+  await sampledTracerProvider.forceFlush();
   await meterProvider.forceFlush();
   log();
   log(`The SDK's exporters got ${num(spanExporter.spans)} spans and ${num(metricExporter.exports)} metric exports in all (they were live).`);
   enter("off");
   await tracerProvider.shutdown();
+  await sampledTracerProvider.shutdown();
   await meterProvider.shutdown();
   await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
 }

@@ -10,6 +10,10 @@ import pino from "pino";
 import { afterAll, beforeAll, beforeEach, describe, expect, test, vi } from "vitest";
 import { InvalidArgumentError, UnencodableValueError, type OutboxMessage } from "../src/index.js";
 import { txonce } from "../src/adapters/prisma.js";
+import { Codec } from "../src/codec.js";
+import type { SqlExecutor } from "../src/executor.js";
+import { createRelay } from "../src/outbox/relay.js";
+import * as sql from "../src/sql/postgres.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 
 let db: TestDatabase;
@@ -370,6 +374,66 @@ describe("claims and progress", () => {
     } finally {
       broker.release();
       await relay.stop();
+    }
+  });
+
+  test("publishes that end within a few milliseconds are recorded, charges and outcomes, in one statement per batch", async () => {
+    const t = txonce(db.prisma);
+    await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, Array.from({ length: 100 }, (_, i) => ({ topic: "grouped", payload: i }))));
+    let writes = 0;
+    const counting: SqlExecutor = {
+      query: async (text, params) => {
+        if (text === sql.recordProgress) writes++;
+        return (await db.pool.query(text, params as unknown[])).rows;
+      },
+    };
+    let published = 0;
+    const relay = createRelay(counting, new Codec(), false, {
+      batchSize: 20,
+      pollInterval: 10,
+      logger: false,
+      // A broker that acknowledges each message a millisecond later.
+      publisher: () => new Promise((resolve) => setTimeout(resolve, 1)),
+      onPublished: (messages) => void (published += messages.length),
+    });
+    await relay.start();
+    try {
+      await until(() => published === 100);
+    } finally {
+      await relay.stop();
+    }
+    // 5 batches of 20: one write each (two with charges written apart from their outcomes).
+    expect(writes).toBeLessThanOrEqual(6);
+    const { rows } = await db.pool.query("SELECT min(attempts)::int AS min, max(attempts)::int AS max, count(published_at)::int AS published FROM txonce_outbox_messages");
+    expect(rows[0]).toEqual({ min: 1, max: 1, published: 100 });
+  });
+
+  test("on a few hot keys, the next claim waits for the previous batch's records instead of finding its keys leased", async () => {
+    const t = txonce(db.prisma);
+    await db.prisma.$transaction((tx) =>
+      t.outbox.enqueueMany(tx, Array.from({ length: 90 }, (_, i) => ({ topic: "hot", key: `k${i % 3}`, payload: i }))),
+    );
+    const claims: number[] = [];
+    const counting: SqlExecutor = {
+      query: async (text, params) => {
+        const { rows } = await db.pool.query(text, params as unknown[]);
+        if (text === sql.claimMessages) claims.push(rows.filter((r) => r.id !== null).length);
+        return rows;
+      },
+    };
+    const received: OutboxMessage[] = [];
+    const relay = createRelay(counting, new Codec(), false, { batchSize: 15, pollInterval: 10, logger: false, publisher: async (m) => void received.push(m) });
+    await relay.start();
+    try {
+      await until(() => received.length === 90);
+    } finally {
+      await relay.stop();
+    }
+    // 6 claims of 15 (3 heads and 4 behind each), and the empty ones that find nothing due at the end.
+    expect(claims.slice(0, 6)).toEqual([15, 15, 15, 15, 15, 15]);
+    for (const key of ["k0", "k1", "k2"]) {
+      const payloads = received.filter((m) => m.key === key).map((m) => m.payload as number);
+      expect(payloads).toEqual([...payloads].sort((a, b) => a - b));
     }
   });
 

@@ -3,6 +3,10 @@
  * is charged an attempt when it is handed to the publisher, and marked published, failed, dead or
  * released when that is known. Entries are written in groups, one statement per group (group
  * commit): while one write is in flight the next entries gather, and go in the write after it.
+ * Entries wait a little for one another: an outcome up to {@link OUTCOME_DELAY_MS} (or until the
+ * relay asks for its batch to be flushed), a charge up to {@link CHARGE_DELAY_MS} for its outcome,
+ * so that a batch whose publishes end within a few milliseconds is one write, and a publish that
+ * ends quickly one entry.
  * A crash loses at most the entries not yet written: those messages are published again after
  * their lease, and an attempt whose charge was not written is not counted (never one too many).
  */
@@ -49,6 +53,21 @@ export interface ProgressOptions {
 /** How soon entries skipped because a claim had their rows locked are written again. */
 const BUSY_RETRY_MS = 10;
 
+/**
+ * How long a charge may wait for its publish's outcome before it is written on its own. A publish
+ * that ends sooner is charged in the same entry, and the same statement, as its outcome; one that
+ * takes longer (or a relay that hangs) is charged by then. A relay killed less than this after a
+ * hand-off leaves that attempt uncharged, as a crash before any write always could.
+ */
+export const CHARGE_DELAY_MS = 20;
+
+/**
+ * How long an outcome may wait for the outcomes of the publishes still in flight before it is
+ * written (the relay flushes at once when its batch is done): what a crash may republish beyond
+ * the publishes in flight is those that ended in the last few milliseconds.
+ */
+export const OUTCOME_DELAY_MS = 5;
+
 export function progressWriter(db: SqlExecutor, options: ProgressOptions): ProgressWriter {
   const sql = options.sql ?? statementsFor();
   let pending = new Map<string, Entry>();
@@ -56,6 +75,8 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
   let scheduled = false;
   let closed = false;
   let retry: NodeJS.Timeout | undefined;
+  let soonTimer: NodeJS.Timeout | undefined;
+  let soonAt = Infinity;
   let waiters: (() => void)[] = [];
 
   // Entries by message and lease: what one lease did to one message.
@@ -142,7 +163,20 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
     retry.unref();
   }
 
+  /** A write within `ms`, unless one is scheduled sooner or in flight (the entries join it). */
+  function soon(ms: number) {
+    if (scheduled || writing || closed) return;
+    const at = performance.now() + ms;
+    if (at >= soonAt) return;
+    clearTimeout(soonTimer);
+    soonAt = at;
+    soonTimer = setTimeout(schedule, ms);
+    soonTimer.unref();
+  }
+
   function schedule() {
+    clearTimeout(soonTimer);
+    soonAt = Infinity;
     if (scheduled || writing) return;
     scheduled = true;
     // After the current macrotask: publishes that resolve at once (and their outcomes) join the
@@ -153,11 +187,11 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
   return {
     started(message, token) {
       add({ message, token, charge: 1 });
-      schedule();
+      soon(CHARGE_DELAY_MS);
     },
     ended(message, token, outcome) {
       add({ message, token, charge: 0, outcome });
-      schedule();
+      soon(OUTCOME_DELAY_MS);
     },
     flushed() {
       if (pending.size === 0 && !writing) return Promise.resolve();
@@ -169,6 +203,7 @@ export function progressWriter(db: SqlExecutor, options: ProgressOptions): Progr
     async close() {
       closed = true;
       clearTimeout(retry);
+      clearTimeout(soonTimer);
       await writing;
       for (let round = 0; pending.size > 0 && round < 10; round++) {
         const group = pending;

@@ -318,13 +318,20 @@ export function createRelay(
         const claimedAt = performance.now();
         const from = cursor;
         const unkeyedOnly = unkeyedOnlySince !== undefined && claimedAt - unkeyedOnlySince < config.pollMs;
+        // The next claim runs while the previous batch is recorded when it can find other work:
+        // unkeyed messages, or keys past the cursor. A walk from the first key would meet that
+        // batch's keys still leased, and claim again once the records are in: it waits for them.
+        const overlapped = recorded !== undefined && (unkeyedOnly || from !== "");
+        if (recorded !== undefined && !overlapped) {
+          await recorded;
+          recorded = undefined;
+        }
         const claimed = withSchemaCheck(
           unkeyedOnly
             ? db.query(sql.claimUnkeyedMessages, [config.batchSize, config.leaseMs, token])
             : db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE]),
           { db, statements: sql },
         );
-        const overlapped = recorded !== undefined;
         const [result] = await Promise.all([claimed, recorded]);
         recorded = undefined;
         const rows = result.filter((row) => row.id !== null && row.id !== undefined);

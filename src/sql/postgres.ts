@@ -320,8 +320,9 @@ RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.hea
  * a JSON string.) Published messages are deleted instead when $2 is true (deleteOnPublish). A
  * message whose lease this relay no longer holds is left alone; one that another relay's claim has
  * locked right now is skipped rather than waited for (its lease ran out, so that claim takes it
- * over, or the claim lets go of it within its statement). Returns the ids it changed (status
- * 'recorded') and those it skipped while they were locked (status 'busy').
+ * over, or the claim lets go of it within its statement). Returns the ids it skipped while they
+ * were locked (status 'busy'), and nothing for the messages it recorded (or left alone): a group
+ * of 100 outcomes usually returns no row.
  */
 export const recordProgress = `
 WITH progress AS MATERIALIZED (
@@ -335,7 +336,6 @@ WITH progress AS MATERIALIZED (
   DELETE FROM ${OUTBOX_TABLE} m USING progress p
   WHERE $2::boolean AND p.outcome = 'published'
     AND m.id = p.id AND m.lease_token = p.token AND m.id IN (SELECT id FROM held)
-  RETURNING m.id
 ), updated AS (
   UPDATE ${OUTBOX_TABLE} m SET
     attempts = m.attempts + p.charge,
@@ -349,14 +349,11 @@ WITH progress AS MATERIALIZED (
   FROM progress p
   WHERE m.id = p.id AND m.lease_token = p.token AND m.id IN (SELECT id FROM held)
     AND NOT ($2::boolean AND p.outcome = 'published')
-  RETURNING m.id
 )
-SELECT id::text AS id, 'recorded' AS status FROM deleted
-UNION ALL SELECT id::text, 'recorded' FROM updated
-UNION ALL
--- Held under this lease but locked by someone else right now (a claim that read the row before
--- it was leased locks it while it rechecks): the relay records these again a moment later.
-SELECT p.id::text, 'busy' FROM (SELECT * FROM progress WHERE id NOT IN (SELECT id FROM held) OFFSET 0) AS p
+-- (deleted and updated run to completion though nothing reads them.) Held under this lease but
+-- locked by someone else right now (a claim that read the row before it was leased locks it
+-- while it rechecks): the relay records these again a moment later.
+SELECT p.id::text AS id, 'busy' AS status FROM (SELECT * FROM progress WHERE id NOT IN (SELECT id FROM held) OFFSET 0) AS p
 WHERE EXISTS (SELECT 1 FROM ${OUTBOX_TABLE} m WHERE m.id = p.id AND m.lease_token = p.token)`;
 
 /** Puts dead messages back in the queue with fresh attempts. $1 ids or null for all, $2 topic or null. */

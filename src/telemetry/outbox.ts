@@ -6,7 +6,7 @@
  * ({@link continueTrace} in consumer.ts). Metrics: messages sent (and failed: `error.type`), dead
  * letters, commit-to-publish latency, and the backlog as observable gauges.
  */
-import type { Context, Counter, Histogram, Link, ObservableGauge, Span } from "@opentelemetry/api";
+import type { Context, Counter, Histogram, ObservableGauge, Span } from "@opentelemetry/api";
 import type { OutboxMessage } from "../outbox/message.js";
 import type { OtelApi } from "./otel.js";
 import { DURATION_BUCKETS, errorType, Instrumentation, secondsSince, telemetryApi, type Attributes } from "./telemetry.js";
@@ -36,6 +36,9 @@ export const OutboxMetrics = {
 
 /** `messaging.system` of the outbox itself: the `create` spans, and publishers that do not name their broker. */
 export const OUTBOX_SYSTEM = "txonce";
+
+/** Attribute sets kept for reuse (systems x topics, error types per set); beyond that, made again. */
+const ATTRIBUTE_SETS = 1000;
 
 /** Latency from commit to publish reaches minutes under backoff: the messaging buckets, then up to an hour. */
 const LATENCY_BUCKETS = [...DURATION_BUCKETS, 30, 60, 300, 900, 3600];
@@ -129,6 +132,51 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
     return undefined;
   };
 
+  // The metrics' attributes, made once per system and topic (and error type): the SDK hashes the
+  // attributes of every record, and a relay records two histograms per message.
+  const sendAttributesBy = new Map<string, Attributes>();
+  const sendAttributes = (system: string, topic: string): Attributes => {
+    const id = `${system}\u0000${topic}`;
+    let attributes = sendAttributesBy.get(id);
+    if (!attributes) {
+      if (sendAttributesBy.size >= ATTRIBUTE_SETS) sendAttributesBy.clear();
+      attributes = Object.freeze(messagingAttributes(system, "send", topic));
+      sendAttributesBy.set(id, attributes);
+    }
+    return attributes;
+  };
+  const failedAttributesBy = new WeakMap<Attributes, Map<string, Attributes>>();
+  const failedAttributes = (attributes: Attributes, type: string): Attributes => {
+    let byType = failedAttributesBy.get(attributes);
+    if (!byType) failedAttributesBy.set(attributes, (byType = new Map()));
+    let failed = byType.get(type);
+    if (!failed) {
+      if (byType.size >= ATTRIBUTE_SETS) byType.clear();
+      failed = Object.freeze({ ...attributes, "error.type": type });
+      byType.set(type, failed);
+    }
+    return failed;
+  };
+  // Messages sent, added up per attribute set and added to the counter once per turn of the event
+  // loop: a batch published at once is one add, not one per message.
+  let counts = new Map<Counter, Map<Attributes, number>>();
+  let countScheduled = false;
+  const flushCounts = () => {
+    countScheduled = false;
+    const added = counts;
+    counts = new Map();
+    for (const [counter, byAttributes] of added) for (const [attributes, n] of byAttributes) counter.add(n, attributes);
+  };
+  const count = (counter: Counter, attributes: Attributes) => {
+    let byAttributes = counts.get(counter);
+    if (!byAttributes) counts.set(counter, (byAttributes = new Map()));
+    byAttributes.set(attributes, (byAttributes.get(attributes) ?? 0) + 1);
+    if (!countScheduled) {
+      countScheduled = true;
+      setImmediate(flushCounts);
+    }
+  };
+
   let observers = 0;
   let stopObserving: (() => void) | undefined;
 
@@ -158,14 +206,24 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
 
     send(message, system, publish) {
       if (!otel.active) return { published: (async () => publish(message))(), end() {} };
-      const attributes = messagingAttributes(system, "send", message.topic);
+      const attributes = sendAttributes(system, message.topic);
       const creation = creationContext(api, message.traceContext);
-      const links: Link[] = creation ? [{ context: creation }] : [];
       // A root span: the relay's loop runs in whatever context start() was called in, which has
       // nothing to do with the message. The trace it belongs to is the link's.
       const span = otel.tracer.startSpan(
         spanName("send", message.topic),
-        { kind: creation ? SpanKind.CLIENT : SpanKind.PRODUCER, attributes: { ...attributes, [MessagingAttributes.messageId]: message.id }, links, root: true },
+        {
+          kind: creation ? SpanKind.CLIENT : SpanKind.PRODUCER,
+          attributes: {
+            [MessagingAttributes.system]: system,
+            [MessagingAttributes.operationName]: "send",
+            [MessagingAttributes.operationType]: "send",
+            [MessagingAttributes.destination]: message.topic,
+            [MessagingAttributes.messageId]: message.id,
+          },
+          links: creation ? [{ context: creation }] : undefined,
+          root: true,
+        },
         ROOT_CONTEXT,
       );
       const sendContext = trace.setSpan(ROOT_CONTEXT, span);
@@ -180,12 +238,14 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
         published,
         end(error) {
           const instruments = otel.instruments;
-          instruments.sendDuration.record(secondsSince(started), error === undefined ? attributes : { ...attributes, "error.type": errorType(error) });
           if (error === undefined) {
-            instruments.sent.add(1, attributes);
+            instruments.sendDuration.record(secondsSince(started), attributes);
             instruments.latency.record(Math.max(0, Date.now() - message.createdAt.getTime()) / 1000, attributes);
+            count(instruments.sent, attributes);
           } else {
-            instruments.sent.add(1, { ...attributes, "error.type": errorType(error) });
+            const failed = failedAttributes(attributes, errorType(error));
+            instruments.sendDuration.record(secondsSince(started), failed);
+            count(instruments.sent, failed);
             otel.failed(span, error);
           }
           span.end();
