@@ -30,6 +30,7 @@ import { txonce as txoncePrisma } from "../src/adapters/prisma.js";
 import { adapterRows, pgPool, type Subject } from "./support/adapters.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { seedKeys } from "./support/seed.js";
+import { sleep } from "./support/wait.js";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -40,7 +41,6 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 let amountSeq = 0;
 /** A charge amount no other case uses, so that counting charges of an amount counts one case's. */
 const newAmount = () => 100 + ++amountSeq;

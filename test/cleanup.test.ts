@@ -9,6 +9,7 @@ import { InvalidArgumentError, SchemaNotInstalledError, schemaSql, type CleanupR
 import { txonce } from "../src/adapters/prisma.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { countKeys, seedKeys } from "./support/seed.js";
+import { sleep } from "./support/wait.js";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -20,8 +21,6 @@ afterAll(async () => {
 beforeEach(async () => {
   await db.pool.query("TRUNCATE txonce_idempotency_keys");
 });
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe("cleanup()", () => {
   test("100,000 expired and 100,000 live records: exactly the expired go, in several batches", async () => {

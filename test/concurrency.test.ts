@@ -16,6 +16,7 @@ import { IdempotencyKeyReusedError } from "../src/index.js";
 import { txonce } from "../src/adapters/prisma.js";
 import { PrismaClient } from "../generated/prisma/client.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
+import { sleep } from "./support/wait.js";
 
 let db: TestDatabase;
 /** Four clients with their own pools, like four replicas of a service. */
@@ -29,8 +30,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await db?.drop();
 });
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function countCharges(amount: number) {
   const { rows } = await db.pool.query("SELECT count(*)::int AS n FROM charges WHERE amount = $1", [amount]);

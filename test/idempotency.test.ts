@@ -15,6 +15,7 @@ import {
 } from "../src/index.js";
 import { txonce, type PrismaClientLike } from "../src/adapters/prisma.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
+import { sleep } from "./support/wait.js";
 
 let db: TestDatabase;
 let keySeq = 0;
@@ -41,7 +42,6 @@ async function chargeCount(amount: number) {
 }
 let amountSeq = 1000;
 const newAmount = () => ++amountSeq;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
 describe("first call", () => {
   test("returns the operation's value unchanged, and withIdempotency works destructured", async () => {

@@ -15,6 +15,7 @@ import type { SqlExecutor } from "../src/executor.js";
 import { createRelay } from "../src/outbox/relay.js";
 import * as sql from "../src/sql/postgres.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
+import { sleep, until } from "./support/wait.js";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -30,15 +31,6 @@ afterAll(async () => {
 beforeEach(async () => {
   await db.pool.query("TRUNCATE txonce_outbox_messages, publish_log");
 });
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await sleep(10);
-  }
-}
 
 /** A broker in memory: records what it got, in order. */
 function memoryBroker() {
@@ -333,7 +325,6 @@ describe("ordering", () => {
     }
   });
 });
-
 
 describe("claims and progress", () => {
   /** A publisher that holds every publish until released, and tells who waits. */

@@ -8,6 +8,7 @@ import pg from "pg";
 import { afterAll, beforeAll, expect, test } from "vitest";
 import { txonce } from "../src/adapters/pg.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
+import { sleep } from "./support/wait.js";
 
 let db: TestDatabase;
 const pools: pg.Pool[] = [];
@@ -27,7 +28,6 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const insertCharge = async (client: pg.PoolClient, amount: number) =>
   (await client.query("INSERT INTO charges (account_id, amount) VALUES ('acc', $1) RETURNING id", [amount])).rows[0].id as number;
 const preparedIn = async (pool: pg.Pool) =>

@@ -14,6 +14,7 @@ import { continueTrace, type OutboxMessage } from "../src/index.js";
 import { headersOf } from "../src/outbox/publishers/common.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { registerTestTelemetry } from "./support/telemetry.js";
+import { sleep } from "./support/wait.js";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -23,7 +24,6 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const metadata = ["txonce-message-id", "txonce-topic"];
 
 describe("telemetry without an SDK", () => {

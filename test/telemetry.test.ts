@@ -18,6 +18,7 @@ import { webhookPublisher } from "../src/outbox/publishers/webhook.js";
 import * as sql from "../src/sql/postgres.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { parentOf, registerTestTelemetry, type TestTelemetry } from "./support/telemetry.js";
+import { sleep, until } from "./support/wait.js";
 
 let db: TestDatabase;
 let otel: TestTelemetry;
@@ -31,14 +32,6 @@ afterAll(async () => {
 });
 beforeEach(() => otel.spans.reset());
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await sleep(10);
-  }
-}
 const unique = (prefix: string) => `${prefix}-${Math.random().toString(36).slice(2, 10)}`;
 
 describe("withIdempotency", () => {

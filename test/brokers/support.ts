@@ -13,15 +13,9 @@ import type { Publisher } from "../../src/index.js";
 import { txonce } from "../../src/adapters/prisma.js";
 import type { TestDatabase } from "../support/database.js";
 
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+import { sleep, until } from "../support/wait.js";
 
-export async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 15_000, what = "condition") {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`);
-    await sleep(10);
-  }
-}
+export { sleep, until };
 
 export const requireBrokers = process.env.TXONCE_REQUIRE_BROKERS === "1";
 
