@@ -25,11 +25,17 @@
  * 2. Relay throughput: TELEMETRY_MESSAGES (5,000) unkeyed messages enqueued in that mode (so
  *    the SDK's messages carry a creation context and its send spans link to it), then drained
  *    by one relay (defaults, a publisher that resolves at once), TELEMETRY_ROUNDS rounds.
+ *    TELEMETRY_PUBLISHER=rabbitmq drains to the real RabbitMQ at RABBITMQ_URL (default
+ *    amqp://guest:guest@127.0.0.1:5672) with txonce's shipped publisher (confirm channel,
+ *    persistent messages) instead: a throwaway topic exchange and a durable queue bound to it,
+ *    purged after each drain (outside the timing) and deleted at the end. If the broker does not
+ *    answer, the relay part says so and is skipped.
  *
  * The targets (issue 12): no SDK costs nothing measurable; the SDK at most 5% of first-execution
  * and relay throughput.
  */
 import { randomBytes } from "node:crypto";
+import amqplib from "amqplib";
 import { context, metrics, propagation, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { ExportResultCode, W3CTraceContextPropagator, type ExportResult } from "@opentelemetry/core";
@@ -40,7 +46,8 @@ import {
 import { txonce } from "../src/adapters/prisma.js";
 import type { Database, Row } from "../src/executor.js";
 import { createIdempotency } from "../src/idempotency.js";
-import type { OutboxMessage } from "../src/outbox/message.js";
+import type { OutboxMessage, Publisher } from "../src/outbox/message.js";
+import { rabbitmqPublisher, type RabbitMqPublisher } from "../src/outbox/publishers/rabbitmq.js";
 import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
 import { env, fmt, loadavg, log, median, num, table, type BenchContext } from "./common.js";
@@ -52,6 +59,10 @@ const MESSAGES = Math.max(100, Math.round(env("TELEMETRY_MESSAGES", 5000)));
 const ACCOUNT = "bench";
 /** Which parts run: "stub" (0), "first" (1), "relay" (2), "send" (3); default all four. */
 const PARTS = (process.env.TELEMETRY_PARTS ?? "stub,first,relay,send").split(",");
+/** Where the relay part publishes: "noop" (a publisher that resolves at once, the default) or "rabbitmq". */
+const PUBLISHER = process.env.TELEMETRY_PUBLISHER ?? "noop";
+if (PUBLISHER !== "noop" && PUBLISHER !== "rabbitmq") throw new Error(`TELEMETRY_PUBLISHER=${PUBLISHER}: expected noop or rabbitmq`);
+const RABBITMQ_URL = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672";
 
 type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled";
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
@@ -126,7 +137,7 @@ async function closedLoop(concurrency: number, seconds: number, op: () => Promis
 
 export async function telemetryBench({ prisma, pool }: BenchContext) {
   log("Telemetry (issue 12)");
-  log(`settings: ${ROUNDS} interleaved rounds per mode; first execution ${SECONDS}s per round at concurrency ${CONCURRENCY.join(" and ")}; relay ${num(MESSAGES)} unkeyed messages per drain`);
+  log(`settings: ${ROUNDS} interleaved rounds per mode; first execution ${SECONDS}s per round at concurrency ${CONCURRENCY.join(" and ")}; relay ${num(MESSAGES)} unkeyed messages per drain, publisher ${PUBLISHER === "rabbitmq" ? `RabbitMQ (${RABBITMQ_URL})` : "no-op"}`);
   log(`load: ${loadavg()}`);
   const instances = Object.fromEntries(RELAY_MODES.map((mode) => [mode, txonce(prisma, { telemetry: telemetryOf(mode) })])) as Record<Mode, ReturnType<typeof txonce>>;
 
@@ -210,12 +221,12 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
       await prisma.$transaction((tx) => t.outbox.enqueueMany(tx, messages));
     }
   };
-  const drain = async (t: ReturnType<typeof txonce>, n: number) => {
+  const drain = async (t: ReturnType<typeof txonce>, n: number, publisher: Publisher | Publisher["publish"]) => {
     let done = 0;
     let finish!: () => void;
     const finished = new Promise<void>((resolve) => (finish = resolve));
     const relay = t.outbox.relay({
-      publisher: async () => {},
+      publisher,
       logger: false,
       onPublished: (messages) => {
         done += messages.length;
@@ -231,22 +242,39 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     await relay.stop();
     return { rate: n / seconds, cpuUsPerMsg: (cpu.user + cpu.system) / n };
   };
+  const broker = PARTS.includes("relay") && PUBLISHER === "rabbitmq" ? await rabbitmqTarget() : undefined;
+  const runRelay = PARTS.includes("relay") && (PUBLISHER === "noop" || broker !== undefined);
+  const publisher: Publisher | Publisher["publish"] = broker?.publisher ?? (async () => {});
+  let routed = 0;
   const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
-  for (let round = 0; PARTS.includes("relay") && round < ROUNDS; round++) {
-    const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
-    for (let i = 0; i < RELAY_MODES.length; i++) {
-      const mode = RELAY_MODES[(i + round) % RELAY_MODES.length]!;
-      enter(mode);
+  try {
+    if (broker) {
+      // Warm-up: the publisher's connection and confirm channel, and the broker's queue.
+      enter("off");
       await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
-      await enqueue(instances[mode], MESSAGES);
-      await pool.query("VACUUM ANALYZE txonce_outbox_messages");
-      result[mode] = await drain(instances[mode], MESSAGES);
+      await enqueue(instances.off, 1000);
+      await drain(instances.off, 1000, publisher);
+      await broker.purge();
     }
-    drains.push(result);
+    for (let round = 0; runRelay && round < ROUNDS; round++) {
+      const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
+      for (let i = 0; i < RELAY_MODES.length; i++) {
+        const mode = RELAY_MODES[(i + round) % RELAY_MODES.length]!;
+        enter(mode);
+        await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
+        await enqueue(instances[mode], MESSAGES);
+        await pool.query("VACUUM ANALYZE txonce_outbox_messages");
+        result[mode] = await drain(instances[mode], MESSAGES, publisher);
+        if (broker) routed += await broker.purge();
+      }
+      drains.push(result);
+    }
+  } finally {
+    await broker?.close();
   }
-  if (PARTS.includes("relay")) log();
-  if (PARTS.includes("relay")) log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker (load ${loadavg()}):`);
-  if (PARTS.includes("relay")) table(
+  if (runRelay) log();
+  if (runRelay) log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker, ${broker ? "to RabbitMQ (txonce's publisher, confirms, persistent messages, a durable queue)" : "no-op publisher"} (load ${loadavg()}):`);
+  if (runRelay) table(
     ["mode", "messages/s", "ratio to off", "min-max ratio", "Node CPU µs/msg"],
     RELAY_MODES.map((mode) => {
       const ratios = drains.map((r) => r[mode].rate / r.off.rate);
@@ -259,6 +287,10 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
       ];
     }),
   );
+  if (broker) {
+    const published = MESSAGES * ROUNDS * RELAY_MODES.length;
+    log(`RabbitMQ's queue held ${num(routed)} of the ${num(published)} messages the rounds published when purged after each drain${routed === published ? " (every one routed)" : ""}.`);
+  }
 
   // 3. The relay's telemetry alone: the send span and metrics of one message, without the relay.
   if (PARTS.includes("send")) {
@@ -312,4 +344,37 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   await sampledTracerProvider.shutdown();
   await meterProvider.shutdown();
   await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
+}
+
+/**
+ * The real RabbitMQ for the relay part: a throwaway topic exchange and a durable queue bound to
+ * it (deleted at the end; it also expires 10 minutes after its last use if the bench dies), and
+ * txonce's publisher to that exchange. Undefined, after saying so, when the broker does not answer.
+ */
+async function rabbitmqTarget(): Promise<{ publisher: RabbitMqPublisher; purge(): Promise<number>; close(): Promise<void> } | undefined> {
+  let connection: amqplib.ChannelModel;
+  try {
+    connection = await amqplib.connect(RABBITMQ_URL, { timeout: 5000 });
+  } catch (error) {
+    log();
+    log(`RabbitMQ is not reachable at ${RABBITMQ_URL} (RABBITMQ_URL): ${error instanceof Error ? error.message : String(error)}; the relay part with TELEMETRY_PUBLISHER=rabbitmq is skipped.`);
+    return undefined;
+  }
+  connection.on("error", () => {});
+  const channel = await connection.createChannel();
+  const name = `txonce_bench_telemetry_${randomBytes(4).toString("hex")}`;
+  await channel.assertExchange(name, "topic", { durable: false, autoDelete: true });
+  await channel.assertQueue(name, { durable: true, arguments: { "x-expires": 600_000 } });
+  await channel.bindQueue(name, name, "#");
+  const publisher = rabbitmqPublisher({ url: RABBITMQ_URL, exchange: name });
+  return {
+    publisher,
+    purge: async () => (await channel.purgeQueue(name)).messageCount,
+    close: async () => {
+      await publisher.close();
+      await channel.deleteQueue(name).catch(() => {});
+      await channel.deleteExchange(name).catch(() => {});
+      await connection.close().catch(() => {});
+    },
+  };
 }
