@@ -39,21 +39,24 @@ async function countCharges(amount: number) {
 /**
  * Sessions of this database, other than the asking one, whose transaction has been open for more
  * than `longMs` (a call holding a key; the claims that find a key taken and the polls of waiting
- * calls last a few milliseconds), and sessions waiting on a lock.
+ * calls last a few milliseconds), and sessions waiting on a lock a duplicate would wait on: a key's
+ * advisory lock, or its row (a transaction id or tuple lock). Not the relation extension locks
+ * that concurrent inserts into the business table can wait on for a moment under load.
  */
 async function sessions(longMs: number) {
   const { rows } = await db.pool.query(
     `SELECT count(*) FILTER (WHERE now() - xact_start > $1 * interval '1 millisecond')::int AS long_transactions,
-            count(*) FILTER (WHERE wait_event_type = 'Lock')::int AS waiting_on_locks
+            count(*) FILTER (WHERE wait_event_type = 'Lock' AND wait_event IN ('advisory', 'transactionid', 'tuple'))::int AS waiting_on_locks,
+            coalesce(string_agg(wait_event || ': ' || left(query, 80), ' | ') FILTER (WHERE wait_event_type = 'Lock'), '') AS lock_waits
      FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`,
     [longMs],
   );
-  return rows[0] as { long_transactions: number; waiting_on_locks: number };
+  return rows[0] as { long_transactions: number; waiting_on_locks: number; lock_waits: string };
 }
 
 /** Samples `sessions(longMs)` every 20 ms until `done` settles; returns the highest counts seen. */
 async function watchSessions(done: Promise<unknown>, longMs: number) {
-  const peak = { long_transactions: 0, waiting_on_locks: 0, samples: 0 };
+  const peak = { long_transactions: 0, waiting_on_locks: 0, samples: 0, lockWaitsSeen: [] as string[] };
   let finished = false;
   void done.finally(() => (finished = true)).catch(() => {});
   while (!finished) {
@@ -61,6 +64,7 @@ async function watchSessions(done: Promise<unknown>, longMs: number) {
     peak.long_transactions = Math.max(peak.long_transactions, now.long_transactions);
     peak.waiting_on_locks = Math.max(peak.waiting_on_locks, now.waiting_on_locks);
     peak.samples++;
+    if (now.lock_waits) peak.lockWaitsSeen.push(now.lock_waits); // in the failure message, if any
     await sleep(20);
   }
   return peak;
