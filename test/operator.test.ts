@@ -32,6 +32,22 @@ function barrier() {
   return { open, opened };
 }
 
+/**
+ * A call that runs the key in scope "acme" and holds it until `release()`; resolves once the call
+ * holds the key. `running` settles with `value` after the release.
+ */
+async function holdKey<T>(t: { withIdempotency<R>(key: string, op: () => Promise<R>, options: { scope: string }): Promise<R> }, key: string, value: T) {
+  const release = barrier();
+  const started = barrier();
+  const running = t.withIdempotency(key, async () => {
+    started.open();
+    await release.opened;
+    return value;
+  }, { scope: "acme" });
+  await started.opened;
+  return { running, release: release.open };
+}
+
 /** A database on which any statement fails: what runs before the first statement is all that can happen. */
 const noDatabase: Database<unknown> = {
   query: () => Promise.reject(new Error("no statement expected")),
@@ -65,16 +81,9 @@ describe("keys.inspect", () => {
       result: undefined,
       encodedResult: null,
     });
-    const release = barrier();
-    const started = barrier();
-    const running = t.withIdempotency("busy", async () => {
-      started.open();
-      await release.opened;
-      return 1;
-    }, { scope: "acme" });
-    await started.opened; // the call holds the key
+    const { running, release } = await holdKey(t, "busy", 1); // the call holds the key
     expect((await t.keys.inspect({ scope: "acme", key: "busy" })).status).toBe("running");
-    release.open();
+    release();
     await running;
     expect((await t.keys.inspect({ scope: "acme", key: "busy" })).status).toBe("completed");
   });
@@ -96,19 +105,12 @@ describe("keys.forget", () => {
 
   test("waits for a first call that is running, then deletes what it committed", async () => {
     const t = txoncePg(db.pool);
-    const release = barrier();
-    const started = barrier();
-    const running = t.withIdempotency("k", async () => {
-      started.open();
-      await release.opened;
-      return "first";
-    }, { scope: "acme" });
-    await started.opened; // the call holds the key
+    const { running, release } = await holdKey(t, "k", "first"); // the call holds the key
     let forgotten: boolean | undefined;
     const forgetting = t.keys.forget({ scope: "acme", key: "k" }).then((deleted) => (forgotten = deleted));
     await new Promise((resolve) => setTimeout(resolve, 200));
     expect(forgotten).toBeUndefined(); // waiting for the call's lock
-    release.open();
+    release();
     expect(await running).toBe("first");
     expect(await forgetting).toBe(true);
     expect(await countKeys(db.pool, "scope = 'acme'")).toBe(0);
@@ -117,18 +119,11 @@ describe("keys.forget", () => {
 
   test("past lockTimeout: IdempotencyKeyInUseError, nothing deleted", async () => {
     const t = txoncePg(db.pool);
-    const release = barrier();
-    const started = barrier();
-    const running = t.withIdempotency("k", async () => {
-      started.open();
-      await release.opened;
-      return 1;
-    }, { scope: "acme" });
-    await started.opened; // the call holds the key
+    const { running, release } = await holdKey(t, "k", 1); // the call holds the key
     const error = await t.keys.forget({ scope: "acme", key: "k" }, { lockTimeout: 200 }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(IdempotencyKeyInUseError);
     expect(error).toMatchObject({ code: "TXONCE_KEY_IN_USE", scope: "acme", key: "k" });
-    release.open();
+    release();
     await running;
     expect(await countKeys(db.pool, "scope = 'acme'")).toBe(1);
   });
@@ -139,17 +134,10 @@ describe("keys.forget", () => {
     try {
       const prisma = db.newPrisma({ max: 3 });
       const p = txoncePrisma(prisma);
-      const release = barrier();
-      const started = barrier();
-      const running = t.withIdempotency("k", async () => {
-        started.open();
-        await release.opened;
-        return 1;
-      }, { scope: "acme" });
-      await started.opened; // the call holds the key
+      const { running, release } = await holdKey(t, "k", 1); // the call holds the key
       const forgetting = p.keys.forget({ scope: "acme", key: "k" });
       await new Promise((resolve) => setTimeout(resolve, 100));
-      release.open();
+      release();
       await running;
       expect(await forgetting).toBe(true);
       expect(await countKeys(db.pool, "scope = 'acme'")).toBe(0);
