@@ -510,7 +510,8 @@ SELECT started_at, finished_at, deleted::text AS deleted, finished, runner FROM 
 ORDER BY id DESC LIMIT 1`;
 
 /**
- * Size and health of txonce's tables in the current schema: total, table and index bytes, live and
+ * Size and health of txonce's tables (those the search_path finds, or in the `schema` option's
+ * schema, as statementsFor qualifies the names given to to_regclass): total, table and index bytes, live and
  * dead tuples from the statistics collector, the last (auto)vacuum, the table's storage parameters,
  * and an estimate of its live data (live tuples times the average row width that ANALYZE measured,
  * plus 28 bytes of tuple header and line pointer per row; null before the first ANALYZE).
@@ -523,11 +524,11 @@ SELECT c.relname::text AS name,
   s.n_live_tup::bigint::text AS live_tuples, s.n_dead_tup::bigint::text AS dead_tuples,
   s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze,
   c.reloptions,
-  (SELECT sum(avg_width) FROM pg_stats st WHERE st.schemaname = current_schema() AND st.tablename = c.relname)::double precision AS row_width
+  (SELECT sum(avg_width) FROM pg_stats st WHERE st.schemaname = n.nspname AND st.tablename = c.relname)::double precision AS row_width
 FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
-  AND c.relkind = 'r' AND c.relname IN ('${IDEMPOTENCY_TABLE}', '${OUTBOX_TABLE}')
+WHERE c.oid IN (to_regclass('${IDEMPOTENCY_TABLE}'), to_regclass('${OUTBOX_TABLE}')) AND c.relkind = 'r'
 ORDER BY c.relname`;
 
 /** The server's autovacuum settings. */
