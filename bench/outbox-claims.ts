@@ -63,9 +63,9 @@ const shipped: Strategy = {
   async indexes(pool) {
     for (const s of [...dropIndexes(OLD_INDEXES), ...NEW_INDEXES]) await pool.query(s);
   },
-  explain: (client, token, cursor) => explained(client, sql.claimMessages, [BATCH, LEASE_MS, token, cursor, BATCH * KEYS_WALKED_PER_MESSAGE]),
+  explain: (client, token, cursor) => explained(client, sql.claimMessages, [BATCH, LEASE_MS, token, cursor, BATCH * KEYS_WALKED_PER_MESSAGE, BATCH * 10]),
   async claim(client, token, cursor) {
-    const rows = (await client.query(sql.claimMessages, [BATCH, LEASE_MS, token, cursor, BATCH * KEYS_WALKED_PER_MESSAGE])).rows;
+    const rows = (await client.query(sql.claimMessages, [BATCH, LEASE_MS, token, cursor, BATCH * KEYS_WALKED_PER_MESSAGE, BATCH * 10])).rows;
     const ids = rows.filter((r) => r.id !== null).map((r) => r.id as string);
     return { ids, cursor: rows[0]?.walked_to_end === false ? String(rows[0].resume_after) : "" };
   },

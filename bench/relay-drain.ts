@@ -50,6 +50,14 @@ async function main() {
       const { txonce } = await import("../src/adapters/pg.js");
       relays.push(["after, preparedStatements", ((pool: pg.Pool) => txonce(pool, { preparedStatements: true })) as unknown as TxonceOverPg]);
     }
+    // DRAIN_CLAIM_LIMITS="100,500": this tree's relay again with those claimLimit values.
+    for (const limit of (process.env.DRAIN_CLAIM_LIMITS ?? "").split(",").filter(Boolean).map(Number)) {
+      const { txonce } = await import("../src/adapters/pg.js");
+      relays.push([`after, claimLimit ${limit}`, ((pool: pg.Pool) => {
+        const t = txonce(pool);
+        return { outbox: { relay: (o: Record<string, unknown>) => t.outbox.relay({ ...(o as object), claimLimit: limit } as Parameters<typeof t.outbox.relay>[0]) } };
+      }) as unknown as TxonceOverPg]);
+    }
     // RELAY_OTHER_SRC="label=/path/src,...": more source trees, drained in the same rounds.
     for (const other of (process.env.RELAY_OTHER_SRC ?? "").split(",").filter(Boolean)) {
       const [label, path] = other.split("=") as [string, string];

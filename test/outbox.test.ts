@@ -347,20 +347,23 @@ describe("claims and progress", () => {
   const leased = async () => (await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE lease_token IS NOT NULL")).rows[0].n;
 
   test.each([
-    ["30 keys of 10 (heads only)", 30, 10],
-    ["3 hot keys of 50 (heads and the runs behind them)", 3, 50],
-  ])("a claim leases at most batchSize messages in all: %s", async (_name, keys, perKey) => {
+    ["30 keys of 10, heads only", 30, 10, 25, 25],
+    ["30 keys of 10, 25 heads and one follower behind 20 of them", 30, 10, 45, 45],
+    ["3 hot keys of 50, heads and the runs behind them", 3, 50, 60, 60],
+    ["3 hot keys of 50, the default claimLimit (10 x batchSize)", 3, 50, undefined, 150],
+  ])("a claim leases at most claimLimit messages in all, and hands at most batchSize to the publisher at once: %s", async (_name, keys, perKey, claimLimit, expected) => {
     const t = txonce(db.prisma);
     await db.prisma.$transaction((tx) =>
       t.outbox.enqueueMany(tx, Array.from({ length: keys * perKey }, (_, i) => ({ topic: "bounded", key: `k${i % keys}`, payload: i }))),
     );
     const broker = heldBroker();
-    const relay = t.outbox.relay({ publisher: broker.publish, batchSize: 25, pollInterval: 10, logger: false });
+    const relay = t.outbox.relay({ publisher: broker.publish, batchSize: 25, claimLimit, pollInterval: 10, logger: false });
     await relay.start();
     try {
       await until(() => broker.waiting.length >= Math.min(keys, 25));
       await sleep(50);
-      expect(await leased()).toBe(25);
+      expect(await leased()).toBe(expected);
+      expect(broker.waiting.length).toBe(Math.min(keys, 25));
       expect(new Set(broker.waiting.map((m) => m.key)).size).toBe(Math.min(keys, 25)); // one publish at a time per key
     } finally {
       broker.release();
@@ -413,7 +416,7 @@ describe("claims and progress", () => {
       },
     };
     const received: OutboxMessage[] = [];
-    const relay = createRelay(counting, new Codec(), false, { batchSize: 15, pollInterval: 10, logger: false, publisher: async (m) => void received.push(m) });
+    const relay = createRelay(counting, new Codec(), false, { batchSize: 15, claimLimit: 15, pollInterval: 10, logger: false, publisher: async (m) => void received.push(m) });
     await relay.start();
     try {
       await until(() => received.length === 90);
@@ -645,6 +648,7 @@ describe("failures", () => {
     expect(() => t.outbox.relay({ publisher: async () => {}, lease: "5s", publishTimeout: "10s" })).toThrow(InvalidArgumentError);
     expect(() => t.outbox.relay({ publisher: "nope" as never })).toThrow(InvalidArgumentError);
     expect(() => t.outbox.relay({ publisher: async () => {}, batchSize: 0 })).toThrow(InvalidArgumentError);
+    expect(() => t.outbox.relay({ publisher: async () => {}, batchSize: 50, claimLimit: 49 })).toThrow(InvalidArgumentError);
   });
 });
 

@@ -17,13 +17,23 @@ export interface RelayOptions {
   /** Sends one message; resolve = the broker has it, reject = try again later. A {@link Publisher} or its `publish`. */
   publisher: Publisher | Publisher["publish"];
   /**
-   * The most messages one claim leases, keyed and unkeyed together: unkeyed messages and the
-   * heads of keys taken in turns, the room left filled with the messages that follow those heads
-   * (shared evenly between the keys). Unkeyed messages of a batch are published concurrently;
-   * the messages of one key one after the other, in order, keys in parallel. It also bounds what
-   * a crash can republish: at most `batchSize` × `workers` messages per relay. (Default: `100`)
+   * The most messages one claim takes first: unkeyed messages and the heads of keys (each key's
+   * oldest pending message), taken in turns. Unkeyed messages of a batch are published
+   * concurrently; the messages of one key one after the other, in order, keys in parallel: so a
+   * worker has at most `batchSize` publishes in flight, and a crash republishes at most
+   * `batchSize` × `workers` messages per relay. (Default: `100`)
    */
   batchSize?: number;
+  /**
+   * The most messages one claim leases in all: its `batchSize` unkeyed messages and heads, and
+   * the messages that follow those heads (their keys' runs, shared evenly between the keys) up
+   * to this bound. Followers are published one after the other behind their head, so they add
+   * no publish in flight; a relay that crashes leaves at most `claimLimit` × `workers` messages
+   * leased until their lease runs out (they are not republished: they were never handed over).
+   * At least `batchSize`; `batchSize` itself makes every claim take heads only up to that.
+   * (Default: 10 × `batchSize`)
+   */
+  claimLimit?: number;
   /** Claim loops in this process; each claims its own batches. (Default: `1`) */
   workers?: number;
   /**
@@ -82,6 +92,7 @@ export interface Relay {
 interface Config {
   publish: Publisher["publish"];
   batchSize: number;
+  claimLimit: number;
   workers: number;
   leaseMs: number;
   publishTimeoutMs: number;
@@ -113,9 +124,13 @@ function configure(options: RelayOptions): Config {
   if (logger !== undefined && logger !== false && (typeof logger?.warn !== "function" || typeof logger?.error !== "function")) {
     throw new InvalidArgumentError("logger", "expected false or an object with warn(fields, message) and error(fields, message)");
   }
+  const batchSize = positiveInteger(options.batchSize, 100, "batchSize", 10_000);
+  const claimLimit = positiveInteger(options.claimLimit, 10 * batchSize, "claimLimit", 100_000);
+  if (claimLimit < batchSize) throw new InvalidArgumentError("claimLimit", `must be at least batchSize (${batchSize}), got ${claimLimit}`);
   return {
     publish,
-    batchSize: positiveInteger(options.batchSize, 100, "batchSize", 10_000),
+    batchSize,
+    claimLimit,
     workers: positiveInteger(options.workers, 1, "workers", 64),
     leaseMs,
     publishTimeoutMs,
@@ -329,7 +344,7 @@ export function createRelay(
         const claimed = withSchemaCheck(
           unkeyedOnly
             ? db.query(sql.claimUnkeyedMessages, [config.batchSize, config.leaseMs, token])
-            : db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE]),
+            : db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE, config.claimLimit]),
           { db, statements: sql },
         );
         const [result] = await Promise.all([claimed, recorded]);

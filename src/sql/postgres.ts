@@ -183,8 +183,9 @@ SELECT enqueued FROM (SELECT count(*)::integer AS enqueued FROM inserted) AS c,
 const isDue = (m: string) => `${m}.available_at <= now() AND (${m}.lease_until IS NULL OR ${m}.lease_until < now())`;
 
 /**
- * Claims a batch of at most $1 due messages for $2 ms under lease token $3, in one statement that
- * reads about what it leases, however large the backlog:
+ * Claims a batch for $2 ms under lease token $3: at most $1 unkeyed messages and key heads, and
+ * with the runs behind those heads at most $6 messages in all, in one statement that reads about
+ * what it leases, however large the backlog:
  *
  * - Keyed messages: a walk over the pending keys, from the first key after $4 (the cursor: where
  *   the relay's previous claim stopped; '' for the start), one index probe per key (a loose index
@@ -193,9 +194,9 @@ const isDue = (m: string) => `${m}.available_at <= now() AND (${m}.lease_until I
  *   followers that this claim leases with it (below).
  * - Unkeyed messages: the due ones, in available_at order (the (published_at, dead_at, key,
  *   available_at) index: messages waiting for a retry or leased are not read).
- * - The batch: unkeyed messages and heads taken in turns, up to $1; the room left goes to the
- *   runs behind the heads taken, shared evenly between them (each run a prefix of its key's
- *   pending messages, up to the first one that is not due).
+ * - The batch: unkeyed messages and heads taken in turns, up to $1; the room left up to $6 goes
+ *   to the runs behind the heads taken, shared evenly between them (each run a prefix of its
+ *   key's pending messages, up to the first one that is not due).
  *
  * Rows another relay is claiming or recording right now are skipped (`SKIP LOCKED`), never
  * waited for. The claim does not count attempts: the relay does, when it hands a message to the
@@ -240,7 +241,7 @@ WITH RECURSIVE walk AS (
   ORDER BY turn
   LIMIT $1::integer
 ), room AS MATERIALIZED (
-  SELECT $1::integer - count(*) AS left_over, count(key) AS heads FROM firsts
+  SELECT $6::integer - count(*) AS left_over, count(key) AS heads FROM firsts
 ), behind AS MATERIALIZED (
   SELECT f.id, f.key, f.seq,
     bool_and(${isDue("f")}) OVER (PARTITION BY f.key ORDER BY f.seq) AS unbroken,
