@@ -50,12 +50,14 @@ async function main() {
       const { txonce } = await import("../src/adapters/pg.js");
       relays.push(["after, preparedStatements", ((pool: pg.Pool) => txonce(pool, { preparedStatements: true })) as unknown as TxonceOverPg]);
     }
-    // DRAIN_CLAIM_LIMITS="100,500": this tree's relay again with those claimLimit values.
-    for (const limit of (process.env.DRAIN_CLAIM_LIMITS ?? "").split(",").filter(Boolean).map(Number)) {
+    // DRAIN_VARIANTS='label={"claimLimit":100};label2={...}': this tree's relay again with those options.
+    for (const variant of (process.env.DRAIN_VARIANTS ?? "").split(";").filter(Boolean)) {
+      const at = variant.indexOf("=");
+      const extra = JSON.parse(variant.slice(at + 1)) as Record<string, unknown>;
       const { txonce } = await import("../src/adapters/pg.js");
-      relays.push([`after, claimLimit ${limit}`, ((pool: pg.Pool) => {
+      relays.push([`after, ${variant.slice(0, at)}`, ((pool: pg.Pool) => {
         const t = txonce(pool);
-        return { outbox: { relay: (o: Record<string, unknown>) => t.outbox.relay({ ...(o as object), claimLimit: limit } as Parameters<typeof t.outbox.relay>[0]) } };
+        return { outbox: { relay: (o: Record<string, unknown>) => t.outbox.relay({ ...o, ...extra } as unknown as Parameters<typeof t.outbox.relay>[0]) } };
       }) as unknown as TxonceOverPg]);
     }
     // RELAY_OTHER_SRC="label=/path/src,...": more source trees, drained in the same rounds.

@@ -371,6 +371,51 @@ describe("claims and progress", () => {
     }
   });
 
+  test("a worker never has more than batchSize messages handed over whose outcome is not written, however large its claim", async () => {
+    const t = txonce(db.prisma);
+    await db.prisma.$transaction((tx) =>
+      t.outbox.enqueueMany(tx, Array.from({ length: 150 }, (_, i) => ({ topic: "window", key: `k${i % 5}`, payload: i }))),
+    );
+    let handedOver = 0;
+    let written = 0;
+    let most = 0;
+    let claimed = 0;
+    const slowRecords: SqlExecutor = {
+      query: async (text, params) => {
+        if (text !== sql.recordProgress) {
+          const { rows } = await db.pool.query(text, params as unknown[]);
+          if (text === sql.claimMessages) claimed = Math.max(claimed, rows.filter((r) => r.id !== null).length);
+          return rows;
+        }
+        // Records that take a while: the runs go on publishing meanwhile, up to the bound.
+        await sleep(15);
+        const { rows } = await db.pool.query(text, params as unknown[]);
+        const busy = new Set(rows.map((r) => r.id));
+        const entries = JSON.parse((params as [string])[0]) as { id: string; outcome: string | null }[];
+        written += entries.filter((e) => e.outcome !== null && !busy.has(e.id)).length;
+        return rows;
+      },
+    };
+    const relay = createRelay(slowRecords, new Codec(), false, {
+      batchSize: 10,
+      pollInterval: 10,
+      logger: false,
+      publisher: async () => {
+        handedOver++;
+        most = Math.max(most, handedOver - written);
+      },
+    });
+    await relay.start();
+    try {
+      await until(() => written === 150);
+    } finally {
+      await relay.stop();
+    }
+    expect(claimed).toBe(100); // 5 heads and 95 behind them: one claim of claimLimit (10 x batchSize)
+    expect(most).toBeGreaterThan(1);
+    expect(most).toBeLessThanOrEqual(10);
+  });
+
   test("publishes that end within a few milliseconds are recorded, charges and outcomes, in one statement per batch", async () => {
     const t = txonce(db.prisma);
     await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, Array.from({ length: 100 }, (_, i) => ({ topic: "grouped", payload: i }))));
