@@ -329,6 +329,8 @@ export const recordProgress = `
 WITH progress AS MATERIALIZED (
   SELECT * FROM json_to_recordset($1::text::json)
     AS p(id uuid, token uuid, charge integer, outcome text, error text, backoff_ms double precision)
+  -- Commits without waiting for its WAL to reach the disk (see above).
+  WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
 ), held AS MATERIALIZED (
   SELECT m.id FROM ${OUTBOX_TABLE} m
   WHERE m.id = ANY(ARRAY(SELECT id FROM progress)) AND m.lease_token = ANY(ARRAY(SELECT token FROM progress))
