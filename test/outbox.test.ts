@@ -371,7 +371,7 @@ describe("claims and progress", () => {
     }
   });
 
-  test("a worker never has more than batchSize messages handed over whose outcome is not written, however large its claim", async () => {
+  test("a worker never has more than 2 x batchSize messages handed over whose outcome is not written (batchSize in flight, batchSize ended), however large its claim", async () => {
     const t = txonce(db.prisma);
     await db.prisma.$transaction((tx) =>
       t.outbox.enqueueMany(tx, Array.from({ length: 150 }, (_, i) => ({ topic: "window", key: `k${i % 5}`, payload: i }))),
@@ -412,8 +412,8 @@ describe("claims and progress", () => {
       await relay.stop();
     }
     expect(claimed).toBe(100); // 5 heads and 95 behind them: one claim of claimLimit (10 x batchSize)
-    expect(most).toBeGreaterThan(1);
-    expect(most).toBeLessThanOrEqual(10);
+    expect(most).toBeGreaterThan(5);
+    expect(most).toBeLessThanOrEqual(20);
   });
 
   test("publishes that end within a few milliseconds are recorded, charges and outcomes, in one statement per batch", async () => {

@@ -288,43 +288,40 @@ export function createRelay(
    * handed back unattempted, so the key stays in order behind the failed message; so is the rest
    * of a run that would otherwise go on publishing past its lease.
    *
-   * A worker never has more than `batchSize` messages handed over whose outcome is not written
-   * yet (what a crash could republish): a run waits before its next hand-off while that many
-   * are. A write of the outcomes so far starts once half of them have ended, so that runs rarely
-   * wait. (The previous batch's outcomes are all written before this one starts.)
+   * A worker never has more than `batchSize` publishes that ended and are not written yet, on
+   * top of at most `batchSize` in flight (one per key, and the unkeyed ones): a crash republishes
+   * at most 2 × `batchSize` of its messages. A run waits before its next hand-off while that many
+   * are unwritten; a write of the outcomes so far starts once half that many have ended, so that
+   * runs rarely wait. (The previous batch's outcomes are all written before this one starts.)
    */
   const runBatch = async (rows: Row[], token: string, claimedAt: number) => {
     // A key's run is published one message after the other: no publish may start so late that
     // it could outlast the lease (another relay could then take the message too).
     const lastStart = claimedAt + config.leaseMs - config.publishTimeoutMs;
-    // Handed over and not known written (`exposed`), of which `ended` have an outcome that no
-    // write under way covers yet; `writing` resolves once the outcomes it covers are written.
-    let exposed = 0;
+    // Outcomes not known written (`unwritten`), of which `ended` no write under way covers yet;
+    // `writing` resolves once the outcomes it covers are written.
+    let unwritten = 0;
     let ended = 0;
     let writing: Promise<void> | undefined;
     const write = () => {
       const covered = ended;
       ended = 0;
       writing = progress.flushed().then(() => {
-        exposed -= covered;
+        unwritten -= covered;
         writing = undefined;
       });
       return writing;
     };
-    /** Waits until one more message may be handed over, and counts it. */
+    /** Waits until one more message may be handed over. */
     const admit = async () => {
       if (!writing && ended * 2 >= config.batchSize) void write();
-      while (exposed >= config.batchSize) {
-        // (Each run has at most one publish in flight, and at most batchSize runs and unkeyed
-        // messages start at once: a run that waits here has its previous outcome in `ended`.)
-        await (writing ?? (ended > 0 ? write() : new Promise((resolve) => setImmediate(resolve))));
-      }
-      exposed++;
+      while (unwritten >= config.batchSize) await (writing ?? write());
     };
     const handOver = async (row: Row) => {
       try {
         return await attempt(row, token);
       } finally {
+        unwritten++;
         ended++;
       }
     };
@@ -343,18 +340,12 @@ export function createRelay(
       for (const row of run) progress.ended({ id: row.id as string }, token, { kind: "released" });
     };
     await Promise.all([
-      ...unkeyed.map(async (row) => {
-        await admit();
-        return handOver(row);
-      }),
+      ...unkeyed.map((row) => handOver(row)),
       ...[...runs.values()].map(async (run) => {
         run.sort((a, b) => (BigInt(a.seq as string) < BigInt(b.seq as string) ? -1 : 1));
         for (let i = 0; i < run.length; i++) {
-          await admit();
-          if (performance.now() > lastStart) {
-            exposed--;
-            return handBack(run.slice(i));
-          }
+          if (i > 0) await admit();
+          if (performance.now() > lastStart) return handBack(run.slice(i));
           if (!(await handOver(run[i]!))) return handBack(run.slice(i + 1));
         }
       }),
