@@ -20,8 +20,9 @@ export interface RelayOptions {
    * The most messages one claim takes first: unkeyed messages and the heads of keys (each key's
    * oldest pending message), taken in turns. Unkeyed messages of a batch are published
    * concurrently; the messages of one key one after the other, in order, keys in parallel: so a
-   * worker has at most `batchSize` publishes in flight, and a crash republishes at most
-   * `batchSize` × `workers` messages per relay. (Default: `100`)
+   * worker has at most `batchSize` publishes in flight. A run waits before its next publish while
+   * `batchSize` publishes that ended are not recorded yet, so a crash republishes at most
+   * 2 × `batchSize` × `workers` messages per relay. (Default: `100`)
    */
   batchSize?: number;
   /**

@@ -324,12 +324,19 @@ RETURNING m.id::text AS id, m.seq::text AS seq, m.topic, m.key, m.payload, m.hea
  * over, or the claim lets go of it within its statement). Returns the ids it skipped while they
  * were locked (status 'busy'), and nothing for the messages it recorded (or left alone): a group
  * of 100 outcomes usually returns no row.
+ *
+ * It commits without waiting for its WAL to be flushed (`synchronous_commit` off for its own
+ * transaction, by set_config in the statement; a commit costs 0.2 ms instead of 0.9 on the
+ * development machine, and the relay's runs wait on these records). A database crash can lose
+ * the last records (at most 3 × wal_writer_delay): those messages are published again after
+ * their lease, and an attempt may go uncounted; nothing is lost. A relay's crash loses nothing:
+ * the server has the record once it answered.
  */
 export const recordProgress = `
 WITH progress AS MATERIALIZED (
   SELECT * FROM json_to_recordset($1::text::json)
     AS p(id uuid, token uuid, charge integer, outcome text, error text, backoff_ms double precision)
-  -- Commits without waiting for its WAL to reach the disk (see above).
+  -- Commits without waiting for its WAL to reach the disk (above).
   WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
 ), held AS MATERIALIZED (
   SELECT m.id FROM ${OUTBOX_TABLE} m
