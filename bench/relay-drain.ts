@@ -6,7 +6,10 @@
  * truncated, DRAIN_MESSAGES (20,000) rows inserted with generate_series on DRAIN_KEYS keys
  * ("1000,200,0": 0 = unkeyed), VACUUM ANALYZE, CHECKPOINT, then one relay (DRAIN_BATCH x
  * DRAIN_WORKERS, default 100 x 1 and 500 x 2). DRAIN_ROUNDS (3) rounds; the median per case.
- * Statements per message: the executor counts the relay's queries.
+ * Statements per message: the executor counts the relay's queries. RELAY_OTHER_SRC="label=/path/src"
+ * adds more source trees; DRAIN_VARIANTS='label={"claimLimit":100}' this tree's relay with other
+ * options, in the same rounds; DRAIN_RELAYS relays side by side; DRAIN_PUBLISH_MS a publisher
+ * that acknowledges that long after the hand-off; DRAIN_TIMES=1 statement wall times by kind.
  *
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres RELAY_BEFORE_SRC=/tmp/before/src \
  *     npx tsx bench/relay-drain.ts
