@@ -416,6 +416,23 @@ describe("claims and progress", () => {
     expect(most).toBeLessThanOrEqual(20);
   });
 
+  test("a record commits without waiting for the WAL flush, and leaves the connection's synchronous_commit as it was", async () => {
+    const client = await db.pool.connect();
+    try {
+      const setting = async () => (await client.query("SHOW synchronous_commit")).rows[0].synchronous_commit as string;
+      expect(await setting()).toBe("on");
+      // In a transaction of the test's, to see the setting the statement makes for its own.
+      await client.query("BEGIN");
+      await client.query(sql.recordProgress, [JSON.stringify([{ id: crypto.randomUUID(), token: crypto.randomUUID(), charge: 1, outcome: "published", error: null, backoff_ms: 0 }]), false]);
+      expect(await setting()).toBe("off");
+      await client.query("COMMIT");
+      // The pool's connections are the application's too: its own transactions stay synchronous.
+      expect(await setting()).toBe("on");
+    } finally {
+      client.release();
+    }
+  });
+
   test("publishes that end within a few milliseconds are recorded, charges and outcomes, in one statement per batch", async () => {
     const t = txonce(db.prisma);
     await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, Array.from({ length: 100 }, (_, i) => ({ topic: "grouped", payload: i }))));
