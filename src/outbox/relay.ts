@@ -300,7 +300,9 @@ export function createRelay(
     // it could outlast the lease (another relay could then take the message too).
     const lastStart = claimedAt + config.leaseMs - config.publishTimeoutMs;
     // Outcomes not known written (`unwritten`), of which `ended` no write under way covers yet;
-    // `writing` resolves once the outcomes it covers are written.
+    // `writing` resolves once the outcomes it covers are written (or their write failed: the
+    // progress writer keeps them and retries, and the runs go on, so an outage cannot hold up
+    // stop(); the bound then holds only once the database takes the records again).
     let unwritten = 0;
     let ended = 0;
     let writing: Promise<void> | undefined;
