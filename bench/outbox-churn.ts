@@ -56,7 +56,7 @@ export async function churnBench(pool: pg.Pool, url: string) {
     const client = await pool.connect();
     try {
       await client.query("BEGIN");
-      const plan = (await client.query(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${sql.claimMessages}`, [100, 30_000, crypto.randomUUID(), "", 100 * KEYS_WALKED_PER_MESSAGE])).rows[0]["QUERY PLAN"][0];
+      const plan = (await client.query(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ${sql.claimMessages}`, [100, 30_000, crypto.randomUUID(), "", 100 * KEYS_WALKED_PER_MESSAGE, 1000])).rows[0]["QUERY PLAN"][0];
       await client.query("ROLLBACK");
       return { buffers: Number(plan.Plan["Shared Hit Blocks"]) + Number(plan.Plan["Shared Read Blocks"]), leased: Number(plan.Plan["Actual Rows"]) };
     } finally {

@@ -10,7 +10,7 @@
  * claim, the same claim under EXPLAIN (ANALYZE, BUFFERS) in a rolled-back transaction gives its
  * buffers (shared hit + read). OUTBOX_CLAIM_ROUNDS (200) rounds or OUTBOX_CLAIM_SECONDS (10)
  * seconds per case, whichever ends first, and never more than half the backlog (so every claim
- * finds a full batch). batchSize 100 (the default).
+ * finds a full batch). batchSize 100 and claimLimit 1,000 (the defaults).
  *
  * OUTBOX_CLAIM_BEFORE=1 also measures the relay of main before issue 13 (its claim statement,
  * its run claim, its mark statement and its two indexes, inlined below), on the same backlogs.
@@ -25,6 +25,7 @@ const ROUNDS = Math.round(env("OUTBOX_CLAIM_ROUNDS", 200));
 const SECONDS = env("OUTBOX_CLAIM_SECONDS", 10);
 const BEFORE = process.env.OUTBOX_CLAIM_BEFORE === "1";
 const BATCH = 100;
+const CLAIM_LIMIT = 10 * BATCH;
 const LEASE_MS = 30_000;
 
 interface Strategy {
@@ -63,9 +64,9 @@ const shipped: Strategy = {
   async indexes(pool) {
     for (const s of [...dropIndexes(OLD_INDEXES), ...NEW_INDEXES]) await pool.query(s);
   },
-  explain: (client, token, cursor) => explained(client, sql.claimMessages, [BATCH, LEASE_MS, token, cursor, BATCH * KEYS_WALKED_PER_MESSAGE]),
+  explain: (client, token, cursor) => explained(client, sql.claimMessages, [BATCH, LEASE_MS, token, cursor, BATCH * KEYS_WALKED_PER_MESSAGE, CLAIM_LIMIT]),
   async claim(client, token, cursor) {
-    const rows = (await client.query(sql.claimMessages, [BATCH, LEASE_MS, token, cursor, BATCH * KEYS_WALKED_PER_MESSAGE])).rows;
+    const rows = (await client.query(sql.claimMessages, [BATCH, LEASE_MS, token, cursor, BATCH * KEYS_WALKED_PER_MESSAGE, CLAIM_LIMIT])).rows;
     const ids = rows.filter((r) => r.id !== null).map((r) => r.id as string);
     return { ids, cursor: rows[0]?.walked_to_end === false ? String(rows[0].resume_after) : "" };
   },
@@ -140,7 +141,7 @@ const before: Strategy = {
 };
 
 export async function claimBench(pool: pg.Pool) {
-  log(`Claim cost by backlog (batchSize ${BATCH}; sizes ${SIZES.map(num).join(", ")}; ${ROUNDS} rounds or ${SECONDS} s per case${BEFORE ? "; with main before issue 13" : ""})`);
+  log(`Claim cost by backlog (batchSize ${BATCH}, claimLimit ${CLAIM_LIMIT}; sizes ${SIZES.map(num).join(", ")}; ${ROUNDS} rounds or ${SECONDS} s per case${BEFORE ? "; with main before issue 13" : ""})`);
   log(`load: ${loadavg()}`);
   const shapes: [string, (n: number) => number][] = [
     ["unkeyed", () => 0],
@@ -170,7 +171,7 @@ export async function claimBench(pool: pg.Pool) {
           let cursor = "";
           try {
             const deadline = performance.now() + SECONDS * 1000;
-            for (let round = 0; round < Math.min(ROUNDS, size / BATCH / 2) && performance.now() < deadline; round++) {
+            for (let round = 0; round < Math.min(ROUNDS, size / CLAIM_LIMIT / 2) && performance.now() < deadline; round++) {
               const token = crypto.randomUUID();
               const cost = await strategy.explain(client, token, cursor);
               const t0 = performance.now();

@@ -67,7 +67,7 @@ const KEYED_CAP_SECONDS = env("OUTBOX_KEYED_CAP_SECONDS", 5);
 const TOPIC = "bench.order-paid";
 
 /** The claim's parameters for an EXPLAIN: batch size, lease, a token, the walk from the first key. */
-const claimParams = (batchSize: number) => [batchSize, 30_000, "00000000-0000-4000-8000-000000000000", "", batchSize * KEYS_WALKED_PER_MESSAGE];
+const claimParams = (batchSize: number) => [batchSize, 30_000, "00000000-0000-4000-8000-000000000000", "", batchSize * KEYS_WALKED_PER_MESSAGE, batchSize * 10];
 
 const payload = (i: number) => ({ orderId: i, customerId: `c-${i % 997}`, amount: "12.50", currency: "EUR", status: "paid" });
 

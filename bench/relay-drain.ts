@@ -6,7 +6,10 @@
  * truncated, DRAIN_MESSAGES (20,000) rows inserted with generate_series on DRAIN_KEYS keys
  * ("1000,200,0": 0 = unkeyed), VACUUM ANALYZE, CHECKPOINT, then one relay (DRAIN_BATCH x
  * DRAIN_WORKERS, default 100 x 1 and 500 x 2). DRAIN_ROUNDS (3) rounds; the median per case.
- * Statements per message: the executor counts the relay's queries.
+ * Statements per message: the executor counts the relay's queries. RELAY_OTHER_SRC="label=/path/src"
+ * adds more source trees; DRAIN_VARIANTS='label={"claimLimit":100}' this tree's relay with other
+ * options, in the same rounds; DRAIN_RELAYS relays side by side; DRAIN_PUBLISH_MS a publisher
+ * that acknowledges that long after the hand-off; DRAIN_TIMES=1 statement wall times by kind.
  *
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres RELAY_BEFORE_SRC=/tmp/before/src \
  *     npx tsx bench/relay-drain.ts
@@ -49,6 +52,16 @@ async function main() {
     if (process.env.DRAIN_PREPARED === "1") {
       const { txonce } = await import("../src/adapters/pg.js");
       relays.push(["after, preparedStatements", ((pool: pg.Pool) => txonce(pool, { preparedStatements: true })) as unknown as TxonceOverPg]);
+    }
+    // DRAIN_VARIANTS='label={"claimLimit":100};label2={...}': this tree's relay again with those options.
+    for (const variant of (process.env.DRAIN_VARIANTS ?? "").split(";").filter(Boolean)) {
+      const at = variant.indexOf("=");
+      const extra = JSON.parse(variant.slice(at + 1)) as Record<string, unknown>;
+      const { txonce } = await import("../src/adapters/pg.js");
+      relays.push([`after, ${variant.slice(0, at)}`, ((pool: pg.Pool) => {
+        const t = txonce(pool);
+        return { outbox: { relay: (o: Record<string, unknown>) => t.outbox.relay({ ...o, ...extra } as unknown as Parameters<typeof t.outbox.relay>[0]) } };
+      }) as unknown as TxonceOverPg]);
     }
     // RELAY_OTHER_SRC="label=/path/src,...": more source trees, drained in the same rounds.
     for (const other of (process.env.RELAY_OTHER_SRC ?? "").split(",").filter(Boolean)) {

@@ -347,24 +347,89 @@ describe("claims and progress", () => {
   const leased = async () => (await db.pool.query("SELECT count(*)::int AS n FROM txonce_outbox_messages WHERE lease_token IS NOT NULL")).rows[0].n;
 
   test.each([
-    ["30 keys of 10 (heads only)", 30, 10],
-    ["3 hot keys of 50 (heads and the runs behind them)", 3, 50],
-  ])("a claim leases at most batchSize messages in all: %s", async (_name, keys, perKey) => {
+    ["30 keys of 10, heads only", 30, 10, 25, 25],
+    ["30 keys of 10, 25 heads and one follower behind 20 of them", 30, 10, 45, 45],
+    ["3 hot keys of 50, heads and the runs behind them", 3, 50, 60, 60],
+    ["3 hot keys of 50, the default claimLimit (10 x batchSize)", 3, 50, undefined, 150],
+  ])("a claim leases at most claimLimit messages in all, and hands at most batchSize to the publisher at once: %s", async (_name, keys, perKey, claimLimit, expected) => {
     const t = txonce(db.prisma);
     await db.prisma.$transaction((tx) =>
       t.outbox.enqueueMany(tx, Array.from({ length: keys * perKey }, (_, i) => ({ topic: "bounded", key: `k${i % keys}`, payload: i }))),
     );
     const broker = heldBroker();
-    const relay = t.outbox.relay({ publisher: broker.publish, batchSize: 25, pollInterval: 10, logger: false });
+    const relay = t.outbox.relay({ publisher: broker.publish, batchSize: 25, claimLimit, pollInterval: 10, logger: false });
     await relay.start();
     try {
       await until(() => broker.waiting.length >= Math.min(keys, 25));
       await sleep(50);
-      expect(await leased()).toBe(25);
+      expect(await leased()).toBe(expected);
+      expect(broker.waiting.length).toBe(Math.min(keys, 25));
       expect(new Set(broker.waiting.map((m) => m.key)).size).toBe(Math.min(keys, 25)); // one publish at a time per key
     } finally {
       broker.release();
       await relay.stop();
+    }
+  });
+
+  test("a worker never has more than 2 x batchSize messages handed over whose outcome is not written (batchSize in flight, batchSize ended), however large its claim", async () => {
+    const t = txonce(db.prisma);
+    await db.prisma.$transaction((tx) =>
+      t.outbox.enqueueMany(tx, Array.from({ length: 150 }, (_, i) => ({ topic: "window", key: `k${i % 5}`, payload: i }))),
+    );
+    let handedOver = 0;
+    let written = 0;
+    let most = 0;
+    let claimed = 0;
+    const slowRecords: SqlExecutor = {
+      query: async (text, params) => {
+        if (text !== sql.recordProgress) {
+          const { rows } = await db.pool.query(text, params as unknown[]);
+          if (text === sql.claimMessages) claimed = Math.max(claimed, rows.filter((r) => r.id !== null).length);
+          return rows;
+        }
+        // Records that take a while: the runs go on publishing meanwhile, up to the bound.
+        await sleep(15);
+        const { rows } = await db.pool.query(text, params as unknown[]);
+        const busy = new Set(rows.map((r) => r.id));
+        const entries = JSON.parse((params as [string])[0]) as { id: string; outcome: string | null }[];
+        written += entries.filter((e) => e.outcome !== null && !busy.has(e.id)).length;
+        return rows;
+      },
+    };
+    const relay = createRelay(slowRecords, new Codec(), false, {
+      batchSize: 10,
+      pollInterval: 10,
+      logger: false,
+      publisher: async () => {
+        handedOver++;
+        most = Math.max(most, handedOver - written);
+      },
+    });
+    await relay.start();
+    try {
+      await until(() => written === 150);
+    } finally {
+      await relay.stop();
+    }
+    expect(claimed).toBe(100); // 5 heads and 95 behind them: one claim of claimLimit (10 x batchSize)
+    expect(most).toBeGreaterThan(5);
+    expect(most).toBeLessThanOrEqual(20);
+  });
+
+  test("a record commits without waiting for the WAL flush, and leaves the connection's synchronous_commit as it was", async () => {
+    const client = await db.pool.connect();
+    try {
+      const setting = async () => (await client.query("SHOW synchronous_commit")).rows[0].synchronous_commit as string;
+      expect(await setting()).toBe("on");
+      // In a transaction of the test's, to see the setting the statement makes for its own.
+      await client.query("BEGIN");
+      await client.query(sql.recordProgress, [JSON.stringify([{ id: crypto.randomUUID(), token: crypto.randomUUID(), charge: 1, outcome: "published", error: null, backoff_ms: 0 }]), false]);
+      expect(await setting()).toBe("off");
+      await client.query("COMMIT");
+      // The pool's connections are the application's too: its own transactions stay synchronous.
+      expect(await setting()).toBe("on");
+    } finally {
+      client.release();
     }
   });
 
@@ -413,7 +478,7 @@ describe("claims and progress", () => {
       },
     };
     const received: OutboxMessage[] = [];
-    const relay = createRelay(counting, new Codec(), false, { batchSize: 15, pollInterval: 10, logger: false, publisher: async (m) => void received.push(m) });
+    const relay = createRelay(counting, new Codec(), false, { batchSize: 15, claimLimit: 15, pollInterval: 10, logger: false, publisher: async (m) => void received.push(m) });
     await relay.start();
     try {
       await until(() => received.length === 90);
@@ -645,6 +710,7 @@ describe("failures", () => {
     expect(() => t.outbox.relay({ publisher: async () => {}, lease: "5s", publishTimeout: "10s" })).toThrow(InvalidArgumentError);
     expect(() => t.outbox.relay({ publisher: "nope" as never })).toThrow(InvalidArgumentError);
     expect(() => t.outbox.relay({ publisher: async () => {}, batchSize: 0 })).toThrow(InvalidArgumentError);
+    expect(() => t.outbox.relay({ publisher: async () => {}, batchSize: 50, claimLimit: 49 })).toThrow(InvalidArgumentError);
   });
 });
 

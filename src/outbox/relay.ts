@@ -17,13 +17,24 @@ export interface RelayOptions {
   /** Sends one message; resolve = the broker has it, reject = try again later. A {@link Publisher} or its `publish`. */
   publisher: Publisher | Publisher["publish"];
   /**
-   * The most messages one claim leases, keyed and unkeyed together: unkeyed messages and the
-   * heads of keys taken in turns, the room left filled with the messages that follow those heads
-   * (shared evenly between the keys). Unkeyed messages of a batch are published concurrently;
-   * the messages of one key one after the other, in order, keys in parallel. It also bounds what
-   * a crash can republish: at most `batchSize` × `workers` messages per relay. (Default: `100`)
+   * The most messages one claim takes first: unkeyed messages and the heads of keys (each key's
+   * oldest pending message), taken in turns. Unkeyed messages of a batch are published
+   * concurrently; the messages of one key one after the other, in order, keys in parallel: so a
+   * worker has at most `batchSize` publishes in flight. A run waits before its next publish while
+   * `batchSize` publishes that ended are not recorded yet, so a crash republishes at most
+   * 2 × `batchSize` × `workers` messages per relay. (Default: `100`)
    */
   batchSize?: number;
+  /**
+   * The most messages one claim leases in all: its `batchSize` unkeyed messages and heads, and
+   * the messages that follow those heads (their keys' runs, shared evenly between the keys) up
+   * to this bound. Followers are published one after the other behind their head, so they add
+   * no publish in flight; a relay that crashes leaves at most `claimLimit` × `workers` messages
+   * leased until their lease runs out (they are not republished: they were never handed over).
+   * At least `batchSize`; `batchSize` itself makes every claim take heads only up to that.
+   * (Default: 10 × `batchSize`)
+   */
+  claimLimit?: number;
   /** Claim loops in this process; each claims its own batches. (Default: `1`) */
   workers?: number;
   /**
@@ -82,6 +93,7 @@ export interface Relay {
 interface Config {
   publish: Publisher["publish"];
   batchSize: number;
+  claimLimit: number;
   workers: number;
   leaseMs: number;
   publishTimeoutMs: number;
@@ -113,9 +125,13 @@ function configure(options: RelayOptions): Config {
   if (logger !== undefined && logger !== false && (typeof logger?.warn !== "function" || typeof logger?.error !== "function")) {
     throw new InvalidArgumentError("logger", "expected false or an object with warn(fields, message) and error(fields, message)");
   }
+  const batchSize = positiveInteger(options.batchSize, 100, "batchSize", 10_000);
+  const claimLimit = positiveInteger(options.claimLimit, 10 * batchSize, "claimLimit", 100_000);
+  if (claimLimit < batchSize) throw new InvalidArgumentError("claimLimit", `must be at least batchSize (${batchSize}), got ${claimLimit}`);
   return {
     publish,
-    batchSize: positiveInteger(options.batchSize, 100, "batchSize", 10_000),
+    batchSize,
+    claimLimit,
     workers: positiveInteger(options.workers, 1, "workers", 64),
     leaseMs,
     publishTimeoutMs,
@@ -272,28 +288,68 @@ export function createRelay(
    * seq order, runs of different keys in parallel. After a failure, the rest of that key's run is
    * handed back unattempted, so the key stays in order behind the failed message; so is the rest
    * of a run that would otherwise go on publishing past its lease.
+   *
+   * A worker never has more than `batchSize` publishes that ended and are not written yet, on
+   * top of at most `batchSize` in flight (one per key, and the unkeyed ones): a crash republishes
+   * at most 2 × `batchSize` of its messages. A run waits before its next hand-off while that many
+   * are unwritten; a write of the outcomes so far starts once half that many have ended, so that
+   * runs rarely wait. (The previous batch's outcomes are all written before this one starts.)
    */
   const runBatch = async (rows: Row[], token: string, claimedAt: number) => {
     // A key's run is published one message after the other: no publish may start so late that
     // it could outlast the lease (another relay could then take the message too).
     const lastStart = claimedAt + config.leaseMs - config.publishTimeoutMs;
+    // Outcomes not known written (`unwritten`), of which `ended` no write under way covers yet;
+    // `writing` resolves once the outcomes it covers are written (or their write failed: the
+    // progress writer keeps them and retries, and the runs go on, so an outage cannot hold up
+    // stop(); the bound then holds only once the database takes the records again).
+    let unwritten = 0;
+    let ended = 0;
+    let writing: Promise<void> | undefined;
+    const write = () => {
+      const covered = ended;
+      ended = 0;
+      writing = progress.flushed().then(() => {
+        unwritten -= covered;
+        writing = undefined;
+      });
+      return writing;
+    };
+    /** Waits until one more message may be handed over. */
+    const admit = async () => {
+      if (!writing && ended * 2 >= config.batchSize) void write();
+      while (unwritten >= config.batchSize) await (writing ?? write());
+    };
+    const handOver = async (row: Row) => {
+      try {
+        return await attempt(row, token);
+      } finally {
+        unwritten++;
+        ended++;
+      }
+    };
     const runs = new Map<string, Row[]>();
     const unkeyed: Row[] = [];
     for (const row of rows) {
       const key = row.key as string | null | undefined;
       if (key === null || key === undefined) unkeyed.push(row);
-      else runs.set(key, [...(runs.get(key) ?? []), row]);
+      else {
+        const run = runs.get(key);
+        if (run) run.push(row);
+        else runs.set(key, [row]);
+      }
     }
     const handBack = (run: Row[]) => {
       for (const row of run) progress.ended({ id: row.id as string }, token, { kind: "released" });
     };
     await Promise.all([
-      ...unkeyed.map((row) => attempt(row, token)),
+      ...unkeyed.map((row) => handOver(row)),
       ...[...runs.values()].map(async (run) => {
         run.sort((a, b) => (BigInt(a.seq as string) < BigInt(b.seq as string) ? -1 : 1));
         for (let i = 0; i < run.length; i++) {
+          if (i > 0) await admit();
           if (performance.now() > lastStart) return handBack(run.slice(i));
-          if (!(await attempt(run[i]!, token))) return handBack(run.slice(i + 1));
+          if (!(await handOver(run[i]!))) return handBack(run.slice(i + 1));
         }
       }),
     ]);
@@ -329,7 +385,7 @@ export function createRelay(
         const claimed = withSchemaCheck(
           unkeyedOnly
             ? db.query(sql.claimUnkeyedMessages, [config.batchSize, config.leaseMs, token])
-            : db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE]),
+            : db.query(sql.claimMessages, [config.batchSize, config.leaseMs, token, from, config.batchSize * KEYS_WALKED_PER_MESSAGE, config.claimLimit]),
           { db, statements: sql },
         );
         const [result] = await Promise.all([claimed, recorded]);

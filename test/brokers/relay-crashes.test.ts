@@ -31,8 +31,8 @@ const KILLS = 12;
 const BATCH_SIZE = 20;
 const WORKERS = 2;
 const LEASE_MS = 1_500;
-/** What one killed relay can have handed to the broker without recording it. */
-const IN_FLIGHT_PER_RELAY = BATCH_SIZE * WORKERS;
+/** What one killed relay can have handed to the broker without recording it: per worker, batchSize publishes in flight and batchSize ended but not written. */
+const IN_FLIGHT_PER_RELAY = 2 * BATCH_SIZE * WORKERS;
 
 describe.skipIf(!available)("relays killed while publishing to RabbitMQ", () => {
   let db: TestDatabase;
