@@ -4,6 +4,13 @@ export type Row = Record<string, unknown>;
 /** Runs one SQL statement with positional parameters (`$1`, `$2`, ...) and returns its rows. */
 export interface SqlExecutor {
   query(sql: string, params: readonly unknown[]): Promise<Row[]>;
+  /**
+   * Sends one statement in the same round trip as the transaction's COMMIT, where the adapter
+   * can (a statement and COMMIT in one simple-protocol query); returns `false` when it cannot,
+   * and the caller runs the statement itself. A statement sent this way that fails makes the
+   * COMMIT fail with its error, the transaction rolled back. (Default: never)
+   */
+  sendWithCommit?(sql: string, params: readonly unknown[]): boolean;
 }
 
 /**

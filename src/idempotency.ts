@@ -509,6 +509,8 @@ export function idempotencyWithCache<Tx, TxOptions>(
    * if the operation moved the row (it updated the key row itself).
    */
   async function save(inTransaction: SqlExecutor, call: Call<Tx, TxOptions, unknown>, ctid: string, encoded: string) {
+    // Where the adapter can, the save goes with the COMMIT: one round trip fewer.
+    if (inTransaction.sendWithCommit?.(sql.saveResultAtCommit, [ctid, encoded, call.scope, call.key])) return;
     try {
       const [saved] = await inTransaction.query(sql.saveResult, [ctid, encoded]);
       if (!saved) await inTransaction.query(sql.saveResultByKey, [call.scope, call.key, encoded]);

@@ -1,0 +1,11 @@
+import { randomBytes } from "node:crypto";
+import { PrismaPg } from "@prisma/adapter-pg";
+import { PrismaClient } from "../generated/prisma/client.js";
+import { txonce, txonceAdapter } from "../src/adapters/prisma.js";
+const url = process.env.DATABASE_URL!;
+const prismaW = new PrismaClient({ adapter: txonceAdapter(new PrismaPg({ connectionString: url, max: 10 })), log: [{ emit: "event", level: "query" }] });
+let n = 0; (prismaW as any).$on("query", (e: any) => { n++; console.log("Q", e.query.slice(0, 60)); });
+const tw = txonce(prismaW);
+console.log(await tw.withIdempotency(randomBytes(8).toString("hex"), (tx) => tx.charge.create({ data: { accountId: "p8", amount: 1 } })));
+console.log("prisma-logged queries", n);
+await prismaW.$disconnect();
