@@ -1,10 +1,10 @@
 /**
  * `txonceAdapter(adapter)`: wraps the driver adapter a Prisma 7 client is made with, so that
- * txonce's own statements in its transactions (the claim of a key and the save of its result) go
- * to the transaction's connection through the adapter, instead of through Prisma's query pipeline
- * (`$queryRawUnsafe`), which costs about four times a statement's own work in Node
- * (docs/benchmarks.md). The application's queries are not touched: the wrapper only hands the
- * transactions it starts to txonce, when txonce started them.
+ * txonce's own statements (the claim of a key and the save of its result in its transactions,
+ * and its statements outside any) go through the adapter, instead of through Prisma's query
+ * pipeline (`$queryRawUnsafe`), and the save goes with the COMMIT where the adapter allows it.
+ * The application's queries are not touched: the wrapper only hands the transactions it starts
+ * to txonce, when txonce started them.
  *
  * How a transaction reaches txonce: txonce opens each of its transactions inside an
  * AsyncLocalStorage context holding an empty slot ({@link runWithTransactionSlot}); Prisma calls
@@ -89,10 +89,14 @@ const CONNECTED = Symbol.for("txonce.driverAdapter.connected");
 /**
  * Makes txonce's statements cheaper on a Prisma 7 client: wrap the client's driver adapter with
  * it. txonce's claim and save then go to the transaction's connection through the adapter,
- * instead of through Prisma's query pipeline, which costs about four times their own work in
- * Node: a first execution costs about 0.3 ms less, a bare transaction's worth of statements.
- * The application's own queries, transactions and logging are untouched, and `txonce(prisma)` on
- * a client whose adapter is not wrapped works as before.
+ * instead of through Prisma's query pipeline, and over `@prisma/adapter-pg` the save goes in the
+ * same round trip as the COMMIT. The application's own queries, transactions and logging are
+ * untouched, and `txonce(prisma)` on a client whose adapter is not wrapped works as before.
+ * docs/adapters.md has the details (AsyncLocalStorage, query logs) and docs/benchmarks.md the
+ * figures.
+ *
+ * @param factory - the driver adapter the client is made with: `new PrismaPg(...)`, `new PrismaPGlite(...)`, ...
+ * @returns the same adapter (same type), for `new PrismaClient({ adapter })`
  *
  * @example
  * import { PrismaPg } from "@prisma/adapter-pg";
