@@ -741,6 +741,10 @@ async function costPerCall(url: string, pool: pg.Pool, runTag: string, completed
   const counted = new PrismaClient({ adapter: new PrismaPg(countingPool) });
   const t = txonce(counted);
   const cold = txonce(counted, { replayCache: false });
+  const countedWrapped = new PrismaClient({ adapter: txonceAdapter(new PrismaPg(countingPool)) });
+  const tw = txonce(countedWrapped);
+  const twCold = txonce(countedWrapped, { replayCache: false });
+  const mineWrapped: string[] = [];
   const tp = txoncePg(countingPool);
   const tpCold = txoncePg(countingPool, { replayCache: false });
   let n = 0;
@@ -755,6 +759,8 @@ async function costPerCall(url: string, pool: pg.Pool, runTag: string, completed
       ["prisma: first execution", async () => { const k = `${runTag}-cost-${++n}`; await t.withIdempotency(k, insert); mine.push(k); }],
       ["prisma: replay, same process", () => t.withIdempotency(mine[n++ % mine.length]!, insert)],
       ["prisma: replay, cold process", () => cold.withIdempotency(completed[n++ % completed.length]!, insert)],
+      ["prisma txonceAdapter: first execution", async () => { const k = `${runTag}-costw-${++n}`; await tw.withIdempotency(k, insert); mineWrapped.push(k); }],
+      ["prisma txonceAdapter: replay, cold process", () => twCold.withIdempotency(completed[n++ % completed.length]!, insert)],
       ["pg: bare BEGIN/insert/COMMIT", async () => {
         const client = await countingPool.connect();
         try {
@@ -814,6 +820,7 @@ async function costPerCall(url: string, pool: pg.Pool, runTag: string, completed
     log();
   } finally {
     await counted.$disconnect();
+    await countedWrapped.$disconnect();
     await countingPool.end();
   }
 }
