@@ -151,6 +151,7 @@ const adapters: Record<string, (url: string) => Subject | Promise<Subject>> = {
       return p;
     };
     return {
+      savesWithCommit: true,
       t: txoncePg(pool({ max: 4 })) as unknown as Txonce<unknown, never>,
       charge: async (tx, amount) => (await (tx as pg.PoolClient).query(INSERT, [amount])).rows[0].id as number,
       starved: async () => {

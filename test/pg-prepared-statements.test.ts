@@ -39,7 +39,8 @@ test("txonce's statements are prepared once per connection; the operation's are 
   const first = await t.withIdempotencyOutcome("prepared-1", (client) => insertCharge(client, 501));
   await t.withIdempotency("prepared-2", (client) => insertCharge(client, 502));
   const prepared = await preparedIn(pool);
-  expect(prepared.length).toBeGreaterThanOrEqual(2); // the claim and the save
+  // The claim (the save goes with the COMMIT, in one simple-protocol query, which cannot be prepared).
+  expect(prepared.length).toBeGreaterThanOrEqual(1);
   for (const p of prepared) expect(p.name).toMatch(/^txonce_[0-9a-f]{20}$/);
   expect(prepared.some((p) => p.statement.includes("pg_try_advisory_xact_lock"))).toBe(true);
   expect(prepared.some((p) => p.statement.includes("INSERT INTO charges"))).toBe(false);

@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
+import { withLiterals } from "../sql/literals.js";
 import { describeValue } from "./describe-value.js";
 import { checkOption } from "./options.js";
 
@@ -50,7 +51,7 @@ export interface PgDatabaseOptions {
    * Send txonce's own statements as named (prepared) statements, which each connection parses and
    * plans once instead of on every call: about half the server time of the claim, and a first
    * execution up to 0.15x of a bare transaction faster (docs/benchmarks.md). Your own statements
-   * are not affected. Leave it off behind a pooler that does not keep prepared statements per
+   * are not affected, nor is the save of a result, which goes with the COMMIT in one query. Leave it off behind a pooler that does not keep prepared statements per
    * client: PgBouncer in transaction or statement mode before 1.21, or with
    * `max_prepared_statements = 0`; they fail there with "prepared statement ... does not exist".
    * (Default: `false`)
@@ -108,8 +109,20 @@ export function pgDatabase<Client extends PgClientLike>(
       try {
         await client.query(options?.isolationLevel ? `BEGIN ISOLATION LEVEL ${isolation(options.isolationLevel)}` : "BEGIN");
         try {
-          const result = await work(client, sqlFor(client));
-          await client.query("COMMIT");
+          // A statement txonce sends with the COMMIT (the save of a result) goes in its round
+          // trip: one simple-protocol query. If it fails, the COMMIT in the same query is not
+          // run, and the ROLLBACK below ends the transaction.
+          let atCommit: string | undefined;
+          const inTransaction: SqlExecutor = {
+            query: (sql, params) => run(client, sql, params),
+            sendWithCommit(sql, params) {
+              if (atCommit !== undefined) return false;
+              atCommit = withLiterals(sql, params);
+              return true;
+            },
+          };
+          const result = await work(client, inTransaction);
+          await client.query(atCommit === undefined ? "COMMIT" : `${atCommit};\nCOMMIT`);
           return result;
         } catch (error) {
           await client.query("ROLLBACK").catch((rollbackError: Error) => {
