@@ -412,19 +412,16 @@ export function idempotencyWithCache<Tx, TxOptions>(
       return { kind: "ran", outcome: { value: produced!.value, replayed: false, scope, key, firstSeenAt, expiresAt }, record };
     };
     try {
-      await db.transaction(async (tx, inTransaction) => {
+      const claim = {
+        sql: replaceExpired ? sql.claimExpiredKey : sql.claimKey,
+        params: [scope, key, call.fingerprint, call.retentionMs, call.lockId],
+      };
+      // The claim is the transaction's first statement: adapters that can send it with BEGIN.
+      await db.transaction(async (tx, inTransaction, claimedWithBegin) => {
         began = true;
         let rows: Row[];
         try {
-          rows = await withSchemaCheck(
-            inTransaction.query(replaceExpired ? sql.claimExpiredKey : sql.claimKey, [
-              scope,
-              key,
-              call.fingerprint,
-              call.retentionMs,
-              call.lockId,
-            ]),
-          );
+          rows = await withSchemaCheck(claimedWithBegin ?? inTransaction.query(claim.sql, claim.params));
         } catch (error) {
           // Under REPEATABLE READ or SERIALIZABLE, a record committed after this transaction's
           // snapshot is a serialization failure: the key is taken.
@@ -444,7 +441,7 @@ export function idempotencyWithCache<Tx, TxOptions>(
         const encoded = codec.encode(value, "result");
         await save(inTransaction, call, claimed.ctid, encoded);
         produced = { value, encoded };
-      }, call.transactionOptions);
+      }, call.transactionOptions, claim);
       return ran();
     } catch (error) {
       if (error instanceof KeyTaken) return { kind: "taken" };
