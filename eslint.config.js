@@ -51,7 +51,7 @@ export default defineConfig(
     },
   },
   {
-    files: ["src/adapters/prisma.ts", "src/adapters/prisma-extension.ts", "src/adapters/kysely.ts", "src/adapters/drizzle.ts"],
+    files: ["src/adapters/prisma.ts", "src/adapters/prisma-extension.ts", "src/adapters/prisma-driver-adapter.ts", "src/adapters/kysely.ts", "src/adapters/drizzle.ts"],
     rules: { "@typescript-eslint/no-restricted-imports": "off" },
   },
   {

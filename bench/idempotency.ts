@@ -14,6 +14,9 @@
  *                              (`replayCache: false`: what every replay costs in a process
  *                              that did not run or replay the key before)
  *      retry storm     STORM_CALLERS (8) callers per key at once, new keys each round
+ *      txonceAdapter: ...      the same on a client whose driver adapter is wrapped by
+ *                              txonceAdapter (the README's set-up), against the same bare
+ *                              transaction; and that client's own bare transaction
  *    and the same for txonce/pg against BEGIN / INSERT / COMMIT on a pg pool. Rates are medians
  *    of the rounds; a ratio is the median of the per-round ratios to the bare case of the same
  *    round and concurrency. With BENCH_WHAT_IF (1; 0 leaves them out), designs measured beside the
@@ -40,7 +43,7 @@ import pg from "pg";
 import { PrismaClient } from "../generated/prisma/client.js";
 import { Codec } from "../src/codec.js";
 import { txonce as txoncePg } from "../src/adapters/pg.js";
-import { prismaDecimalType, txonce } from "../src/adapters/prisma.js";
+import { prismaDecimalType, txonce, txonceAdapter } from "../src/adapters/prisma.js";
 import { backoffPolicy } from "../src/outbox/backoff.js";
 import * as sql from "../src/sql/postgres.js";
 import { env, fmt, loadavg, log, median, percentile, sleep, sorted, table, type BenchContext } from "./common.js";
@@ -170,6 +173,13 @@ async function throughputAndTheRest({ url, prisma, pool }: BenchContext, atEnd: 
 
   const t = txonce(prisma);
   const cold = txonce(prisma, { replayCache: false });
+  // The same client but with its driver adapter wrapped by txonceAdapter (txonce's statements
+  // through the adapter, the save with the COMMIT): the way the README sets Prisma up.
+  const wrapped = new PrismaClient({ adapter: txonceAdapter(new PrismaPg({ connectionString: url, max: Math.max(...CONCURRENCY) + 16 })) });
+  atEnd.push(() => wrapped.$disconnect());
+  const tw = txonce(wrapped);
+  const twCold = txonce(wrapped, { replayCache: false });
+  const completedWrapped: string[] = [];
   const tp = txoncePg(pool);
   const tpCold = txoncePg(pool, { replayCache: false });
   const completed: string[] = [];
@@ -253,6 +263,18 @@ async function throughputAndTheRest({ url, prisma, pool }: BenchContext, atEnd: 
     { name: "replay, same process", group: "prisma", run: loop(() => t.withIdempotency(recent(completed), mustNotRun)) },
     { name: "replay, cold process", group: "prisma", run: loop(() => cold.withIdempotency(any(completed), mustNotRun)) },
     { name: `retry storm (${STORM_CALLERS} callers/key)`, group: "prisma", run: stormRound },
+    { name: "txonceAdapter: bare $transaction + insert", group: "prisma", run: loop(() => wrapped.$transaction((tx) => insertCharge(tx))) },
+    {
+      name: "txonceAdapter: withIdempotency, first execution",
+      group: "prisma",
+      run: loop(async () => {
+        const key = freshKey();
+        await tw.withIdempotency(key, insertCharge);
+        completedWrapped.push(key);
+      }),
+    },
+    { name: "txonceAdapter: replay, same process", group: "prisma", run: loop(() => tw.withIdempotency(recent(completedWrapped), mustNotRun)) },
+    { name: "txonceAdapter: replay, cold process", group: "prisma", run: loop(() => twCold.withIdempotency(any(completedWrapped), mustNotRun)) },
     {
       name: "bare + 2 x SELECT 1 in tx (the floor)",
       group: "prisma",
@@ -489,6 +511,9 @@ async function throughputAndTheRest({ url, prisma, pool }: BenchContext, atEnd: 
     const check = (value: number, target: number) => `${fmt(value, 2)}x (${value >= target ? "meets" : "MISSES"} ${target}x)`;
     log(`  c=${concurrency}  txonce/prisma: first ${check(r("withIdempotency, first execution"), 0.6)}, ` +
       `replay same process ${check(r("replay, same process"), 1.5)}, replay cold process ${check(r("replay, cold process"), 1.5)}`);
+    log(`        txonce/prisma, txonceAdapter: first ${check(r("txonceAdapter: withIdempotency, first execution"), 0.6)}, ` +
+      `replay same process ${check(r("txonceAdapter: replay, same process"), 1.5)}, replay cold process ${check(r("txonceAdapter: replay, cold process"), 1.5)}; ` +
+      `its client's own bare transaction ${fmt(r("txonceAdapter: bare $transaction + insert"), 2)}x`);
     log(`        txonce/pg:     first ${check(r("pg: withIdempotency, first execution"), 0.6)}, ` +
       `replay same process ${check(r("pg: replay, same process"), 1.5)}, replay cold process ${check(r("pg: replay, cold process"), 1.5)}`);
     if (WHAT_IF) {
@@ -716,6 +741,10 @@ async function costPerCall(url: string, pool: pg.Pool, runTag: string, completed
   const counted = new PrismaClient({ adapter: new PrismaPg(countingPool) });
   const t = txonce(counted);
   const cold = txonce(counted, { replayCache: false });
+  const countedWrapped = new PrismaClient({ adapter: txonceAdapter(new PrismaPg(countingPool)) });
+  const tw = txonce(countedWrapped);
+  const twCold = txonce(countedWrapped, { replayCache: false });
+  const mineWrapped: string[] = [];
   const tp = txoncePg(countingPool);
   const tpCold = txoncePg(countingPool, { replayCache: false });
   let n = 0;
@@ -730,6 +759,8 @@ async function costPerCall(url: string, pool: pg.Pool, runTag: string, completed
       ["prisma: first execution", async () => { const k = `${runTag}-cost-${++n}`; await t.withIdempotency(k, insert); mine.push(k); }],
       ["prisma: replay, same process", () => t.withIdempotency(mine[n++ % mine.length]!, insert)],
       ["prisma: replay, cold process", () => cold.withIdempotency(completed[n++ % completed.length]!, insert)],
+      ["prisma txonceAdapter: first execution", async () => { const k = `${runTag}-costw-${++n}`; await tw.withIdempotency(k, insert); mineWrapped.push(k); }],
+      ["prisma txonceAdapter: replay, cold process", () => twCold.withIdempotency(completed[n++ % completed.length]!, insert)],
       ["pg: bare BEGIN/insert/COMMIT", async () => {
         const client = await countingPool.connect();
         try {
@@ -789,6 +820,7 @@ async function costPerCall(url: string, pool: pg.Pool, runTag: string, completed
     log();
   } finally {
     await counted.$disconnect();
+    await countedWrapped.$disconnect();
     await countingPool.end();
   }
 }

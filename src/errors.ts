@@ -168,7 +168,10 @@ export abstract class DatabaseUnavailableError extends TxonceError {
   constructor(
     readonly scope: string,
     readonly key: string,
-    /** The step that failed. */
+    /**
+     * The step that failed. Where the save goes in the COMMIT's round trip (txonce/pg, and
+     * Prisma with `txonceAdapter`), a failure while storing the result is `"commit"`.
+     */
     readonly during: IdempotencyStep,
     what: string,
     options: { cause: unknown },

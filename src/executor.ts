@@ -1,9 +1,22 @@
 /** A row as the driver returns it: column name to value. */
 export type Row = Record<string, unknown>;
 
+/** One statement and its positional parameters. */
+export interface Statement {
+  readonly sql: string;
+  readonly params: readonly unknown[];
+}
+
 /** Runs one SQL statement with positional parameters (`$1`, `$2`, ...) and returns its rows. */
 export interface SqlExecutor {
   query(sql: string, params: readonly unknown[]): Promise<Row[]>;
+  /**
+   * Sends one statement in the same round trip as the transaction's COMMIT, where the adapter
+   * can (a statement and COMMIT in one simple-protocol query); returns `false` when it cannot,
+   * and the caller runs the statement itself. A statement sent this way that fails makes the
+   * COMMIT fail with its error, the transaction rolled back. (Default: never)
+   */
+  sendWithCommit?(sql: string, params: readonly unknown[]): boolean;
 }
 
 /**
@@ -27,8 +40,13 @@ export interface Database<Tx, TxOptions = unknown> extends SqlExecutor {
    * rejects. `sql` runs statements on that same transaction. Rejects when COMMIT fails (with the
    * driver's error: txonce tells a refused COMMIT from one that got no answer by its codes), and
    * rejects before calling `work` when no connection or BEGIN could be had.
+   *
+   * `first`, when given, is the transaction's first statement: an adapter that can sends it in
+   * the same round trip as BEGIN (one simple-protocol query) and hands `work` its rows as
+   * `first` (a promise, rejected with the statement's error); one that cannot leaves `first`
+   * undefined, and `work` runs the statement itself. (Default: never sent with BEGIN)
    */
-  transaction<T>(work: (tx: Tx, sql: SqlExecutor) => Promise<T>, options?: TxOptions): Promise<T>;
+  transaction<T>(work: (tx: Tx, sql: SqlExecutor, first?: Promise<Row[]>) => Promise<T>, options?: TxOptions, first?: Statement): Promise<T>;
   /** Runs statements on a transaction the caller opened (e.g. to enqueue outbox messages in it). */
   sqlFor(tx: Tx): SqlExecutor;
   /**

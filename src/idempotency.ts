@@ -412,19 +412,16 @@ export function idempotencyWithCache<Tx, TxOptions>(
       return { kind: "ran", outcome: { value: produced!.value, replayed: false, scope, key, firstSeenAt, expiresAt }, record };
     };
     try {
-      await db.transaction(async (tx, inTransaction) => {
+      const claim = {
+        sql: replaceExpired ? sql.claimExpiredKey : sql.claimKey,
+        params: [scope, key, call.fingerprint, call.retentionMs, call.lockId],
+      };
+      // The claim is the transaction's first statement: adapters that can send it with BEGIN.
+      await db.transaction(async (tx, inTransaction, claimedWithBegin) => {
         began = true;
         let rows: Row[];
         try {
-          rows = await withSchemaCheck(
-            inTransaction.query(replaceExpired ? sql.claimExpiredKey : sql.claimKey, [
-              scope,
-              key,
-              call.fingerprint,
-              call.retentionMs,
-              call.lockId,
-            ]),
-          );
+          rows = await withSchemaCheck(claimedWithBegin ?? inTransaction.query(claim.sql, claim.params));
         } catch (error) {
           // Under REPEATABLE READ or SERIALIZABLE, a record committed after this transaction's
           // snapshot is a serialization failure: the key is taken.
@@ -444,7 +441,7 @@ export function idempotencyWithCache<Tx, TxOptions>(
         const encoded = codec.encode(value, "result");
         await save(inTransaction, call, claimed.ctid, encoded);
         produced = { value, encoded };
-      }, call.transactionOptions);
+      }, call.transactionOptions, claim);
       return ran();
     } catch (error) {
       if (error instanceof KeyTaken) return { kind: "taken" };
@@ -509,6 +506,8 @@ export function idempotencyWithCache<Tx, TxOptions>(
    * if the operation moved the row (it updated the key row itself).
    */
   async function save(inTransaction: SqlExecutor, call: Call<Tx, TxOptions, unknown>, ctid: string, encoded: string) {
+    // Where the adapter can, the save goes with the COMMIT: one round trip fewer.
+    if (inTransaction.sendWithCommit?.(sql.saveResultAtCommit, [ctid, encoded, call.scope, call.key])) return;
     try {
       const [saved] = await inTransaction.query(sql.saveResult, [ctid, encoded]);
       if (!saved) await inTransaction.query(sql.saveResultByKey, [call.scope, call.key, encoded]);

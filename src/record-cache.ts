@@ -41,6 +41,12 @@ const ENTRY_OVERHEAD_BYTES = 200;
 export class RecordCache {
   readonly #entries = new Map<string, Entry>();
   #bytes = 0;
+  /**
+   * When a key (by id) or a scope (by `recordId(scope, "")`) was forgotten: a record whose claim
+   * was answered before that is not kept. A call that committed while `keys.forget` waited for
+   * it reaches `set` after the forget, or before: either way its copy must not outlive the delete.
+   */
+  readonly #forgotten = new Map<string, number>();
 
   constructor(
     private readonly maxBytes: number,
@@ -69,7 +75,7 @@ export class RecordCache {
     const validUntil = answeredAt + Math.min(leftMs, this.maxAgeMs);
     const bytes = 2 * (id.length + record.result.length + (record.fingerprint?.length ?? 0)) + ENTRY_OVERHEAD_BYTES;
     this.delete(id);
-    if (validUntil <= performance.now() || bytes > this.maxBytes) return;
+    if (validUntil <= performance.now() || bytes > this.maxBytes || this.#forgottenSince(id) >= answeredAt) return;
     this.#entries.set(id, { record, validUntil, bytes });
     this.#bytes += bytes;
     for (const [oldest, entry] of this.#entries) {
@@ -79,19 +85,38 @@ export class RecordCache {
     }
   }
 
-  /** Forgets the copy of (scope, key), if any: `keys.forget` deleted its record. */
+  /**
+   * Forgets the copy of (scope, key), if any, and any copy of a record claimed before now that
+   * arrives later: `keys.forget` deleted its record.
+   */
   forget(scope: string, key: string): void {
-    this.delete(recordId(scope, key));
+    const id = recordId(scope, key);
+    this.delete(id);
+    this.#remember(id);
   }
 
-  /** Forgets every copy of the scope's keys: `keys.purge` deleted its records. */
+  /** Forgets every copy of the scope's keys (and later copies of records claimed before now): `keys.purge` deleted its records. */
   forgetScope(scope: string): void {
     const prefix = recordId(scope, "");
+    this.#remember(prefix);
     for (const [id, entry] of this.#entries) {
       if (!id.startsWith(prefix)) continue;
       this.#entries.delete(id);
       this.#bytes -= entry.bytes;
     }
+  }
+
+  #remember(id: string): void {
+    const now = performance.now();
+    // A copy arriving later than maxAge after its claim was answered is dropped anyway.
+    for (const [forgotten, at] of this.#forgotten) if (now - at > this.maxAgeMs) this.#forgotten.delete(forgotten);
+    this.#forgotten.set(id, now);
+  }
+
+  #forgottenSince(id: string): number {
+    if (this.#forgotten.size === 0) return -Infinity;
+    const scope = id.slice(0, id.indexOf("\u0000") + 1);
+    return Math.max(this.#forgotten.get(id) ?? -Infinity, this.#forgotten.get(scope) ?? -Infinity);
   }
 
   /** Forgets the copy of (scope, key), if any. */

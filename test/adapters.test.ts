@@ -27,6 +27,7 @@ import { PrismaPg } from "@prisma/adapter-pg";
 import { PrismaClient } from "../generated/prisma/client.js";
 import { txonce as txoncePg } from "../src/adapters/pg.js";
 import { txonce as txoncePrisma } from "../src/adapters/prisma.js";
+import { sqlStateOf } from "../src/sqlstate.js";
 import { adapterRows, pgPool, type Subject } from "./support/adapters.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { seedKeys } from "./support/seed.js";
@@ -163,6 +164,27 @@ describe.each(adapterRows)("$name", (row) => {
     expect(await charges(amount)).toBe(0);
     await expect(t.withIdempotencyOutcome(key, (tx) => subject.charge(tx, amount), { scope })).resolves.toMatchObject({ replayed: false });
     expect(await charges(amount)).toBe(1);
+  });
+
+  test("a result the server refuses to store (a CHECK on the key table): the server's error, nothing stored, the connection back in the pool clean", async () => {
+    // Where the adapter sends the save with the COMMIT (txonce/pg, txonceAdapter), the failed
+    // save must not leave the connection inside an aborted transaction: the pool has one.
+    const lone = await row.open(db.url, 1);
+    const key = newKey("refused");
+    const amount = newAmount();
+    const constraint = `refuse_${key.replace(/\W/g, "_")}`;
+    await db.pool.query(`ALTER TABLE txonce_idempotency_keys ADD CONSTRAINT ${constraint} CHECK (key <> '${key}' OR result IS NULL)`);
+    try {
+      const t = lone.txonce();
+      const error = await t.withIdempotency(key, async (tx) => (await lone.charge(tx, amount), "refused"), { scope }).catch((e: unknown) => e);
+      expect(sqlStateOf(error)).toBe("23514");
+      expect(await charges(amount)).toBe(0);
+      expect(await keyRows(scope, key)).toEqual([]);
+      await expect(t.withIdempotency(newKey("after-refused"), async () => "fine", { scope })).resolves.toBe("fine");
+    } finally {
+      await db.pool.query(`ALTER TABLE txonce_idempotency_keys DROP CONSTRAINT ${constraint}`);
+      await lone.close();
+    }
   });
 
   test("20 concurrent callers on one key across 3 clients: the operation runs once, all get its result, no waiter holds a transaction", async () => {

@@ -23,7 +23,7 @@ import {
   type Txonce,
 } from "../src/index.js";
 import { txonce as txoncePg } from "../src/adapters/pg.js";
-import { txonce as txoncePrisma } from "../src/adapters/prisma.js";
+import { txonce as txoncePrisma, txonceAdapter } from "../src/adapters/prisma.js";
 import { PrismaClient } from "../generated/prisma/client.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { startFaultProxy, type FaultProxy } from "./support/fault-proxy.js";
@@ -58,6 +58,8 @@ interface Subject {
    * containing "committed" does not match): Drizzle, Kysely and postgres.js write `commit`.
    */
   commit?: string;
+  /** The save goes in the COMMIT's round trip (txonceAdapter): a failure while storing is the COMMIT's. */
+  savesWithCommit?: boolean;
   close(): Promise<void>;
 }
 
@@ -94,46 +96,52 @@ function fromRow(name: string, extra: (url: string, pools: pg.Pool[]) => Pick<Su
 
 const INSERT = "INSERT INTO charges (account_id, amount) VALUES ('acc', $1) RETURNING id";
 
+function prismaSubject(url: string, wrap: boolean): Subject {
+  const clients: PrismaClient[] = [];
+  const client = (max: number) => {
+    const ignore = () => {};
+    const adapter = new PrismaPg({ connectionString: url, max }, { onPoolError: ignore, onConnectionError: ignore });
+    const c = new PrismaClient({ adapter: wrap ? txonceAdapter(adapter) : adapter });
+    clients.push(c);
+    return c;
+  };
+  const prisma = client(4);
+  return {
+    savesWithCommit: wrap,
+    t: txoncePrisma(prisma) as unknown as Txonce<unknown, never>,
+    charge: async (tx, amount) =>
+      (await (tx as PrismaClient).$queryRawUnsafe<{ id: number }[]>(INSERT, amount))[0]!.id,
+    starved: async () => {
+      const one = client(1);
+      return {
+        t: txoncePrisma(one, { transaction: { maxWait: 200 } }) as unknown as Txonce<unknown, never>,
+        hold: async () => {
+          let release!: () => void;
+          const held = new Promise<void>((resolve) => (release = resolve));
+          let started!: () => void;
+          const running = new Promise<void>((resolve) => (started = resolve));
+          const tx = one.$transaction(async () => {
+            started();
+            await held;
+          }, { timeout: 10_000 });
+          await running;
+          return async () => {
+            release();
+            await tx;
+          };
+        },
+      };
+    },
+    close: async () => {
+      await Promise.all(clients.map((c) => c.$disconnect()));
+    },
+  };
+}
+
 const adapters: Record<string, (url: string) => Subject | Promise<Subject>> = {
-  "txonce/prisma": (url) => {
-    const clients: PrismaClient[] = [];
-    const client = (max: number) => {
-      const ignore = () => {};
-      const c = new PrismaClient({ adapter: new PrismaPg({ connectionString: url, max }, { onPoolError: ignore, onConnectionError: ignore }) });
-      clients.push(c);
-      return c;
-    };
-    const prisma = client(4);
-    return {
-      t: txoncePrisma(prisma) as unknown as Txonce<unknown, never>,
-      charge: async (tx, amount) =>
-        (await (tx as PrismaClient).$queryRawUnsafe<{ id: number }[]>(INSERT, amount))[0]!.id,
-      starved: async () => {
-        const one = client(1);
-        return {
-          t: txoncePrisma(one, { transaction: { maxWait: 200 } }) as unknown as Txonce<unknown, never>,
-          hold: async () => {
-            let release!: () => void;
-            const held = new Promise<void>((resolve) => (release = resolve));
-            let started!: () => void;
-            const running = new Promise<void>((resolve) => (started = resolve));
-            const tx = one.$transaction(async () => {
-              started();
-              await held;
-            }, { timeout: 10_000 });
-            await running;
-            return async () => {
-              release();
-              await tx;
-            };
-          },
-        };
-      },
-      close: async () => {
-        await Promise.all(clients.map((c) => c.$disconnect()));
-      },
-    };
-  },
+  "txonce/prisma": (url) => prismaSubject(url, false),
+  // The client's driver adapter wrapped by txonceAdapter: txonce's statements go through it.
+  "txonce/prisma (txonceAdapter)": (url) => prismaSubject(url, true),
   "txonce/pg": (url) => {
     const pools: pg.Pool[] = [];
     const pool = (config: pg.PoolConfig) => {
@@ -143,6 +151,7 @@ const adapters: Record<string, (url: string) => Subject | Promise<Subject>> = {
       return p;
     };
     return {
+      savesWithCommit: true,
       t: txoncePg(pool({ max: 4 })) as unknown as Txonce<unknown, never>,
       charge: async (tx, amount) => (await (tx as pg.PoolClient).query(INSERT, [amount])).rows[0].id as number,
       starved: async () => {
@@ -349,7 +358,7 @@ describe.each(Object.entries(adapters))("%s", (_name, make) => {
     // The FATAL 57P01 arrives while the statement is under way, or just before it is sent (the
     // driver then fails it without a code): either way the connection is gone.
     expect(error).toSatisfy((e: unknown) => e instanceof ConnectionTerminatedError || e instanceof ConnectionLostError);
-    expect(error).toMatchObject({ during: "save" });
+    expect(error).toMatchObject({ during: subject.savesWithCommit ? "commit" : "save" });
     expect(await charges(value)).toBe(0);
     expect(await keyRows(key)).toEqual([]);
   });

@@ -1,6 +1,7 @@
 /**
  * What only txonce/pg has, beside the conformance suite (adapters.test.ts): the connection goes
- * back to the pool clean after a rollback, an unknown isolation level is refused.
+ * back to the pool clean after a rollback, an unknown isolation level is refused, and a first
+ * execution is as many round trips as a bare transaction.
  */
 import pg from "pg";
 import { afterAll, beforeAll, expect, test } from "vitest";
@@ -75,5 +76,31 @@ test("withIdempotencyIn under REPEATABLE READ: a record committed after the call
     await retried.query("COMMIT");
   } finally {
     retried.release();
+  }
+});
+
+test("a first execution is three round trips, as a bare transaction: the claim goes with BEGIN, the save with COMMIT", async () => {
+  const sent: string[] = [];
+  class CountingClient extends pg.Client {
+    override query(...args: any[]): any {
+      const [config] = args as [string | { text: string }];
+      sent.push(typeof config === "string" ? config : config.text);
+      return (super.query as (...a: unknown[]) => unknown)(...args);
+    }
+  }
+  const counted = new pg.Pool({ connectionString: db.url, max: 1, Client: CountingClient });
+  counted.on("error", () => {});
+  try {
+    const t = txonce(counted);
+    await t.withIdempotency("pg-round-trips", (client) => insertCharge(client, 7.25));
+    expect(sent).toHaveLength(3);
+    expect(sent[0]).toMatch(/^BEGIN;\s+INSERT INTO txonce_idempotency_keys/);
+    expect(sent[1]).toMatch(/^INSERT INTO charges/);
+    expect(sent[2]).toMatch(/UPDATE txonce_idempotency_keys[\s\S]*;\s+COMMIT$/);
+    expect(await charges(7.25)).toBe(1);
+    const { rows } = await pool.query("SELECT result FROM txonce_idempotency_keys WHERE key = 'pg-round-trips'");
+    expect(rows[0].result).toContain("7.25");
+  } finally {
+    await counted.end();
   }
 });

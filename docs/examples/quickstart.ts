@@ -7,10 +7,10 @@ import {
   InvalidArgumentError,
   OutcomeUnknownError,
 } from "txonce";
-import { txonce } from "txonce/prisma";
+import { txonce, txonceAdapter } from "txonce/prisma";
 import { PrismaClient } from "../../generated/prisma/client.js";
 
-const prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: process.env.DATABASE_URL }) });
+const prisma = new PrismaClient({ adapter: txonceAdapter(new PrismaPg({ connectionString: process.env.DATABASE_URL })) });
 const { withIdempotency, withIdempotencyOutcome } = txonce(prisma, { retention: "48h" });
 
 interface ChargeRequest {

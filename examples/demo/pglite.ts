@@ -18,6 +18,7 @@ import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import { PrismaPGlite } from "pglite-prisma-adapter";
 import { PrismaClient } from "../../generated/prisma/client.js";
+import { txonceAdapter } from "../../src/adapters/prisma.js";
 import { schemaSql } from "../../src/sql/schema.js";
 
 export interface EmbeddedDatabase {
@@ -32,7 +33,7 @@ export async function startEmbeddedDatabase(): Promise<EmbeddedDatabase> {
   const pglite = await PGlite.create();
   await pglite.exec(schemaSql);
   await pglite.exec(await readFile(join(import.meta.dirname, "app-tables.sql"), "utf8"));
-  const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) });
+  const prisma = new PrismaClient({ adapter: txonceAdapter(new PrismaPGlite(pglite)) });
   return {
     pglite,
     prisma,

@@ -7,10 +7,11 @@ import "reflect-metadata";
 import { NestFactory } from "@nestjs/core";
 import { PrismaPg } from "@prisma/adapter-pg";
 import { PrismaClient } from "../../generated/prisma/client.js";
+import { txonceAdapter } from "../../src/adapters/prisma.js";
 import { PaymentsModule } from "./app.module.js";
 import { ProblemFilter } from "./problem.filter.js";
 
-const prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: process.env.DATABASE_URL }) });
+const prisma = new PrismaClient({ adapter: txonceAdapter(new PrismaPg({ connectionString: process.env.DATABASE_URL })) });
 const app = await NestFactory.create(PaymentsModule.forRoot(prisma));
 app.useGlobalFilters(new ProblemFilter());
 app.enableShutdownHooks();

@@ -5,8 +5,9 @@
  */
 import { PrismaPg } from "@prisma/adapter-pg";
 import { PrismaClient } from "../../generated/prisma/client.js";
+import { txonceAdapter } from "../../src/adapters/prisma.js";
 import { createPaymentsApp } from "./app.js";
 
-const prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: process.env.DATABASE_URL }) });
+const prisma = new PrismaClient({ adapter: txonceAdapter(new PrismaPg({ connectionString: process.env.DATABASE_URL })) });
 const port = Number(process.env.PORT ?? 3000);
 createPaymentsApp({ prisma }).listen(port, () => console.log(`payments API on http://localhost:${port}`));

@@ -15,14 +15,14 @@ export function refusingEndedTransactions<Tx, TxOptions>(db: Database<Tx, TxOpti
   return {
     query: (sql, params) => db.query(sql, params),
     sqlFor: (tx) => db.sqlFor(tx),
-    transaction: (work, options) =>
-      db.transaction(async (tx, sql) => {
+    transaction: (work, options, first) =>
+      db.transaction(async (tx, sql, firstRows) => {
         try {
-          return await work(tx, sql);
+          return await work(tx, sql, firstRows);
         } finally {
           if (isHandle(tx)) ended.add(tx);
         }
-      }, options),
+      }, options, first),
     outsideTransaction: (tx) =>
       isHandle(tx) && ended.has(tx)
         ? "this transaction has already ended (txonce committed or rolled it back when the operation returned): pass the tx of an open transaction"

@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
+import { withLiterals } from "../sql/literals.js";
 import { describeValue } from "./describe-value.js";
 import { checkOption } from "./options.js";
 
@@ -50,7 +51,10 @@ export interface PgDatabaseOptions {
    * Send txonce's own statements as named (prepared) statements, which each connection parses and
    * plans once instead of on every call: about half the server time of the claim, and a first
    * execution up to 0.15x of a bare transaction faster (docs/benchmarks.md). Your own statements
-   * are not affected. Leave it off behind a pooler that does not keep prepared statements per
+   * are not affected, nor are the claim and the save of a first execution, which go with BEGIN
+   * and with COMMIT in one query each (a query of two statements cannot be prepared): what it
+   * prepares is the poll of a taken key (cold replays and waiting calls), the cleanup's and the
+   * outbox's statements. Leave it off behind a pooler that does not keep prepared statements per
    * client: PgBouncer in transaction or statement mode before 1.21, or with
    * `max_prepared_statements = 0`; they fail there with "prepared statement ... does not exist".
    * (Default: `false`)
@@ -95,7 +99,7 @@ export function pgDatabase<Client extends PgClientLike>(
       }
       return undefined;
     },
-    async transaction(work, options) {
+    async transaction(work, options, first) {
       const client = await pool.connect();
       let broken: Error | undefined;
       // A connection that fails between statements (the backend terminated, the socket cut)
@@ -106,10 +110,31 @@ export function pgDatabase<Client extends PgClientLike>(
       };
       client.on?.("error", onError);
       try {
-        await client.query(options?.isolationLevel ? `BEGIN ISOLATION LEVEL ${isolation(options.isolationLevel)}` : "BEGIN");
+        const begin = options?.isolationLevel ? `BEGIN ISOLATION LEVEL ${isolation(options.isolationLevel)}` : "BEGIN";
+        // The first statement (the claim of a key) goes with BEGIN, in one simple-protocol query;
+        // `work` gets its rows, or its error (the ROLLBACK below then ends what BEGIN started).
+        let firstRows: Promise<Row[]> | undefined;
+        if (first) {
+          firstRows = client.query(`${begin};\n${withLiterals(first.sql, first.params)}`).then(lastRows);
+          firstRows.catch(() => {}); // work awaits it; this only keeps an early failure from being unhandled
+        } else {
+          await client.query(begin);
+        }
         try {
-          const result = await work(client, sqlFor(client));
-          await client.query("COMMIT");
+          // A statement txonce sends with the COMMIT (the save of a result) goes in its round
+          // trip: one simple-protocol query. If it fails, the COMMIT in the same query is not
+          // run, and the ROLLBACK below ends the transaction.
+          let atCommit: string | undefined;
+          const inTransaction: SqlExecutor = {
+            query: (sql, params) => run(client, sql, params),
+            sendWithCommit(sql, params) {
+              if (atCommit !== undefined) return false;
+              atCommit = withLiterals(sql, params);
+              return true;
+            },
+          };
+          const result = await work(client, inTransaction, firstRows);
+          await client.query(atCommit === undefined ? "COMMIT" : `${atCommit};\nCOMMIT`);
           return result;
         } catch (error) {
           await client.query("ROLLBACK").catch((rollbackError: Error) => {
@@ -123,6 +148,12 @@ export function pgDatabase<Client extends PgClientLike>(
       }
     },
   };
+}
+
+/** The rows of the last statement of a query: pg returns one result per statement of a multi-statement query. */
+function lastRows(result: { rows: unknown[] } | { rows: unknown[] }[]): Row[] {
+  const last = Array.isArray(result) ? result[result.length - 1] : result;
+  return (last?.rows ?? []) as Row[];
 }
 
 const ISOLATION_LEVELS = ["read committed", "repeatable read", "serializable"] as const;

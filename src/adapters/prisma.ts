@@ -11,6 +11,7 @@ import { createTxonce, type Txonce as TxonceOver, type TxonceOptions as TxonceOp
 import { describeValue } from "./describe-value.js";
 import { checkOption } from "./options.js";
 import { refusingEndedTransactions } from "./ended-transactions.js";
+import { adaptersWrapped, directExecutor, directRootExecutor, runWithTransactionSlot } from "./prisma-driver-adapter.js";
 
 /** Prisma's interactive transaction options. */
 export interface PrismaTransactionOptions {
@@ -83,15 +84,27 @@ export function prismaDatabase<Client extends PrismaClientLike>(
 ): Database<TransactionClientOf<Client>, PrismaTransactionOptions> {
   checkPrismaClient(prisma);
   const primary = primaryOf(prisma);
+  const throughPrisma: SqlExecutor = { query: (sql, params) => primary.$queryRawUnsafe<Row[]>(sql, ...params) };
+  // A client whose adapter txonceAdapter wrapped: statements outside a transaction go through
+  // the adapter too (found where prismaSchemaOf finds the adapter's schema).
+  const root = adaptersWrapped() ? (directRootExecutor(engineAdapterOf(primary), throughPrisma) ?? throughPrisma) : throughPrisma;
   const sqlFor = (tx: TransactionClientOf<Client>): SqlExecutor => {
     const raw: PrismaTransactionLike = tx;
     return { query: (sql, params) => raw.$queryRawUnsafe<Row[]>(sql, ...params) };
   };
   return refusingEndedTransactions({
-    query: (sql, params) => primary.$queryRawUnsafe<Row[]>(sql, ...params),
+    query: (sql, params) => root.query(sql, params),
     transaction: (work, options) => {
       checkOption(options?.isolationLevel, ISOLATION_LEVELS, "transaction.isolationLevel");
-      return prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options);
+      if (!adaptersWrapped()) return prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options);
+      // The client's adapter may be wrapped by txonceAdapter: then txonce's statements go to the
+      // transaction it hands over, and through Prisma when it handed none (another adapter).
+      return runWithTransactionSlot((slot) =>
+        prisma.$transaction((tx: TransactionClientOf<Client>) => {
+          const direct = slot();
+          return work(tx, direct ? directExecutor(direct, sqlFor(tx)) : sqlFor(tx));
+        }, options),
+      );
     },
     sqlFor,
     // A transaction client lacks the root client's `$connect` (Prisma's ITXClientDenyList); it
@@ -113,8 +126,7 @@ export type TxonceOptions = TxonceOptionsOver<PrismaTransactionOptions>;
  */
 export function prismaSchemaOf(prisma: unknown): string | undefined {
   try {
-    const adapter = (prisma as { _engineConfig?: { adapter?: { options?: { schema?: unknown }; config?: { connectionString?: unknown } } } })
-      ._engineConfig?.adapter;
+    const adapter = engineAdapterOf(prisma) as { options?: { schema?: unknown }; config?: { connectionString?: unknown } } | undefined;
     const schema = adapter?.options?.schema;
     if (typeof schema === "string" && schema !== "") return schema;
     const url = adapter?.config?.connectionString;
@@ -123,6 +135,15 @@ export function prismaSchemaOf(prisma: unknown): string | undefined {
     // not a URL, or an engine configuration of another shape
   }
   return undefined;
+}
+
+/** The driver adapter factory the client was made with, from its engine configuration (undocumented): `undefined` when not there. */
+function engineAdapterOf(prisma: unknown): unknown {
+  try {
+    return (prisma as { _engineConfig?: { adapter?: unknown } })._engineConfig?.adapter;
+  } catch {
+    return undefined;
+  }
 }
 
 export type Txonce<Client> = TxonceOver<TransactionClientOf<Client>, PrismaTransactionOptions>;
@@ -144,3 +165,4 @@ export function txonce<Client extends PrismaClientLike>(prisma: Client, options:
 }
 
 export { txonceExtension } from "./prisma-extension.js";
+export { txonceAdapter } from "./prisma-driver-adapter.js";

@@ -87,6 +87,18 @@ LEFT JOIN ${IDEMPOTENCY_TABLE} AS k ON k.scope = $1::text AND k.key = $2::text A
 export const saveResult = `
 UPDATE ${IDEMPOTENCY_TABLE} SET result = $2::text WHERE ctid = $1::tid RETURNING true AS saved`;
 
+/**
+ * {@link saveResult}, and {@link saveResultByKey} when the row is no longer at that ctid, in one
+ * statement: what an adapter sends in the COMMIT's round trip (`SqlExecutor.sendWithCommit`).
+ * The look-up by key sits behind a one-time filter, so it reads the key index (and, under
+ * SERIALIZABLE, takes a predicate lock on it) only when the row has moved. $1 the claim's ctid,
+ * $2 encoded result, $3 scope, $4 key.
+ */
+export const saveResultAtCommit = `
+WITH by_ctid AS (UPDATE ${IDEMPOTENCY_TABLE} SET result = $2::text WHERE ctid = $1::tid RETURNING 1)
+UPDATE ${IDEMPOTENCY_TABLE} SET result = $2::text
+WHERE NOT EXISTS (SELECT FROM by_ctid) AND scope = $3::text AND key = $4::text`;
+
 /** {@link saveResult} by (scope, key). $1 scope, $2 key, $3 encoded result. */
 export const saveResultByKey = `
 UPDATE ${IDEMPOTENCY_TABLE} SET result = $3::text WHERE scope = $1::text AND key = $2::text`;

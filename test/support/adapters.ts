@@ -19,7 +19,7 @@ import { txonce as txonceKnex } from "../../src/adapters/knex.js";
 import { txonce as txonceKysely } from "../../src/adapters/kysely.js";
 import { txonce as txoncePg } from "../../src/adapters/pg.js";
 import { txonce as txoncePostgres } from "../../src/adapters/postgres.js";
-import { txonce as txoncePrisma, txonceExtension } from "../../src/adapters/prisma.js";
+import { txonce as txoncePrisma, txonceAdapter, txonceExtension } from "../../src/adapters/prisma.js";
 import { txonce as txonceTypeorm } from "../../src/adapters/typeorm.js";
 import type { Row, Txonce, TxonceOptions } from "../../src/index.js";
 
@@ -77,9 +77,10 @@ export function pgPool(url: string, max: number, options: pg.PoolConfig = {}): p
   return pool;
 }
 
-function prismaClient(url: string, max: number, schema?: string): PrismaClient {
+function prismaClient(url: string, max: number, schema?: string, wrap = false): PrismaClient {
   const ignore = () => {};
-  return new PrismaClient({ adapter: new PrismaPg({ connectionString: url, max }, { schema, onPoolError: ignore, onConnectionError: ignore }) });
+  const adapter = new PrismaPg({ connectionString: url, max }, { schema, onPoolError: ignore, onConnectionError: ignore });
+  return new PrismaClient({ adapter: wrap ? txonceAdapter(adapter) : adapter });
 }
 
 /** The `schema` option for txonce when the client cannot say it: the test's options win. */
@@ -108,14 +109,14 @@ const TypeormCharge = new EntitySchema<{ id: number; accountId: string; amount: 
 });
 
 /** A row for Prisma: `make` is how txonce is put on the client (the function, or the extension). */
-function prismaRow(name: string, make: (prisma: PrismaClient, options?: TxonceOptions<any>) => unknown): AdapterRow {
+function prismaRow(name: string, make: (prisma: PrismaClient, options?: TxonceOptions<any>) => unknown, wrap = false): AdapterRow {
   return {
     name,
     tellsEndedTransactions: false,
     txonceOf: (client) => txoncePrisma(client as never),
     isolation: { repeatableRead: { isolationLevel: "RepeatableRead" }, serializable: { isolationLevel: "Serializable" } },
     open(url, max, schema) {
-      const prisma = prismaClient(url, max, schema);
+      const prisma = prismaClient(url, max, schema, wrap);
       return {
         client: prisma,
         txonce: (options) => make(prisma, options) as Txonce<any, any>,
@@ -132,6 +133,8 @@ export const adapterRows: readonly AdapterRow[] = [
   prismaRow("txonce/prisma", (prisma, options) => txoncePrisma(prisma, options)),
   // Each instance is the extension on a client of its own over the same pool.
   prismaRow("txonce/prisma (client extension)", (prisma, options) => prisma.$extends(txonceExtension(options)).$txonce()),
+  // The client's driver adapter wrapped by txonceAdapter: txonce's statements go through it.
+  prismaRow("txonce/prisma (txonceAdapter)", (prisma, options) => txoncePrisma(prisma, options), true),
   {
     name: "txonce/pg",
     tellsEndedTransactions: true,

@@ -1,0 +1,315 @@
+/**
+ * `txonceAdapter(adapter)`: wraps the driver adapter a Prisma 7 client is made with, so that
+ * txonce's own statements (the claim of a key and the save of its result in its transactions,
+ * and its statements outside any) go through the adapter, instead of through Prisma's query
+ * pipeline (`$queryRawUnsafe`), and the save goes with the COMMIT where the adapter allows it.
+ * The application's queries are not touched: the wrapper only hands the transactions it starts
+ * to txonce, when txonce started them.
+ *
+ * How a transaction reaches txonce: txonce opens each of its transactions inside an
+ * AsyncLocalStorage context holding an empty slot ({@link runWithTransactionSlot}); Prisma calls
+ * the adapter's `startTransaction` in that context, and the wrapper puts the transaction it
+ * returns in the slot. A transaction txonce did not start (the application's own) finds no slot
+ * and is left alone, and so is any transaction after the first in a slot.
+ *
+ * Only the public driver adapter interface of Prisma 7 is used (`connect`, `startTransaction`,
+ * a transaction's `queryRaw`, `executeRaw`, `commit` and `rollback`), so it works over any
+ * PostgreSQL adapter: `@prisma/adapter-pg`, `pglite-prisma-adapter`, Neon's.
+ */
+import { AsyncLocalStorage } from "node:async_hooks";
+import { Decimal } from "@prisma/client/runtime/client";
+import { InvalidArgumentError } from "../errors.js";
+import type { Row, SqlExecutor } from "../executor.js";
+import { withLiterals } from "../sql/literals.js";
+import { describeValue } from "./describe-value.js";
+
+/** A statement as Prisma's driver adapters take it. */
+interface AdapterQuery {
+  sql: string;
+  args: unknown[];
+  argTypes: { scalarType: string; arity: "scalar" | "list"; dbType?: string }[];
+}
+
+/** A result as Prisma's driver adapters return it: column names, their types, rows of values. */
+interface AdapterResultSet {
+  columnNames: string[];
+  columnTypes: number[];
+  rows: unknown[][];
+}
+
+/** What txonce uses of a transaction of a Prisma driver adapter. */
+export interface AdapterTransactionLike {
+  readonly options: { readonly usePhantomQuery: boolean };
+  queryRaw(query: AdapterQuery): Promise<AdapterResultSet>;
+  executeRaw(query: AdapterQuery): Promise<number>;
+  commit(): Promise<void>;
+  rollback(): Promise<void>;
+}
+
+/** What txonce uses of a connected Prisma driver adapter (`SqlDriverAdapter`). */
+export interface DriverAdapterLike {
+  readonly provider: string;
+  queryRaw(query: AdapterQuery): Promise<AdapterResultSet>;
+  startTransaction(isolationLevel?: string): Promise<AdapterTransactionLike>;
+  dispose?(): Promise<void>;
+}
+
+/** A Prisma 7 driver adapter factory (`SqlDriverAdapterFactory`): what `new PrismaPg(...)` returns. */
+export interface DriverAdapterFactoryLike {
+  readonly provider: string;
+  readonly adapterName: string;
+  connect(): Promise<DriverAdapterLike>;
+}
+
+/** A transaction txonce can send statements to directly, while Prisma has not closed it. */
+export interface DirectTransaction {
+  readonly transaction: AdapterTransactionLike;
+  /** Set when Prisma sends COMMIT or ROLLBACK, or commits or rolls back through the adapter. */
+  closing: boolean;
+  /** Whether a statement can go in the COMMIT's round trip (see {@link directExecutor}). */
+  readonly mergesCommit: boolean;
+  /** The statement (parameters written in) to send in the COMMIT's round trip. */
+  atCommit?: string;
+}
+
+/** The slot of one transaction txonce starts: filled by the wrapped adapter's `startTransaction`. */
+interface TransactionSlot {
+  direct?: DirectTransaction;
+}
+
+const slots = new AsyncLocalStorage<TransactionSlot>();
+
+/** Set once any adapter is wrapped: until then txonce opens no AsyncLocalStorage context at all. */
+let wrapping = false;
+
+/** Marks a wrapped factory, so that wrapping twice wraps once. */
+const WRAPPED = Symbol.for("txonce.driverAdapter");
+/** On a wrapped factory: the adapter it connected, once Prisma has connected it. */
+const CONNECTED = Symbol.for("txonce.driverAdapter.connected");
+
+/**
+ * Makes txonce's statements cheaper on a Prisma 7 client: wrap the client's driver adapter with
+ * it. txonce's claim and save then go to the transaction's connection through the adapter,
+ * instead of through Prisma's query pipeline, and over `@prisma/adapter-pg` the save goes in the
+ * same round trip as the COMMIT. The application's own queries, transactions and logging are
+ * untouched, and `txonce(prisma)` on a client whose adapter is not wrapped works as before.
+ * docs/adapters.md has the details (AsyncLocalStorage, query logs) and docs/benchmarks.md the
+ * figures.
+ *
+ * @param factory - the driver adapter the client is made with: `new PrismaPg(...)`, `new PrismaPGlite(...)`, ...
+ * @returns the same adapter (same type), for `new PrismaClient({ adapter })`
+ *
+ * @example
+ * import { PrismaPg } from "@prisma/adapter-pg";
+ * import { txonce, txonceAdapter } from "txonce/prisma";
+ *
+ * const prisma = new PrismaClient({ adapter: txonceAdapter(new PrismaPg({ connectionString })) });
+ * const { withIdempotency } = txonce(prisma);
+ */
+export function txonceAdapter<Factory extends DriverAdapterFactoryLike>(factory: Factory): Factory {
+  if (typeof factory !== "object" || factory === null || typeof (factory as Partial<DriverAdapterFactoryLike>).connect !== "function") {
+    throw new InvalidArgumentError(
+      "adapter",
+      `expected a Prisma driver adapter such as new PrismaPg({ connectionString }), got ${describeValue(factory)}`,
+    );
+  }
+  if ((factory as { [WRAPPED]?: true })[WRAPPED]) return factory;
+  if (factory.provider !== "postgres") {
+    throw new InvalidArgumentError("adapter", `txonce runs on PostgreSQL; this adapter's provider is ${JSON.stringify(factory.provider)}`);
+  }
+  wrapping = true;
+  // @prisma/adapter-pg sends a statement without parameters by the simple query protocol, which
+  // takes several statements in one query: a statement and COMMIT go in one round trip. Not when
+  // the application names its statements (then they are prepared, one statement each), and not
+  // over adapters not known to do so.
+  const mergesCommit =
+    factory.adapterName === "@prisma/adapter-pg" &&
+    typeof (factory as { options?: { statementNameGenerator?: unknown } }).options?.statementNameGenerator !== "function";
+  // A proxy, so that everything else of the factory (its options, connectToShadowDb, ...) reads
+  // as before; its methods run on the factory itself, whose private fields they may use.
+  let connected: DriverAdapterLike | undefined;
+  return new Proxy(factory, {
+    get(target, property) {
+      if (property === WRAPPED) return true;
+      if (property === CONNECTED) return connected;
+      if (property === "connect") {
+        return async () => {
+          const adapter = handingOverTransactions(await target.connect(), mergesCommit);
+          // Once Prisma disposes of it ($disconnect), txonce goes through Prisma until it connects again.
+          const dispose = adapter.dispose?.bind(adapter);
+          if (dispose) {
+            Object.defineProperty(adapter, "dispose", {
+              configurable: true,
+              writable: true,
+              value: () => {
+                if (connected === adapter) connected = undefined;
+                return dispose();
+              },
+            });
+          }
+          return (connected = adapter);
+        };
+      }
+      const value: unknown = Reflect.get(target, property, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+/** The connected adapter, its `startTransaction` putting what it starts in the caller's slot. */
+function handingOverTransactions<Adapter extends DriverAdapterLike>(adapter: Adapter, mergesCommit: boolean): Adapter {
+  const startTransaction = adapter.startTransaction.bind(adapter);
+  Object.defineProperty(adapter, "startTransaction", {
+    configurable: true,
+    writable: true,
+    value: async (isolationLevel?: string) => {
+      const slot = slots.getStore(); // read now: the context of the call, before anything is awaited
+      const transaction = await startTransaction(isolationLevel);
+      if (slot && !slot.direct) slot.direct = watched(transaction, mergesCommit && !transaction.options.usePhantomQuery);
+      return transaction;
+    },
+  });
+  return adapter;
+}
+
+/** Statements Prisma's transaction manager sends to end a transaction (when not a phantom query). */
+const ENDING = /^\s*(COMMIT|ROLLBACK)\s*$/i;
+const COMMIT = /^\s*COMMIT\s*$/i;
+
+/**
+ * The transaction, marked `closing` as soon as Prisma starts to end it, and sending the statement
+ * queued by {@link directExecutor}'s `sendWithCommit` with its COMMIT. If that fails, the
+ * transaction is rolled back (the COMMIT after a failed statement of the same query is not run,
+ * and the connection must not go back to the pool inside an aborted transaction), and the error
+ * is the COMMIT's.
+ */
+function watched(transaction: AdapterTransactionLike, mergesCommit: boolean): DirectTransaction {
+  const direct: DirectTransaction = { transaction, closing: false, mergesCommit };
+  const { queryRaw, executeRaw, commit, rollback } = transaction;
+  const own = (name: string, value: unknown) => Object.defineProperty(transaction, name, { configurable: true, writable: true, value });
+  own("executeRaw", async (query: AdapterQuery) => {
+    if (!ENDING.test(query.sql)) return executeRaw.call(transaction, query);
+    direct.closing = true;
+    const { atCommit } = direct;
+    if (atCommit === undefined || !COMMIT.test(query.sql)) return executeRaw.call(transaction, query);
+    direct.atCommit = undefined;
+    try {
+      return await executeRaw.call(transaction, { sql: `${atCommit};\n${query.sql}`, args: [], argTypes: [] });
+    } catch (error) {
+      await executeRaw.call(transaction, { sql: "ROLLBACK", args: [], argTypes: [] }).catch(() => {});
+      throw error;
+    }
+  });
+  own("queryRaw", (query: AdapterQuery) => {
+    if (ENDING.test(query.sql)) direct.closing = true;
+    return queryRaw.call(transaction, query);
+  });
+  own("commit", () => {
+    direct.closing = true;
+    return commit.call(transaction);
+  });
+  own("rollback", () => {
+    direct.closing = true;
+    return rollback.call(transaction);
+  });
+  return direct;
+}
+
+/**
+ * Statements outside any transaction, through the adapter that a wrapped factory connected
+ * (each statement on its own, in autocommit, as the adapter's pool runs it), or through
+ * `fallback` while Prisma has not connected it yet.
+ */
+export function directRootExecutor(factory: unknown, fallback: SqlExecutor): SqlExecutor | undefined {
+  if (typeof factory !== "object" || factory === null || (factory as { [WRAPPED]?: true })[WRAPPED] !== true) return undefined;
+  return {
+    async query(sql, params) {
+      const adapter = (factory as { [CONNECTED]?: DriverAdapterLike })[CONNECTED];
+      if (!adapter) return fallback.query(sql, params);
+      return rowsOf(await adapter.queryRaw({ sql, args: params.map(argument), argTypes: params.map(argumentType) }));
+    },
+  };
+}
+
+/** Whether any driver adapter was wrapped by {@link txonceAdapter} in this process. */
+export const adaptersWrapped = () => wrapping;
+
+/**
+ * Runs `start` (which starts one Prisma transaction) with a slot that the wrapped adapter fills
+ * with the transaction it starts; `slot()` reads it from inside the transaction's callback.
+ */
+export function runWithTransactionSlot<T>(start: (slot: () => DirectTransaction | undefined) => Promise<T>): Promise<T> {
+  const slot: TransactionSlot = {};
+  return slots.run(slot, () => start(() => slot.direct));
+}
+
+/**
+ * Runs txonce's statements on the adapter's transaction; once Prisma has begun to end it (its
+ * timeout, say), through `fallback`, Prisma's own path, which refuses them as Prisma does.
+ */
+export function directExecutor(direct: DirectTransaction, fallback: SqlExecutor): SqlExecutor {
+  return {
+    async query(sql, params) {
+      if (direct.closing) return fallback.query(sql, params);
+      const result = await direct.transaction.queryRaw({ sql, args: params.map(argument), argTypes: params.map(argumentType) });
+      return rowsOf(result);
+    },
+    sendWithCommit(sql, params) {
+      if (!direct.mergesCommit || direct.closing || direct.atCommit !== undefined) return false;
+      direct.atCommit = withLiterals(sql, params);
+      return true;
+    },
+  };
+}
+
+
+function argument(value: unknown): unknown {
+  if (value === undefined) return null;
+  if (typeof value === "bigint") return value.toString();
+  if (value instanceof Date) return value.toISOString();
+  return value;
+}
+
+function argumentType(value: unknown): AdapterQuery["argTypes"][number] {
+  if (value instanceof Date) return { scalarType: "datetime", arity: "scalar" };
+  if (typeof value === "string") return { scalarType: "string", arity: "scalar" };
+  if (typeof value === "number") return { scalarType: "decimal", arity: "scalar" };
+  if (typeof value === "bigint") return { scalarType: "bigint", arity: "scalar" };
+  return { scalarType: "unknown", arity: "scalar" };
+}
+
+/** Column types of Prisma's driver adapters (`ColumnTypeEnum` of @prisma/driver-adapter-utils). */
+const Column = { Int32: 0, Int64: 1, Float: 2, Double: 3, Numeric: 4, DateTime: 10, Date: 8, Json: 11, Bytes: 13, UnknownNumber: 128 };
+
+/** Rows as objects, with values as `$queryRawUnsafe` gives them (Date, bigint, Decimal, parsed JSON). */
+function rowsOf({ columnNames, columnTypes, rows }: AdapterResultSet): Row[] {
+  return rows.map((values) => {
+    const row: Row = {};
+    for (let i = 0; i < columnNames.length; i++) row[columnNames[i]!] = valueOf(values[i], columnTypes[i]!);
+    return row;
+  });
+}
+
+function valueOf(value: unknown, type: number): unknown {
+  if (value === null || value === undefined) return null;
+  switch (type) {
+    case Column.Int32:
+    case Column.Float:
+    case Column.Double:
+    case Column.UnknownNumber:
+      return typeof value === "string" ? Number(value) : value;
+    case Column.Int64:
+      return typeof value === "bigint" ? value : BigInt(value as string | number);
+    case Column.Numeric:
+      return new Decimal(value as string | number);
+    case Column.DateTime:
+    case Column.Date:
+      return value instanceof Date ? value : new Date(value as string);
+    case Column.Json:
+      return typeof value === "string" ? JSON.parse(value) : value;
+    case Column.Bytes:
+      return value instanceof Uint8Array ? value : typeof value === "string" ? Buffer.from(value, "base64") : value;
+    default:
+      return value;
+  }
+}
