@@ -10,7 +10,7 @@ import { listen, pgListenConnection, type ListenClientLike, type Listener } from
 import type { OutboxMessage, Publisher } from "./message.js";
 import { describeError, progressWriter, type Outcome } from "./progress.js";
 import { consoleLogger, type RelayLogger } from "./relay-logger.js";
-import { OUTBOX_SYSTEM, type BacklogReading, type OutboxTelemetry } from "../telemetry/outbox.js";
+import { OUTBOX_SYSTEM, type BacklogReading, type OutboxTelemetry, type SendBatch } from "../telemetry/outbox.js";
 
 /** Options of a relay. */
 export interface RelayOptions {
@@ -227,7 +227,7 @@ export function createRelay(
   });
 
   /** Hands one message to the publisher and records the attempt; resolves to whether it was published. */
-  const attempt = async (row: Row, token: string): Promise<boolean> => {
+  const attempt = async (row: Row, token: string, batch: SendBatch | undefined): Promise<boolean> => {
     let message: OutboxMessage;
     try {
       message = toMessage(row);
@@ -237,8 +237,8 @@ export function createRelay(
       return false;
     }
     let timer: NodeJS.Timeout | undefined;
-    // telemetry: the publish runs in a `send {topic}` span, ended with its outcome below
-    const sending = telemetry?.send(message, system, config.publish);
+    // telemetry: the publish is part of its topic's `send` span in the batch, its outcome recorded below
+    const sending = batch?.send(message, config.publish);
     try {
       const published = sending?.published ?? (async () => config.publish(message))();
       progress.started(message, token);
@@ -287,16 +287,18 @@ export function createRelay(
     const handBack = (run: Row[]) => {
       for (const row of run) progress.ended({ id: row.id as string }, token, { kind: "released" });
     };
+    // telemetry: one `send {topic}` span per topic of the batch, ended once every publish ended
+    const batch = telemetry?.sendBatch(system);
     await Promise.all([
-      ...unkeyed.map((row) => attempt(row, token)),
+      ...unkeyed.map((row) => attempt(row, token, batch)),
       ...[...runs.values()].map(async (run) => {
         run.sort((a, b) => (BigInt(a.seq as string) < BigInt(b.seq as string) ? -1 : 1));
         for (let i = 0; i < run.length; i++) {
           if (performance.now() > lastStart) return handBack(run.slice(i));
-          if (!(await attempt(run[i]!, token))) return handBack(run.slice(i + 1));
+          if (!(await attempt(run[i]!, token, batch))) return handBack(run.slice(i + 1));
         }
       }),
-    ]);
+    ]).finally(() => batch?.end());
   };
 
   const work = async () => {
