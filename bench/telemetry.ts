@@ -34,7 +34,11 @@
  *    the SDK with txonce's telemetry off (what txonce's telemetry itself costs).
  *    TELEMETRY_BEFORE_SRC=/path/src adds the mode "SDK, before": another source tree's txonce
  *    (e.g. `git archive <commit> src` unpacked beside a node_modules link and a package.json),
- *    drained in the same rounds, and its send telemetry in part 3.
+ *    drained in the same rounds, and its send telemetry in part 3. TELEMETRY_MODES="SDK;SDK,
+ *    txonce off" (";" between modes) drains only those, and off.
+ * 3. The relay's telemetry alone (TELEMETRY_PARTS=send): batches of 100 messages of one topic
+ *    through `sendBatch` (one send span per batch, a link per message, the metrics) and a
+ *    publish that resolves at once; Node CPU per message, no relay or database.
  *
  * The targets (issue 12): no SDK costs nothing measurable; the SDK at most 5% of first-execution
  * and relay throughput.
@@ -54,7 +58,7 @@ import type { Database, Row } from "../src/executor.js";
 import { createIdempotency } from "../src/idempotency.js";
 import type { OutboxMessage, Publisher } from "../src/outbox/message.js";
 import { rabbitmqPublisher, type RabbitMqPublisher } from "../src/outbox/publishers/rabbitmq.js";
-import { outboxTelemetry, setVariant } from "../src/telemetry/outbox.js";
+import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
 import { env, fmt, loadavg, log, median, num, table, type BenchContext } from "./common.js";
 
@@ -78,10 +82,10 @@ for (const p of PUBLISHERS) if (p !== "noop" && p !== "rabbitmq") throw new Erro
 const BEFORE_SRC = process.env.TELEMETRY_BEFORE_SRC;
 const RABBITMQ_URL = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672";
 
-type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled" | "SDK, before" | "SDK, latency per batch" | "SDK, variant";
+type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled" | "SDK, before" ;
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
 /** The relay's modes: also the SDK with a sampler that records 1% of the traces it starts (and the tree before). */
-const RELAY_MODES: Mode[] = [...MODES, "SDK, 1% sampled", ...(BEFORE_SRC ? (["SDK, before"] as const) : []), ...(process.env.TELEMETRY_VARIANTS ? (["SDK, latency per batch", "SDK, variant"] as const) : [])].filter(
+const RELAY_MODES: Mode[] = [...MODES, "SDK, 1% sampled", ...(BEFORE_SRC ? (["SDK, before"] as const) : [])].filter(
   // TELEMETRY_MODES="SDK,SDK, txonce off" ... (separated by ";"): only those in the relay part (and off, the reference).
   (mode) => mode === "off" || !process.env.TELEMETRY_MODES || process.env.TELEMETRY_MODES.split(";").includes(mode),
 );
@@ -127,7 +131,6 @@ function enter(mode: Mode) {
   context.disable();
   propagation.disable();
   metrics.disable();
-  setVariant(mode === "SDK, latency per batch" ? "batchlatency" : mode === "SDK, variant" ? process.env.TELEMETRY_VARIANTS! : "");
   if (!mode.startsWith("SDK")) return;
   trace.setGlobalTracerProvider(mode === "SDK, 1% sampled" ? sampledTracerProvider : tracerProvider);
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
@@ -265,66 +268,66 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   };
   const summary: string[] = [];
   for (const publisherName of PARTS.includes("relay") ? PUBLISHERS : []) {
-  const broker = publisherName === "rabbitmq" ? await rabbitmqTarget() : undefined;
-  const runRelay = publisherName === "noop" || broker !== undefined;
-  const publisher: Publisher | Publisher["publish"] = broker?.publisher ?? (async () => {});
-  let routed = 0;
-  const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
-  try {
-    if (broker) {
-      // Warm-up: the publisher's connection and confirm channel, and the broker's queue.
-      enter("off");
-      await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
-      await enqueue(instances.off, 1000);
-      await drain(instances.off, 1000, publisher);
-      await broker.purge();
-    }
-    for (let round = 0; runRelay && round < ROUNDS; round++) {
-      const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
-      for (let i = 0; i < RELAY_MODES.length; i++) {
-        const mode = RELAY_MODES[(i + round) % RELAY_MODES.length]!;
-        enter(mode);
+    const broker = publisherName === "rabbitmq" ? await rabbitmqTarget() : undefined;
+    const runRelay = publisherName === "noop" || broker !== undefined;
+    const publisher: Publisher | Publisher["publish"] = broker?.publisher ?? (async () => {});
+    let routed = 0;
+    const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
+    try {
+      if (broker) {
+        // Warm-up: the publisher's connection and confirm channel, and the broker's queue.
+        enter("off");
         await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
-        await enqueue(instances[mode], MESSAGES);
-        await pool.query("VACUUM ANALYZE txonce_outbox_messages");
-        result[mode] = await drain(instances[mode], MESSAGES, publisher);
-        if (broker) routed += await broker.purge();
+        await enqueue(instances.off, 1000);
+        await drain(instances.off, 1000, publisher);
+        await broker.purge();
       }
-      drains.push(result);
+      for (let round = 0; runRelay && round < ROUNDS; round++) {
+        const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
+        for (let i = 0; i < RELAY_MODES.length; i++) {
+          const mode = RELAY_MODES[(i + round) % RELAY_MODES.length]!;
+          enter(mode);
+          await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
+          await enqueue(instances[mode], MESSAGES);
+          await pool.query("VACUUM ANALYZE txonce_outbox_messages");
+          result[mode] = await drain(instances[mode], MESSAGES, publisher);
+          if (broker) routed += await broker.purge();
+        }
+        drains.push(result);
+      }
+    } finally {
+      await broker?.close();
     }
-  } finally {
-    await broker?.close();
-  }
-  if (!runRelay) continue;
-  const what = broker ? "to RabbitMQ (txonce's publisher, confirms, persistent messages, a durable queue)" : "no-op publisher";
-  log();
-  log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker, ${what} (load ${loadavg()}):`);
-  const ratio = (mode: Mode, to: Mode) => (RELAY_MODES.includes(mode) && RELAY_MODES.includes(to) ? median(drains.map((r) => r[mode].rate / r[to].rate)) : NaN);
-  table(
-    ["mode", "messages/s", "ratio to off", "min-max ratio", "to SDK, txonce off", "Node CPU µs/msg"],
-    RELAY_MODES.map((mode) => {
-      const ratios = drains.map((r) => r[mode].rate / r.off.rate);
-      return [
-        mode,
-        num(median(drains.map((r) => r[mode].rate))),
-        `${fmt(median(ratios), 3)}x`,
-        `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
-        mode.startsWith("SDK") ? `${fmt(ratio(mode, "SDK, txonce off"), 3)}x` : "",
-        num(median(drains.map((r) => r[mode].cpuUsPerMsg))),
-      ];
-    }),
-  );
-  if (broker) {
-    const published = MESSAGES * ROUNDS * RELAY_MODES.length;
-    log(`RabbitMQ's queue held ${num(routed)} of the ${num(published)} messages the rounds published when purged after each drain${routed === published ? " (every one routed)" : ""}.`);
-  }
-  summary.push(
-    `relay, ${broker ? "RabbitMQ" : "no-op publisher"}: SDK ${fmt(ratio("SDK", "off"), 3)}x of off, ${fmt(ratio("SDK", "SDK, txonce off"), 3)}x of the SDK with txonce off` +
-      (BEFORE_SRC ? `; before: ${fmt(ratio("SDK, before", "off"), 3)}x and ${fmt(ratio("SDK, before", "SDK, txonce off"), 3)}x` : ""),
-  );
+    if (!runRelay) continue;
+    const what = broker ? "to RabbitMQ (txonce's publisher, confirms, persistent messages, a durable queue)" : "no-op publisher";
+    log();
+    log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker, ${what} (load ${loadavg()}):`);
+    const ratio = (mode: Mode, to: Mode) => (RELAY_MODES.includes(mode) && RELAY_MODES.includes(to) ? median(drains.map((r) => r[mode].rate / r[to].rate)) : NaN);
+    table(
+      ["mode", "messages/s", "ratio to off", "min-max ratio", "to SDK, txonce off", "Node CPU µs/msg"],
+      RELAY_MODES.map((mode) => {
+        const ratios = drains.map((r) => r[mode].rate / r.off.rate);
+        return [
+          mode,
+          num(median(drains.map((r) => r[mode].rate))),
+          `${fmt(median(ratios), 3)}x`,
+          `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
+          mode.startsWith("SDK") ? `${fmt(ratio(mode, "SDK, txonce off"), 3)}x` : "",
+          num(median(drains.map((r) => r[mode].cpuUsPerMsg))),
+        ];
+      }),
+    );
+    if (broker) {
+      const published = MESSAGES * ROUNDS * RELAY_MODES.length;
+      log(`RabbitMQ's queue held ${num(routed)} of the ${num(published)} messages the rounds published when purged after each drain${routed === published ? " (every one routed)" : ""}.`);
+    }
+    summary.push(
+      `relay, ${broker ? "RabbitMQ" : "no-op publisher"}: SDK ${fmt(ratio("SDK", "off"), 3)}x of off, ${fmt(ratio("SDK", "SDK, txonce off"), 3)}x of the SDK with txonce off` +
+        (BEFORE_SRC ? `; before: ${fmt(ratio("SDK, before", "off"), 3)}x and ${fmt(ratio("SDK, before", "SDK, txonce off"), 3)}x` : ""),
+    );
   }
 
-  // 3. The relay's telemetry alone: the send span and metrics of one message, without the relay.
+  // 3. The relay's telemetry alone: batches of send telemetry (a span per batch, a link and metrics per message), without the relay.
   if (PARTS.includes("send")) {
     const publish = async () => {};
     const batch: OutboxMessage[] = Array.from({ length: 100 }, (_, i) => ({

@@ -1,10 +1,12 @@
 /**
  * Telemetry of the outbox, by OpenTelemetry's messaging conventions: `enqueue` writes each message
  * in a `create {topic}` span and stores that span's context with it (the creation context); the
- * relay publishes each message in a `send {topic}` span linked to it, and the publishers carry
- * the creation context in the broker's own headers, where a consumer picks it up
- * ({@link continueTrace} in consumer.ts). Metrics: messages sent (and failed: `error.type`), dead
- * letters, commit-to-publish latency, and the backlog as observable gauges.
+ * relay publishes a claimed batch in one `send {topic}` span per topic (batch sending, by the
+ * conventions), linked to each message's creation context, and the publishers carry the creation
+ * context in the broker's own headers, where a consumer picks it up ({@link continueTrace} in
+ * consumer.ts). Metrics: messages sent (and failed: `error.type`) and the send operations'
+ * duration, per batch; commit-to-publish latency, per message; dead letters; and the backlog as
+ * observable gauges.
  */
 import type { Context, Counter, Histogram, ObservableGauge, Span, SpanContext } from "@opentelemetry/api";
 import type { OutboxMessage } from "../outbox/message.js";
@@ -25,10 +27,6 @@ export const MessagingAttributes = {
 /** On a failed `send` span: how many of its messages failed (its events name each one). */
 export const FAILED_COUNT = "txonce.outbox.send.failed_count";
 
-// TEMPORARY (measurement): variants of the send telemetry.
-let VARIANT = new Set((process.env.TXONCE_TEL_VARIANT ?? "").split(","));
-export const setVariant = (v: string) => (VARIANT = new Set(v.split(",")));
-
 /** A topic's messages in one batch: its span, and what its end records. */
 interface SendGroup {
   readonly span: Span;
@@ -43,7 +41,6 @@ interface SendGroup {
   /** The span's context as the propagator writes it, for messages stored without one (null: it writes nothing). */
   carrier: Record<string, string> | null | undefined;
   context: Context | undefined;
-  latencyMax: number;
 }
 
 /** The batch when no SDK is registered: the publishes, nothing else. */
@@ -238,7 +235,7 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
     },
 
     sendBatch(system) {
-      if (!otel.active || VARIANT.has("nosend")) return UNTRACED_BATCH;
+      if (!otel.active) return UNTRACED_BATCH;
       const instruments = otel.instruments;
       const groups = new Map<string, SendGroup>();
       const open = (message: OutboxMessage, creation: SpanContext | undefined): SendGroup => {
@@ -262,7 +259,7 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
         const attributes = sendAttributes(system, message.topic);
         const group: SendGroup = {
           span, attributes, latencyAttributes: latencyAttributes(attributes), started: performance.now(), firstId: message.id,
-          messages: 0, sent: 0, failed: undefined, firstError: undefined, carrier: undefined, context: undefined, latencyMax: 0,
+          messages: 0, sent: 0, failed: undefined, firstError: undefined, carrier: undefined, context: undefined,
         };
         groups.set(message.topic, group);
         return group;
@@ -280,18 +277,16 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
             group.carrier ??= injected(group.context) ?? null;
             if (group.carrier) handed = { ...message, traceContext: group.carrier };
           }
-          const published = VARIANT.has("with")
-            ? context.with((group.context ??= trace.setSpan(ROOT_CONTEXT, group.span)), async () => publish(handed))
-            : (async () => publish(handed))();
+          // Not run in the span's context (context.with): the context manager would carry it
+          // into every promise of the broker's client, and a batch span is no one message's parent.
+          const published = (async () => publish(handed))();
           const g = group;
           return {
             published,
             end(error) {
               if (error === undefined) {
                 g.sent++;
-                const latency = Math.max(0, Date.now() - message.createdAt.getTime()) / 1000;
-                if (VARIANT.has("batchlatency")) g.latencyMax = Math.max(g.latencyMax, latency);
-                else if (!VARIANT.has("nolatency")) instruments.latency.record(latency, g.latencyAttributes);
+                instruments.latency.record(Math.max(0, Date.now() - message.createdAt.getTime()) / 1000, g.latencyAttributes);
                 return;
               }
               const type = errorType(error);
@@ -324,7 +319,6 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
               span.setStatus({ code: api.SpanStatusCode.ERROR, message: `${failed} of ${g.messages} messages failed: ${reason}` });
             }
             if (g.sent > 0) instruments.sent.add(g.sent, g.attributes);
-            if (VARIANT.has("batchlatency") && g.sent > 0) instruments.latency.record(g.latencyMax, g.latencyAttributes);
             instruments.sendDuration.record(secondsSince(g.started), durationAttributes);
             span.end();
           }
