@@ -15,6 +15,7 @@ import { continueTrace, type OutboxMessage } from "../src/index.js";
 import { headersOf, PublishRejectedError } from "../src/outbox/publishers/common.js";
 import { redisStreamFields } from "../src/outbox/publishers/redis.js";
 import { webhookPublisher } from "../src/outbox/publishers/webhook.js";
+import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { parentOf, registerTestTelemetry, type TestTelemetry } from "./support/telemetry.js";
@@ -331,6 +332,40 @@ describe("outbox", () => {
     expect(await otel.total("messaging.client.sent.messages", { ...attrs, "error.type": "PublishRejectedError" })).toBe(1);
     expect(await otel.total("txonce.outbox.publish.latency", attrs)).toBe(3);
     expect(await otel.total("messaging.client.operation.duration", { ...attrs, "error.type": "PublishRejectedError" })).toBe(1);
+  });
+
+  test("the links read the stored contexts: a traceparent alone, one with a tracestate, and none from an invalid one", async () => {
+    const topic = unique("stored");
+    const ids = (n: number) => [n.toString(16).padStart(32, "0"), n.toString(16).padStart(16, "0")] as const;
+    const [t1, s1] = ids(1);
+    const [t2, s2] = ids(2);
+    const message = (i: number, traceContext: Record<string, string>): OutboxMessage => ({
+      id: `0197f0aa-0000-7000-8000-${String(i).padStart(12, "0")}`, seq: String(i), topic, key: null, payload: i,
+      encodedPayload: String(i), headers: {}, createdAt: new Date(), attempts: 1, traceContext,
+    });
+    const messages = [
+      message(1, { traceparent: `00-${t1}-${s1}-00` }),
+      message(2, { traceparent: `00-${t2}-${s2}-01`, tracestate: "vendor=v" }),
+      message(3, { traceparent: `00-${"0".repeat(32)}-${s1}-01` }), // an invalid trace id
+      message(4, { traceparent: "not a traceparent" }),
+    ];
+    const handed: OutboxMessage[] = [];
+    const batch = outboxTelemetry({})!.sendBatch("memory");
+    for (const m of messages) {
+      const sending = batch.send(m, async (h) => void handed.push(h));
+      await sending.published;
+      sending.end();
+    }
+    batch.end();
+    const [send] = otel.spansNamed(`send ${topic}`);
+    expect(send!.attributes["messaging.batch.message_count"]).toBe(4);
+    expect(send!.links.map((l) => [l.context.traceId, l.context.spanId, l.context.traceFlags, l.context.traceState?.get("vendor")])).toEqual([
+      [t1, s1, 0, undefined],
+      [t2, s2, 1, "v"],
+    ]);
+    // The messages with no valid creation context are handed over with the batch span's.
+    const own = { traceparent: `00-${send!.spanContext().traceId}-${send!.spanContext().spanId}-01` };
+    expect(handed.map((h) => h.traceContext)).toEqual([messages[0]!.traceContext, messages[1]!.traceContext, own, own]);
   });
 
   test("a message enqueued outside any trace gets the send span's context in its headers", async () => {
