@@ -82,7 +82,7 @@ for (const p of PUBLISHERS) if (p !== "noop" && p !== "rabbitmq") throw new Erro
 const BEFORE_SRC = process.env.TELEMETRY_BEFORE_SRC;
 const RABBITMQ_URL = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672";
 
-type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled" | "SDK, before" ;
+type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled" | "SDK, before";
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
 /** The relay's modes: also the SDK with a sampler that records 1% of the traces it starts (and the tree before). */
 const RELAY_MODES: Mode[] = [...MODES, "SDK, 1% sampled", ...(BEFORE_SRC ? (["SDK, before"] as const) : [])].filter(
