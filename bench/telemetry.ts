@@ -29,12 +29,22 @@
  *    amqp://guest:guest@127.0.0.1:5672) with txonce's shipped publisher (confirm channel,
  *    persistent messages) instead: a throwaway topic exchange and a durable queue bound to it,
  *    purged after each drain (outside the timing) and deleted at the end. If the broker does not
- *    answer, the relay part says so and is skipped.
+ *    answer, the relay part says so and is skipped. TELEMETRY_PUBLISHER=noop,rabbitmq runs both,
+ *    one table each, and the run ends with one line per publisher: the SDK's ratio to off and to
+ *    the SDK with txonce's telemetry off (what txonce's telemetry itself costs).
+ *    TELEMETRY_BEFORE_SRC=/path/src adds the mode "SDK, before": another source tree's txonce
+ *    (e.g. `git archive <commit> src` unpacked beside a node_modules link and a package.json),
+ *    drained in the same rounds, and its send telemetry in part 3. TELEMETRY_MODES="SDK;SDK,
+ *    txonce off" (";" between modes) drains only those, and off.
+ * 3. The relay's telemetry alone (TELEMETRY_PARTS=send): batches of 100 messages of one topic
+ *    through `sendBatch` (one send span per batch, a link per message, the metrics) and a
+ *    publish that resolves at once; Node CPU per message, no relay or database.
  *
  * The targets (issue 12): no SDK costs nothing measurable; the SDK at most 5% of first-execution
  * and relay throughput.
  */
 import { randomBytes } from "node:crypto";
+import { pathToFileURL } from "node:url";
 import amqplib from "amqplib";
 import { context, metrics, propagation, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
@@ -59,15 +69,26 @@ const MESSAGES = Math.max(100, Math.round(env("TELEMETRY_MESSAGES", 5000)));
 const ACCOUNT = "bench";
 /** Which parts run: "stub" (0), "first" (1), "relay" (2), "send" (3); default all four. */
 const PARTS = (process.env.TELEMETRY_PARTS ?? "stub,first,relay,send").split(",");
-/** Where the relay part publishes: "noop" (a publisher that resolves at once, the default) or "rabbitmq". */
-const PUBLISHER = process.env.TELEMETRY_PUBLISHER ?? "noop";
-if (PUBLISHER !== "noop" && PUBLISHER !== "rabbitmq") throw new Error(`TELEMETRY_PUBLISHER=${PUBLISHER}: expected noop or rabbitmq`);
+/**
+ * Where the relay part publishes, one drain table each: "noop" (a publisher that resolves at
+ * once, the default), "rabbitmq", or both ("noop,rabbitmq").
+ */
+const PUBLISHERS = (process.env.TELEMETRY_PUBLISHER ?? "noop").split(",");
+for (const p of PUBLISHERS) if (p !== "noop" && p !== "rabbitmq") throw new Error(`TELEMETRY_PUBLISHER=${p}: expected noop, rabbitmq or both`);
+/**
+ * Another source tree's src/ (e.g. `git archive <commit> src` unpacked beside a node_modules link):
+ * its txonce drains too, with the SDK, as the mode "SDK, before" (the relay and send parts).
+ */
+const BEFORE_SRC = process.env.TELEMETRY_BEFORE_SRC;
 const RABBITMQ_URL = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672";
 
-type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled";
+type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled" | "SDK, before";
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
-/** The relay's modes: also the SDK with a sampler that records 1% of the traces it starts. */
-const RELAY_MODES: Mode[] = [...MODES, "SDK, 1% sampled"];
+/** The relay's modes: also the SDK with a sampler that records 1% of the traces it starts (and the tree before). */
+const RELAY_MODES: Mode[] = [...MODES, "SDK, 1% sampled", ...(BEFORE_SRC ? (["SDK, before"] as const) : [])].filter(
+  // TELEMETRY_MODES="SDK,SDK, txonce off" ... (separated by ";"): only those in the relay part (and off, the reference).
+  (mode) => mode === "off" || !process.env.TELEMETRY_MODES || process.env.TELEMETRY_MODES.split(";").includes(mode),
+);
 const telemetryOf = (mode: Mode) => ({ enabled: mode !== "off" && mode !== "SDK, txonce off" });
 
 /** Counts what it is handed and drops it. */
@@ -137,9 +158,12 @@ async function closedLoop(concurrency: number, seconds: number, op: () => Promis
 
 export async function telemetryBench({ prisma, pool }: BenchContext) {
   log("Telemetry (issue 12)");
-  log(`settings: ${ROUNDS} interleaved rounds per mode; first execution ${SECONDS}s per round at concurrency ${CONCURRENCY.join(" and ")}; relay ${num(MESSAGES)} unkeyed messages per drain, publisher ${PUBLISHER === "rabbitmq" ? `RabbitMQ (${RABBITMQ_URL})` : "no-op"}`);
-  log(`load: ${loadavg()}`);
-  const instances = Object.fromEntries(RELAY_MODES.map((mode) => [mode, txonce(prisma, { telemetry: telemetryOf(mode) })])) as Record<Mode, ReturnType<typeof txonce>>;
+  log(`settings: ${ROUNDS} interleaved rounds per mode; first execution ${SECONDS}s per round at concurrency ${CONCURRENCY.join(" and ")}; relay ${num(MESSAGES)} unkeyed messages per drain, publisher ${PUBLISHERS.map((p) => (p === "rabbitmq" ? `RabbitMQ (${RABBITMQ_URL})` : "no-op")).join(", then ")}${BEFORE_SRC ? `; "SDK, before" is ${BEFORE_SRC}` : ""}`);
+  log(`node ${process.version}, load: ${loadavg()}`);
+  const before = BEFORE_SRC ? ((await import(pathToFileURL(`${BEFORE_SRC}/adapters/prisma.ts`).href)) as { txonce: typeof txonce }).txonce : undefined;
+  const instances = Object.fromEntries(
+    RELAY_MODES.map((mode) => [mode, mode === "SDK, before" ? before!(prisma) : txonce(prisma, { telemetry: telemetryOf(mode) })]),
+  ) as Record<Mode, ReturnType<typeof txonce>>;
 
   // 0. txonce's own CPU per call, on a stub.
   const claimed: Row[] = [{ created_at: new Date(), expires_at: new Date(Date.now() + 3_600_000), xact: "1" }];
@@ -242,57 +266,68 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     await relay.stop();
     return { rate: n / seconds, cpuUsPerMsg: (cpu.user + cpu.system) / n };
   };
-  const broker = PARTS.includes("relay") && PUBLISHER === "rabbitmq" ? await rabbitmqTarget() : undefined;
-  const runRelay = PARTS.includes("relay") && (PUBLISHER === "noop" || broker !== undefined);
-  const publisher: Publisher | Publisher["publish"] = broker?.publisher ?? (async () => {});
-  let routed = 0;
-  const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
-  try {
-    if (broker) {
-      // Warm-up: the publisher's connection and confirm channel, and the broker's queue.
-      enter("off");
-      await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
-      await enqueue(instances.off, 1000);
-      await drain(instances.off, 1000, publisher);
-      await broker.purge();
-    }
-    for (let round = 0; runRelay && round < ROUNDS; round++) {
-      const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
-      for (let i = 0; i < RELAY_MODES.length; i++) {
-        const mode = RELAY_MODES[(i + round) % RELAY_MODES.length]!;
-        enter(mode);
+  const summary: string[] = [];
+  for (const publisherName of PARTS.includes("relay") ? PUBLISHERS : []) {
+    const broker = publisherName === "rabbitmq" ? await rabbitmqTarget() : undefined;
+    const runRelay = publisherName === "noop" || broker !== undefined;
+    const publisher: Publisher | Publisher["publish"] = broker?.publisher ?? (async () => {});
+    let routed = 0;
+    const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
+    try {
+      if (broker) {
+        // Warm-up: the publisher's connection and confirm channel, and the broker's queue.
+        enter("off");
         await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
-        await enqueue(instances[mode], MESSAGES);
-        await pool.query("VACUUM ANALYZE txonce_outbox_messages");
-        result[mode] = await drain(instances[mode], MESSAGES, publisher);
-        if (broker) routed += await broker.purge();
+        await enqueue(instances.off, 1000);
+        await drain(instances.off, 1000, publisher);
+        await broker.purge();
       }
-      drains.push(result);
+      for (let round = 0; runRelay && round < ROUNDS; round++) {
+        const result = {} as Record<Mode, { rate: number; cpuUsPerMsg: number }>;
+        for (let i = 0; i < RELAY_MODES.length; i++) {
+          const mode = RELAY_MODES[(i + round) % RELAY_MODES.length]!;
+          enter(mode);
+          await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
+          await enqueue(instances[mode], MESSAGES);
+          await pool.query("VACUUM ANALYZE txonce_outbox_messages");
+          result[mode] = await drain(instances[mode], MESSAGES, publisher);
+          if (broker) routed += await broker.purge();
+        }
+        drains.push(result);
+      }
+    } finally {
+      await broker?.close();
     }
-  } finally {
-    await broker?.close();
-  }
-  if (runRelay) log();
-  if (runRelay) log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker, ${broker ? "to RabbitMQ (txonce's publisher, confirms, persistent messages, a durable queue)" : "no-op publisher"} (load ${loadavg()}):`);
-  if (runRelay) table(
-    ["mode", "messages/s", "ratio to off", "min-max ratio", "Node CPU µs/msg"],
-    RELAY_MODES.map((mode) => {
-      const ratios = drains.map((r) => r[mode].rate / r.off.rate);
-      return [
-        mode,
-        num(median(drains.map((r) => r[mode].rate))),
-        `${fmt(median(ratios), 3)}x`,
-        `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
-        num(median(drains.map((r) => r[mode].cpuUsPerMsg))),
-      ];
-    }),
-  );
-  if (broker) {
-    const published = MESSAGES * ROUNDS * RELAY_MODES.length;
-    log(`RabbitMQ's queue held ${num(routed)} of the ${num(published)} messages the rounds published when purged after each drain${routed === published ? " (every one routed)" : ""}.`);
+    if (!runRelay) continue;
+    const what = broker ? "to RabbitMQ (txonce's publisher, confirms, persistent messages, a durable queue)" : "no-op publisher";
+    log();
+    log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker, ${what} (load ${loadavg()}):`);
+    const ratio = (mode: Mode, to: Mode) => (RELAY_MODES.includes(mode) && RELAY_MODES.includes(to) ? median(drains.map((r) => r[mode].rate / r[to].rate)) : NaN);
+    table(
+      ["mode", "messages/s", "ratio to off", "min-max ratio", "to SDK, txonce off", "Node CPU µs/msg"],
+      RELAY_MODES.map((mode) => {
+        const ratios = drains.map((r) => r[mode].rate / r.off.rate);
+        return [
+          mode,
+          num(median(drains.map((r) => r[mode].rate))),
+          `${fmt(median(ratios), 3)}x`,
+          `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
+          mode.startsWith("SDK") ? `${fmt(ratio(mode, "SDK, txonce off"), 3)}x` : "",
+          num(median(drains.map((r) => r[mode].cpuUsPerMsg))),
+        ];
+      }),
+    );
+    if (broker) {
+      const published = MESSAGES * ROUNDS * RELAY_MODES.length;
+      log(`RabbitMQ's queue held ${num(routed)} of the ${num(published)} messages the rounds published when purged after each drain${routed === published ? " (every one routed)" : ""}.`);
+    }
+    summary.push(
+      `relay, ${broker ? "RabbitMQ" : "no-op publisher"}: SDK ${fmt(ratio("SDK", "off"), 3)}x of off, ${fmt(ratio("SDK", "SDK, txonce off"), 3)}x of the SDK with txonce off` +
+        (BEFORE_SRC ? `; before: ${fmt(ratio("SDK, before", "off"), 3)}x and ${fmt(ratio("SDK, before", "SDK, txonce off"), 3)}x` : ""),
+    );
   }
 
-  // 3. The relay's telemetry alone: the send span and metrics of one message, without the relay.
+  // 3. The relay's telemetry alone: batches of send telemetry (a span per batch, a link and metrics per message), without the relay.
   if (PARTS.includes("send")) {
     const publish = async () => {};
     const batch: OutboxMessage[] = Array.from({ length: 100 }, (_, i) => ({
@@ -300,17 +335,31 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
       encodedPayload: "{}", headers: {}, createdAt: new Date(), attempts: 1,
       traceContext: { traceparent: `00-${(i + 1).toString(16).padStart(32, "0")}-${(i + 1).toString(16).padStart(16, "0")}-01` },
     }));
-    const sendModes: Mode[] = ["off", "SDK", "SDK, 1% sampled"];
-    const telemetries = Object.fromEntries(sendModes.map((mode) => [mode, outboxTelemetry(telemetryOf(mode))]));
+    const sendModes: Mode[] = ["off", "SDK", "SDK, 1% sampled", ...(BEFORE_SRC ? (["SDK, before"] as const) : [])];
+    const telemetries = Object.fromEntries(sendModes.map((mode) => [mode, mode === "SDK, before" ? undefined : outboxTelemetry(telemetryOf(mode))]));
+    type OldTelemetry = { send(m: OutboxMessage, system: string, publish: () => Promise<void>): { published: Promise<void>; end(): void } };
+    const old = BEFORE_SRC
+      ? ((await import(pathToFileURL(`${BEFORE_SRC}/telemetry/outbox.ts`).href)) as { outboxTelemetry: (o: object) => OldTelemetry }).outboxTelemetry({})
+      : undefined;
     const perMessage = async (mode: Mode, n: number) => {
       const telemetry = telemetries[mode];
       const cpu0 = process.cpuUsage();
       for (let b = 0; b < n / batch.length; b++) {
+        if (mode === "SDK, before") {
+          await Promise.all(batch.map(async (m) => {
+            const sending = old!.send(m, "txonce", publish);
+            await sending.published;
+            sending.end();
+          }));
+          continue;
+        }
+        const sends = telemetry?.sendBatch("txonce");
         await Promise.all(batch.map(async (m) => {
-          const sending = telemetry?.send(m, "txonce", publish);
+          const sending = sends?.send(m, publish);
           await (sending?.published ?? publish());
           sending?.end();
         }));
+        sends?.end();
       }
       const cpu = process.cpuUsage(cpu0);
       return (cpu.user + cpu.system) / n;
@@ -326,7 +375,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
       if (round > 0) sendRounds.push(result); // round 0 warms up
     }
     log();
-    log(`The relay's telemetry per message, no relay or database: a send span (linked to a stored creation context) and its metrics, 50,000 messages per mode and round (load ${loadavg()}):`);
+    log(`The relay's telemetry per message, no relay or database: batches of 100 messages of one topic, one send span per batch linked to each message's stored creation context, and the metrics; 50,000 messages per mode and round (load ${loadavg()}):`);
     table(
       ["mode", "µs/message", "added to off"],
       sendModes.map((mode) => [mode, fmt(median(sendRounds.map((r) => r[mode]!)), 2), `${fmt(median(sendRounds.map((r) => r[mode]! - r.off!)), 2)} µs`]),
@@ -337,6 +386,10 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   await tracerProvider.forceFlush();
   await sampledTracerProvider.forceFlush();
   await meterProvider.forceFlush();
+  if (summary.length > 0) {
+    log();
+    for (const line of summary) log(line);
+  }
   log();
   log(`The SDK's exporters got ${num(spanExporter.spans)} spans and ${num(metricExporter.exports)} metric exports in all (they were live).`);
   enter("off");

@@ -15,6 +15,7 @@ import { continueTrace, type OutboxMessage } from "../src/index.js";
 import { headersOf, PublishRejectedError } from "../src/outbox/publishers/common.js";
 import { redisStreamFields } from "../src/outbox/publishers/redis.js";
 import { webhookPublisher } from "../src/outbox/publishers/webhook.js";
+import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
 import { createTestDatabase, type TestDatabase } from "./support/database.js";
 import { parentOf, registerTestTelemetry, type TestTelemetry } from "./support/telemetry.js";
@@ -189,11 +190,17 @@ describe("outbox", () => {
       const traceparent = `00-${create!.spanContext().traceId}-${create!.spanContext().spanId}-01`;
       expect(message!.traceContext).toEqual({ traceparent });
       expect(headersOf(message!)).toMatchObject({ traceparent, "txonce-message-id": id });
-      // The relay's send span: a trace of its own, linked to the creation context.
+      // The relay's send span (a batch of one): a trace of its own, linked to the creation context.
       expect(send!.kind).toBe(SpanKind.CLIENT);
       expect(send!.parentSpanContext).toBeUndefined();
       expect(send!.links.map((l) => l.context.spanId)).toEqual([create!.spanContext().spanId]);
-      expect(send!.attributes).toMatchObject({ "messaging.system": "memory", "messaging.operation.type": "send", "messaging.destination.name": topic, "messaging.message.id": id });
+      expect(send!.attributes).toMatchObject({
+        "messaging.system": "memory",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+        "messaging.message.id": id,
+        "messaging.batch.message_count": 1,
+      });
       // The consumer: child of the create span, in the request's trace; the inbox inside it.
       expect(process!.kind).toBe(SpanKind.CONSUMER);
       expect(parentOf(process!, spans)).toBe(create);
@@ -239,7 +246,8 @@ describe("outbox", () => {
       expect(sum((a) => a["messaging.destination.name"] === poison && a["error.type"] === "PublishRejectedError")).toBe(1);
       expect(await otel.total("txonce.outbox.messages.dead_lettered", { "messaging.destination.name": poison, "messaging.system": "memory" })).toBe(1);
       expect(await otel.total("txonce.outbox.publish.latency", attrs)).toBe(3);
-      expect(await otel.total("messaging.client.operation.duration", attrs)).toBe(4);
+      // One send operation per batch: the first three together, then the flaky one's retry.
+      expect(await otel.total("messaging.client.operation.duration", attrs)).toBe(2);
       // Gauges: the delayed message pending, the poison message dead, read in one query per collection.
       const gauge = async (name: string) => (await otel.points(name)).map((p) => p.value as number);
       expect(await gauge("txonce.outbox.messages.pending")).toEqual([1]);
@@ -250,6 +258,114 @@ describe("outbox", () => {
     } finally {
       await relay.stop();
     }
+  });
+
+  test("one send span per topic of a claimed batch, linked to each message's creation context, with the batch's count", async () => {
+    const t = txonce(db.prisma);
+    const received: OutboxMessage[] = [];
+    const [orders, refunds] = [unique("orders"), unique("refunds")];
+    // Eight messages in one transaction, each in its own request's trace: one claim takes them all.
+    await db.prisma.$transaction(async (tx) => {
+      for (const [i, topic] of [orders, orders, orders, orders, orders, refunds, refunds, refunds].entries()) {
+        await trace.getTracer("test").startActiveSpan(`request ${i}`, async (request) => {
+          await t.outbox.enqueue(tx, { topic, payload: i });
+          request.end();
+        });
+      }
+    });
+    const relay = t.outbox.relay({ publisher: { system: "memory", publish: async (m) => void received.push(m) }, pollInterval: 20 });
+    await relay.start();
+    try {
+      await until(() => received.length === 8 && otel.spansNamed(`send ${orders}`).length + otel.spansNamed(`send ${refunds}`).length === 2);
+    } finally {
+      await relay.stop();
+    }
+    for (const [topic, n] of [[orders, 5], [refunds, 3]] as const) {
+      const sends = otel.spansNamed(`send ${topic}`);
+      expect(sends).toHaveLength(1);
+      const [send] = sends;
+      const creates = otel.spansNamed(`create ${topic}`);
+      expect(creates).toHaveLength(n);
+      expect(send!.kind).toBe(SpanKind.CLIENT);
+      expect(send!.attributes).toMatchObject({ "messaging.system": "memory", "messaging.destination.name": topic, "messaging.batch.message_count": n });
+      expect(send!.attributes["messaging.message.id"]).toBeUndefined();
+      expect(new Set(send!.links.map((l) => l.context.spanId))).toEqual(new Set(creates.map((c) => c.spanContext().spanId)));
+      expect(new Set(send!.links.map((l) => l.context.traceId))).toEqual(new Set(creates.map((c) => c.spanContext().traceId)));
+      expect(send!.status.code).not.toBe(SpanStatusCode.ERROR);
+      // Each message still carries its own creation context to the broker, not the batch span's.
+      for (const m of received.filter((m) => m.topic === topic)) {
+        const create = creates.find((c) => c.attributes["messaging.message.id"] === m.id)!;
+        expect(m.traceContext).toEqual({ traceparent: `00-${create.spanContext().traceId}-${create.spanContext().spanId}-01` });
+      }
+    }
+    expect(await otel.total("messaging.client.operation.duration", { "messaging.destination.name": orders })).toBe(1); // one operation
+    expect(await otel.total("messaging.client.sent.messages", { "messaging.destination.name": orders })).toBe(5);
+    expect(await otel.total("txonce.outbox.publish.latency", { "messaging.destination.name": orders })).toBe(5);
+  });
+
+  test("a failed message in a batch: the span's status, count and an event naming it; the metrics by outcome", async () => {
+    const t = txonce(db.prisma);
+    const topic = unique("partial");
+    let failedId: string | undefined;
+    const publish = async (m: OutboxMessage) => {
+      if (m.payload === "bad" && failedId === undefined) {
+        failedId = m.id;
+        throw new PublishRejectedError("broker said no", m.id);
+      }
+    };
+    await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, [{ topic, payload: 1 }, { topic, payload: "bad" }, { topic, payload: 3 }]));
+    const relay = t.outbox.relay({ publisher: { system: "memory", publish }, pollInterval: 20, backoff: { initial: 10, max: 10 }, logger: false });
+    await relay.start();
+    try {
+      await until(() => otel.spansNamed(`send ${topic}`).length === 2); // the batch, then the retry
+    } finally {
+      await relay.stop();
+    }
+    const [batch, retry] = otel.spansNamed(`send ${topic}`).sort((a, b) => (b.attributes["messaging.batch.message_count"] as number) - (a.attributes["messaging.batch.message_count"] as number));
+    expect(batch!.attributes).toMatchObject({ "messaging.batch.message_count": 3, "error.type": "PublishRejectedError", "txonce.outbox.send.failed_count": 1 });
+    expect(batch!.status).toEqual({ code: SpanStatusCode.ERROR, message: "1 of 3 messages failed: broker said no" });
+    expect(batch!.events.map((e) => [e.name, e.attributes?.["messaging.message.id"], e.attributes?.["exception.type"]])).toEqual([["exception", failedId, "PublishRejectedError"]]);
+    expect(retry!.attributes).toMatchObject({ "messaging.batch.message_count": 1, "messaging.message.id": failedId });
+    expect(retry!.status.code).not.toBe(SpanStatusCode.ERROR);
+    const attrs = { "messaging.destination.name": topic };
+    expect(await otel.total("messaging.client.sent.messages", attrs)).toBe(4);
+    expect(await otel.total("messaging.client.sent.messages", { ...attrs, "error.type": "PublishRejectedError" })).toBe(1);
+    expect(await otel.total("txonce.outbox.publish.latency", attrs)).toBe(3);
+    expect(await otel.total("messaging.client.operation.duration", { ...attrs, "error.type": "PublishRejectedError" })).toBe(1);
+  });
+
+  test("the links read the stored contexts: a traceparent alone, one with a tracestate, and none from an invalid one", async () => {
+    const topic = unique("stored");
+    const ids = (n: number) => [n.toString(16).padStart(32, "0"), n.toString(16).padStart(16, "0")] as const;
+    const [t1, s1] = ids(1);
+    const [t2, s2] = ids(2);
+    const message = (i: number, traceContext: Record<string, string>): OutboxMessage => ({
+      id: `0197f0aa-0000-7000-8000-${String(i).padStart(12, "0")}`, seq: String(i), topic, key: null, payload: i,
+      encodedPayload: String(i), headers: {}, createdAt: new Date(), attempts: 1, traceContext,
+    });
+    const messages = [
+      message(1, { traceparent: `00-${t1}-${s1}-00` }),
+      message(2, { traceparent: `00-${t2}-${s2}-01`, tracestate: "vendor=v" }),
+      message(3, { traceparent: `00-${"0".repeat(32)}-${s1}-01` }), // an invalid trace id
+      message(4, { traceparent: "not a traceparent" }),
+    ];
+    const handed: OutboxMessage[] = [];
+    const batch = outboxTelemetry({})!.sendBatch("memory");
+    for (const m of messages) {
+      const sending = batch.send(m, async (h) => void handed.push(h));
+      await sending.published;
+      sending.end();
+    }
+    batch.end();
+    const [send] = otel.spansNamed(`send ${topic}`);
+    expect(send!.attributes["messaging.batch.message_count"]).toBe(4);
+    expect(send!.links.map((l) => [l.context.traceId, l.context.spanId, l.context.traceFlags, l.context.traceState?.get("vendor")])).toEqual([
+      [t1, s1, 0, undefined],
+      [t2, s2, 1, "v"],
+    ]);
+    // The messages with no valid creation context are handed over with the batch span's.
+    const own = { traceparent: `00-${send!.spanContext().traceId}-${send!.spanContext().spanId}-01` };
+    expect(handed.map((h) => h.traceContext)).toEqual([messages[0]!.traceContext, messages[1]!.traceContext, own, own]);
   });
 
   test("a message enqueued outside any trace gets the send span's context in its headers", async () => {
@@ -271,6 +387,10 @@ describe("outbox", () => {
     expect(send!.links).toEqual([]);
     expect(send!.attributes["messaging.system"]).toBe("txonce");
     expect(received[0]!.traceContext).toEqual({ traceparent: `00-${send!.spanContext().traceId}-${send!.spanContext().spanId}-01` });
+    // A consumer continues it: its process span is the send span's child, in its trace.
+    await continueTrace({ headers: headersOf(received[0]!), system: "memory" }, async () => {});
+    const [process] = otel.spansNamed(`process ${topic}`);
+    expect(parentOf(process!, otel.spans.getFinishedSpans())).toBe(send);
   });
 });
 

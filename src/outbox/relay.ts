@@ -10,7 +10,7 @@ import { listen, pgListenConnection, type ListenClientLike, type Listener } from
 import type { OutboxMessage, Publisher } from "./message.js";
 import { describeError, progressWriter, type Outcome } from "./progress.js";
 import { consoleLogger, type RelayLogger } from "./relay-logger.js";
-import { OUTBOX_SYSTEM, type BacklogReading, type OutboxTelemetry } from "../telemetry/outbox.js";
+import { OUTBOX_SYSTEM, type BacklogReading, type OutboxTelemetry, type SendBatch } from "../telemetry/outbox.js";
 
 /** Options of a relay. */
 export interface RelayOptions {
@@ -243,7 +243,7 @@ export function createRelay(
   });
 
   /** Hands one message to the publisher and records the attempt; resolves to whether it was published. */
-  const attempt = async (row: Row, token: string): Promise<boolean> => {
+  const attempt = async (row: Row, token: string, batch: SendBatch | undefined): Promise<boolean> => {
     let message: OutboxMessage;
     try {
       message = toMessage(row);
@@ -253,8 +253,8 @@ export function createRelay(
       return false;
     }
     let timer: NodeJS.Timeout | undefined;
-    // telemetry: the publish runs in a `send {topic}` span, ended with its outcome below
-    const sending = telemetry?.send(message, system, config.publish);
+    // telemetry: the publish is part of its topic's `send` span in the batch, its outcome recorded below
+    const sending = batch?.send(message, config.publish);
     try {
       const published = sending?.published ?? (async () => config.publish(message))();
       progress.started(message, token);
@@ -322,7 +322,7 @@ export function createRelay(
     };
     const handOver = async (row: Row) => {
       try {
-        return await attempt(row, token);
+        return await attempt(row, token, batch);
       } finally {
         unwritten++;
         ended++;
@@ -342,6 +342,8 @@ export function createRelay(
     const handBack = (run: Row[]) => {
       for (const row of run) progress.ended({ id: row.id as string }, token, { kind: "released" });
     };
+    // telemetry: one `send {topic}` span per topic of the batch, ended once every publish ended
+    const batch = telemetry?.sendBatch(system);
     await Promise.all([
       ...unkeyed.map((row) => handOver(row)),
       ...[...runs.values()].map(async (run) => {
@@ -352,7 +354,7 @@ export function createRelay(
           if (!(await handOver(run[i]!))) return handBack(run.slice(i + 1));
         }
       }),
-    ]);
+    ]).finally(() => batch?.end());
   };
 
   const work = async () => {

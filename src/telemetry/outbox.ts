@@ -1,12 +1,14 @@
 /**
  * Telemetry of the outbox, by OpenTelemetry's messaging conventions: `enqueue` writes each message
  * in a `create {topic}` span and stores that span's context with it (the creation context); the
- * relay publishes each message in a `send {topic}` span linked to it, and the publishers carry
- * the creation context in the broker's own headers, where a consumer picks it up
- * ({@link continueTrace} in consumer.ts). Metrics: messages sent (and failed: `error.type`), dead
- * letters, commit-to-publish latency, and the backlog as observable gauges.
+ * relay publishes a claimed batch in one `send {topic}` span per topic (batch sending, by the
+ * conventions), linked to each message's creation context, and the publishers carry the creation
+ * context in the broker's own headers, where a consumer picks it up ({@link continueTrace} in
+ * consumer.ts). Metrics: messages sent (and failed: `error.type`) and the send operations'
+ * duration, per batch; commit-to-publish latency, per message; dead letters; and the backlog as
+ * observable gauges.
  */
-import type { Context, Counter, Histogram, ObservableGauge, Span } from "@opentelemetry/api";
+import type { Context, Counter, Histogram, ObservableGauge, Span, SpanContext } from "@opentelemetry/api";
 import type { OutboxMessage } from "../outbox/message.js";
 import type { OtelApi } from "./otel.js";
 import { DURATION_BUCKETS, errorType, Instrumentation, secondsSince, telemetryApi, type Attributes } from "./telemetry.js";
@@ -19,7 +21,33 @@ export const MessagingAttributes = {
   operationType: "messaging.operation.type",
   destination: "messaging.destination.name",
   messageId: "messaging.message.id",
+  batchMessageCount: "messaging.batch.message_count",
 } as const;
+
+/** On a failed `send` span: how many of its messages failed (its events name each one). */
+export const FAILED_COUNT = "txonce.outbox.send.failed_count";
+
+/** A topic's messages in one batch: its span, and what its end records. */
+interface SendGroup {
+  readonly span: Span;
+  readonly attributes: Attributes;
+  readonly latencyAttributes: Attributes;
+  readonly started: number;
+  readonly firstId: string;
+  messages: number;
+  sent: number;
+  failed: Map<string, number> | undefined;
+  firstError: unknown;
+  /** The span's context as the propagator writes it, for messages stored without one (null: it writes nothing). */
+  carrier: Record<string, string> | null | undefined;
+  context: Context | undefined;
+}
+
+/** The batch when no SDK is registered: the publishes, nothing else. */
+const UNTRACED_BATCH: SendBatch = {
+  send: (message, publish) => ({ published: (async () => publish(message))(), end() {} }),
+  end() {},
+};
 
 export const OutboxMetrics = {
   /** Publish attempts, with `error.type` when the broker did not take the message. */
@@ -50,12 +78,28 @@ export interface BacklogReading {
   readonly oldestAgeMs: number;
 }
 
-/** One publish under way in its `send` span. */
+/** One publish under way in its batch's `send` span. */
 export interface Sending {
   /** The publisher's promise. */
   readonly published: Promise<void>;
-  /** Ends the span and records the attempt: published (no error) or failed. */
+  /** Records the message's outcome in its batch: published (no error) or failed. */
   end(error?: unknown): void;
+}
+
+/**
+ * The messages of one claim handed to the publisher: one `send {topic}` span per topic among
+ * them, linked to each message's creation context, ended (with the operation's duration and the
+ * counts) by {@link SendBatch.end}.
+ */
+export interface SendBatch {
+  /**
+   * Hands `message` to `publish`, in the batch span of its topic (opened by its first message).
+   * A message stored without a creation context (enqueued untraced) is handed over with the
+   * batch span's context instead, so consumers still get one.
+   */
+  send(message: OutboxMessage, publish: (message: OutboxMessage) => Promise<void>): Sending;
+  /** Ends the batch's spans and records their metrics, once every message sent has ended. */
+  end(): void;
 }
 
 export interface OutboxTelemetry {
@@ -65,12 +109,8 @@ export interface OutboxTelemetry {
    * that ends the spans once the messages are written (or failed to be).
    */
   create(messages: readonly { readonly id: string; readonly topic: string }[]): { traceContexts: (string | null)[]; end(error?: unknown): void };
-  /**
-   * Runs `publish` in a `send {topic}` span, linked to the message's creation context. A message
-   * stored without one (enqueued untraced) is handed to `publish` with the send span's context
-   * instead, so consumers still get one.
-   */
-  send(message: OutboxMessage, system: string, publish: (message: OutboxMessage) => Promise<void>): Sending;
+  /** A batch of publishes by a publisher of `system` (a claim's hand-off). */
+  sendBatch(system: string): SendBatch;
   /** A message was dead-lettered (its topic unknown when its payload could not be read). */
   deadLettered(topic: string | undefined, system: string): void;
   /**
@@ -145,6 +185,16 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
     }
     return attributes;
   };
+  const latencyAttributesBy = new WeakMap<Attributes, Attributes>();
+  /** The latency's attributes: the send attributes' system and destination (fewer attributes, less for the SDK to hash per record). */
+  const latencyAttributes = (attributes: Attributes): Attributes => {
+    let latency = latencyAttributesBy.get(attributes);
+    if (!latency) {
+      latency = Object.freeze({ [MessagingAttributes.system]: attributes[MessagingAttributes.system], [MessagingAttributes.destination]: attributes[MessagingAttributes.destination] });
+      latencyAttributesBy.set(attributes, latency);
+    }
+    return latency;
+  };
   const failedAttributesBy = new WeakMap<Attributes, Map<string, Attributes>>();
   const failedAttributes = (attributes: Attributes, type: string): Attributes => {
     let byType = failedAttributesBy.get(attributes);
@@ -157,26 +207,6 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
     }
     return failed;
   };
-  // Messages sent, added up per attribute set and added to the counter once per turn of the event
-  // loop: a batch published at once is one add, not one per message.
-  let counts = new Map<Counter, Map<Attributes, number>>();
-  let countScheduled = false;
-  const flushCounts = () => {
-    countScheduled = false;
-    const added = counts;
-    counts = new Map();
-    for (const [counter, byAttributes] of added) for (const [attributes, n] of byAttributes) counter.add(n, attributes);
-  };
-  const count = (counter: Counter, attributes: Attributes) => {
-    let byAttributes = counts.get(counter);
-    if (!byAttributes) counts.set(counter, (byAttributes = new Map()));
-    byAttributes.set(attributes, (byAttributes.get(attributes) ?? 0) + 1);
-    if (!countScheduled) {
-      countScheduled = true;
-      setImmediate(flushCounts);
-    }
-  };
-
   let observers = 0;
   let stopObserving: (() => void) | undefined;
 
@@ -204,51 +234,95 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
       };
     },
 
-    send(message, system, publish) {
-      if (!otel.active) return { published: (async () => publish(message))(), end() {} };
-      const attributes = sendAttributes(system, message.topic);
-      const creation = creationContext(api, message.traceContext);
-      // A root span: the relay's loop runs in whatever context start() was called in, which has
-      // nothing to do with the message. The trace it belongs to is the link's.
-      const span = otel.tracer.startSpan(
-        spanName("send", message.topic),
-        {
-          kind: creation ? SpanKind.CLIENT : SpanKind.PRODUCER,
-          attributes: {
-            [MessagingAttributes.system]: system,
-            [MessagingAttributes.operationName]: "send",
-            [MessagingAttributes.operationType]: "send",
-            [MessagingAttributes.destination]: message.topic,
-            [MessagingAttributes.messageId]: message.id,
+    sendBatch(system) {
+      if (!otel.active) return UNTRACED_BATCH;
+      const instruments = otel.instruments;
+      const groups = new Map<string, SendGroup>();
+      const open = (message: OutboxMessage, creation: SpanContext | undefined): SendGroup => {
+        // A root span: the relay's loop runs in whatever context start() was called in, which
+        // has nothing to do with the messages. The traces they belong to are the links'.
+        const span = otel.tracer.startSpan(
+          spanName("send", message.topic),
+          {
+            kind: creation ? SpanKind.CLIENT : SpanKind.PRODUCER,
+            attributes: {
+              [MessagingAttributes.system]: system,
+              [MessagingAttributes.operationName]: "send",
+              [MessagingAttributes.operationType]: "send",
+              [MessagingAttributes.destination]: message.topic,
+            },
+            links: creation ? [{ context: creation }] : undefined,
+            root: true,
           },
-          links: creation ? [{ context: creation }] : undefined,
-          root: true,
-        },
-        ROOT_CONTEXT,
-      );
-      const sendContext = trace.setSpan(ROOT_CONTEXT, span);
-      let handed = message;
-      if (!creation) {
-        const carrier = injected(sendContext);
-        if (carrier) handed = { ...message, traceContext: carrier };
-      }
-      const started = performance.now();
-      const published = context.with(sendContext, async () => publish(handed));
+          ROOT_CONTEXT,
+        );
+        const attributes = sendAttributes(system, message.topic);
+        const group: SendGroup = {
+          span, attributes, latencyAttributes: latencyAttributes(attributes), started: performance.now(), firstId: message.id,
+          messages: 0, sent: 0, failed: undefined, firstError: undefined, carrier: undefined, context: undefined,
+        };
+        groups.set(message.topic, group);
+        return group;
+      };
       return {
-        published,
-        end(error) {
-          const instruments = otel.instruments;
-          if (error === undefined) {
-            instruments.sendDuration.record(secondsSince(started), attributes);
-            instruments.latency.record(Math.max(0, Date.now() - message.createdAt.getTime()) / 1000, attributes);
-            count(instruments.sent, attributes);
-          } else {
-            const failed = failedAttributes(attributes, errorType(error));
-            instruments.sendDuration.record(secondsSince(started), failed);
-            count(instruments.sent, failed);
-            otel.failed(span, error);
+        send(message, publish) {
+          const creation = creationContext(api, message.traceContext);
+          let group = groups.get(message.topic);
+          if (!group) group = open(message, creation);
+          else if (creation) group.span.addLink({ context: creation });
+          group.messages++;
+          let handed = message;
+          if (!creation) {
+            group.context ??= trace.setSpan(ROOT_CONTEXT, group.span);
+            group.carrier ??= injected(group.context) ?? null;
+            if (group.carrier) handed = { ...message, traceContext: group.carrier };
           }
-          span.end();
+          // Not run in the span's context (context.with): the context manager would carry it
+          // into every promise of the broker's client, and a batch span is no one message's parent.
+          const published = (async () => publish(handed))();
+          const g = group;
+          return {
+            published,
+            end(error) {
+              if (error === undefined) {
+                g.sent++;
+                instruments.latency.record(Math.max(0, Date.now() - message.createdAt.getTime()) / 1000, g.latencyAttributes);
+                return;
+              }
+              const type = errorType(error);
+              (g.failed ??= new Map()).set(type, (g.failed.get(type) ?? 0) + 1);
+              g.firstError ??= error;
+              // The span's events say which messages failed; the status, how many.
+              const event: Attributes = { "exception.type": type, [MessagingAttributes.messageId]: message.id };
+              if (error instanceof Error) event["exception.message"] = error.message;
+              g.span.addEvent("exception", event);
+            },
+          };
+        },
+        end() {
+          for (const g of groups.values()) {
+            const { span } = g;
+            span.setAttribute(MessagingAttributes.batchMessageCount, g.messages);
+            if (g.messages === 1) span.setAttribute(MessagingAttributes.messageId, g.firstId);
+            let durationAttributes = g.attributes;
+            if (g.failed) {
+              const type = errorType(g.firstError);
+              let failed = 0;
+              for (const [failedType, n] of g.failed) {
+                failed += n;
+                instruments.sent.add(n, failedAttributes(g.attributes, failedType));
+              }
+              durationAttributes = failedAttributes(g.attributes, type);
+              span.setAttribute("error.type", type);
+              span.setAttribute(FAILED_COUNT, failed);
+              const reason = g.firstError instanceof Error ? g.firstError.message : String(g.firstError);
+              span.setStatus({ code: api.SpanStatusCode.ERROR, message: `${failed} of ${g.messages} messages failed: ${reason}` });
+            }
+            if (g.sent > 0) instruments.sent.add(g.sent, g.attributes);
+            instruments.sendDuration.record(secondsSince(g.started), durationAttributes);
+            span.end();
+          }
+          groups.clear();
         },
       };
     },
@@ -287,8 +361,29 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
   };
 }
 
-/** The valid span context in a stored creation context, if any. */
-function creationContext(api: OtelApi, carrier: Readonly<Record<string, string>> = {}) {
+/** A W3C `traceparent` of version 00. */
+const TRACEPARENT = /^00-[\da-f]{32}-[\da-f]{16}-[\da-f]{2}$/;
+const INVALID_TRACE_ID = "0".repeat(32);
+const INVALID_SPAN_ID = "0".repeat(16);
+
+/**
+ * The valid span context in a stored creation context, if any. The usual one, a W3C
+ * `traceparent` alone (what the W3C propagator wrote at enqueue, with no `tracestate`), is read
+ * here directly: the propagator's own parse, with its context objects, was most of the cost of
+ * the link. Anything else goes through the registered propagator.
+ */
+function creationContext(api: OtelApi, carrier: Readonly<Record<string, string>> = {}): SpanContext | undefined {
+  const { traceparent } = carrier;
+  if (traceparent !== undefined && carrier.tracestate === undefined && TRACEPARENT.test(traceparent)) {
+    const spanContext: SpanContext = {
+      traceId: traceparent.slice(3, 35),
+      spanId: traceparent.slice(36, 52),
+      traceFlags: parseInt(traceparent.slice(53, 55), 16),
+      isRemote: true,
+    };
+    // The pattern checked the hex digits; all zeros is the one invalid id left.
+    return spanContext.traceId !== INVALID_TRACE_ID && spanContext.spanId !== INVALID_SPAN_ID ? spanContext : undefined;
+  }
   for (const _ in carrier) {
     const spanContext = api.trace.getSpanContext(api.propagation.extract(api.ROOT_CONTEXT, carrier));
     return spanContext && api.trace.isSpanContextValid(spanContext) ? spanContext : undefined;

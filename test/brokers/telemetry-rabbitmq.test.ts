@@ -128,7 +128,7 @@ describe.skipIf(!available)("telemetry end to end through RabbitMQ", () => {
       expect(create.attributes).toMatchObject({ "messaging.system": "txonce", "messaging.destination.name": topic, "messaging.message.id": messageId });
       // The relay's publish: its own trace, linked to the creation context.
       expect(send.links.map((l) => l.context.spanId)).toEqual([create.spanContext().spanId]);
-      expect(send.attributes).toMatchObject({ "messaging.system": "rabbitmq", "messaging.operation.type": "send", "messaging.message.id": messageId });
+      expect(send.attributes).toMatchObject({ "messaging.system": "rabbitmq", "messaging.operation.type": "send", "messaging.message.id": messageId, "messaging.batch.message_count": 1 });
       // The consumer: the AMQP headers carried the creation context; process > inbox.
       expect(parentOf(process, spans)).toBe(create);
       expect(process.attributes).toMatchObject({ "messaging.system": "rabbitmq", "messaging.destination.name": topic, "messaging.message.id": messageId });
