@@ -21,9 +21,11 @@ if (!url) throw new Error("DATABASE_URL is required");
 const SECONDS = env("BENCH_SECONDS", 1.5);
 const ROUNDS = Math.max(1, Math.round(env("BENCH_ROUNDS", 5)));
 const prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: url, max: 24 }) });
+await prisma.$executeRawUnsafe("CREATE TABLE IF NOT EXISTS accounts (id text PRIMARY KEY, balance numeric(12,2) NOT NULL)");
 await prisma.$executeRawUnsafe(
-  "CREATE TABLE IF NOT EXISTS accounts (id text PRIMARY KEY, balance numeric(12,2) NOT NULL)",
-).catch(() => {});
+  `CREATE TABLE IF NOT EXISTS charges (id serial PRIMARY KEY, account_id text NOT NULL REFERENCES accounts (id),
+     amount numeric(12,2) NOT NULL, created_at timestamptz(3) NOT NULL DEFAULT now())`,
+);
 await prisma.$executeRawUnsafe("INSERT INTO accounts (id, balance) VALUES ('bench', 0) ON CONFLICT DO NOTHING");
 
 const insert = () => prisma.$transaction((tx) => tx.charge.create({ data: { accountId: "bench", amount: 1 } }));

@@ -85,7 +85,7 @@ const RABBITMQ_URL = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5
 type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled" | "SDK, before";
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
 /** The relay's modes: also the SDK with a sampler that records 1% of the traces it starts (and the tree before). */
-const RELAY_MODES: Mode[] = [...MODES, "SDK, 1% sampled", ...(BEFORE_SRC ? (["SDK, before"] as const) : [])].filter(
+const RELAY_MODES: Mode[] = ([...MODES, "SDK, 1% sampled", ...(BEFORE_SRC ? ["SDK, before"] : [])] as Mode[]).filter(
   // TELEMETRY_MODES="SDK,SDK, txonce off" ... (separated by ";"): only those in the relay part (and off, the reference).
   (mode) => mode === "off" || !process.env.TELEMETRY_MODES || process.env.TELEMETRY_MODES.split(";").includes(mode),
 );
