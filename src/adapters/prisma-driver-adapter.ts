@@ -262,7 +262,7 @@ export function directExecutor(direct: DirectTransaction, fallback: SqlExecutor)
   };
 }
 
-
+/** A parameter as the adapters' `mapArg` takes it (they convert datetimes and bytes by `argTypes`). */
 function argument(value: unknown): unknown {
   if (value === undefined) return null;
   if (typeof value === "bigint") return value.toString();
