@@ -187,7 +187,7 @@ try {
   // Each adapter's library is imported at run time by that adapter alone, and only where it needs
   // one of its values; the others take structural types only.
   const ownImporters: Record<string, string[]> = {
-    "@prisma/client": ["dist/adapters/prisma.js", "dist/adapters/prisma-extension.js"],
+    "@prisma/client": ["dist/adapters/prisma.js", "dist/adapters/prisma-extension.js", "dist/adapters/prisma-driver-adapter.js"],
     kysely: ["dist/adapters/kysely.js"],
     "drizzle-orm": ["dist/adapters/drizzle.js"],
   };

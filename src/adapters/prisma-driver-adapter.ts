@@ -100,9 +100,7 @@ const CONNECTED = Symbol.for("txonce.driverAdapter.connected");
  * @returns the same adapter (same type), for `new PrismaClient({ adapter })`
  *
  * @example
- * import { PrismaPg } from "@prisma/adapter-pg";
- * import { txonce, txonceAdapter } from "txonce/prisma";
- *
+ * // PrismaPg from @prisma/adapter-pg; txonce and txonceAdapter from txonce/prisma
  * const prisma = new PrismaClient({ adapter: txonceAdapter(new PrismaPg({ connectionString })) });
  * const { withIdempotency } = txonce(prisma);
  */
