@@ -320,6 +320,8 @@ export function createRelay(
       if (!writing && ended * 2 >= config.batchSize) void write();
       while (unwritten >= config.batchSize) await (writing ?? write());
     };
+    // telemetry: one `send {topic}` span per topic of the batch, ended once every publish ended
+    const batch = telemetry?.sendBatch(system);
     const handOver = async (row: Row) => {
       try {
         return await attempt(row, token, batch);
@@ -342,8 +344,6 @@ export function createRelay(
     const handBack = (run: Row[]) => {
       for (const row of run) progress.ended({ id: row.id as string }, token, { kind: "released" });
     };
-    // telemetry: one `send {topic}` span per topic of the batch, ended once every publish ended
-    const batch = telemetry?.sendBatch(system);
     await Promise.all([
       ...unkeyed.map((row) => handOver(row)),
       ...[...runs.values()].map(async (run) => {
