@@ -34,7 +34,11 @@ export interface KeyRecord {
   readonly expiresAt: Date | null;
   /** SHA-256 of the request fingerprint given on the first call; `null` when none was (or no record). */
   readonly fingerprint: string | null;
-  /** The stored result, decoded by this instance's codec; `undefined` without a record. */
+  /**
+   * The stored result, decoded by this instance's codec when first read (a result holding a type
+   * this instance was not given, e.g. Prisma's `Decimal` read from `txonce/pg`, throws then, and
+   * `encodedResult` still has it); `undefined` without a record.
+   */
   readonly result: unknown;
   /** The stored result as txonce's codec wrote it (superjson text); `null` without a record. */
   readonly encodedResult: string | null;
@@ -117,6 +121,7 @@ export function createKeys(
         return { scope, key, status, createdAt: null, expiresAt: null, fingerprint: null, result: undefined, encodedResult: null };
       }
       const encodedResult = (row.result as string | null) ?? null;
+      let decoded: { value: unknown } | undefined;
       return {
         scope,
         key,
@@ -124,7 +129,10 @@ export function createKeys(
         createdAt: new Date(row.created_at as string | Date),
         expiresAt: new Date(row.expires_at as string | Date),
         fingerprint: (row.fingerprint as string | null) ?? null,
-        result: encodedResult === null ? undefined : codec.decode(encodedResult),
+        get result() {
+          decoded ??= { value: encodedResult === null ? undefined : codec.decode(encodedResult) };
+          return decoded.value;
+        },
         encodedResult,
       };
     },

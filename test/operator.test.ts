@@ -251,6 +251,24 @@ describe("the CLI", () => {
     expect(await countKeys(db.pool)).toBe(0);
   });
 
+  test("keys show a result holding a type the command was not given (Prisma's Decimal): the codec's JSON, nothing thrown", async () => {
+    await db.pool.query("INSERT INTO accounts (id, balance) VALUES ('decimal-acc', 0) ON CONFLICT DO NOTHING");
+    await txoncePrisma(db.prisma).withIdempotency("charged", (tx) => tx.charge.create({ data: { accountId: "decimal-acc", amount: "12.50" } }), { scope: "decimal" });
+    const shown = await run(["keys", "show", "--scope", "decimal", "--key", "charged"]);
+    expect(shown.code, shown.stderr).toBe(0);
+    expect(shown.stdout).toMatch(/\nresult: +\{.*"amount":"12.5".*\}\n$/);
+    const json = await run(["keys", "show", "--scope", "decimal", "--key", "charged", "--json"]);
+    expect(json.code, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout)).toMatchObject({ status: "completed", result: { accountId: "decimal-acc", amount: "12.5" } });
+    // The library still decodes it for an instance that has the type, when the result is read.
+    const record = await txoncePrisma(db.prisma).keys.inspect({ scope: "decimal", key: "charged" });
+    expect(String((record.result as { amount: unknown }).amount)).toBe("12.5");
+    // One without it gets the record, and an error only when it reads the decoded result.
+    const undecodable = await txoncePg(db.pool).keys.inspect({ scope: "decimal", key: "charged" });
+    expect(undecodable).toMatchObject({ status: "completed", encodedResult: expect.stringContaining("12.5") });
+    expect(() => undecodable.result).toThrow();
+  });
+
   test.each([
     [["keys"], /missing subcommand: expected show, forget, purge/],
     [["keys", "drop", "--scope", "a"], /unknown subcommand "drop"/],

@@ -79,9 +79,11 @@ export async function keysCommand(action: (typeof keysActions)[number], values: 
 }
 
 /** The record for JSON: the result as its codec's JSON (Dates, BigInts ... as superjson writes them). */
-function jsonRecord(record: KeyRecord) {
-  const { result: _decoded, encodedResult, ...rest } = record;
-  return { ...rest, result: encodedResult === null ? null : (JSON.parse(encodedResult) as { json: unknown }).json, encodedResult };
+function jsonRecord({ scope, key, status, createdAt, expiresAt, fingerprint, encodedResult }: KeyRecord) {
+  // Not `record.result`: decoding needs the application's types (Prisma's Decimal ...), which the
+  // command does not have; the codec's JSON shows the value all the same.
+  const result = encodedResult === null ? null : (JSON.parse(encodedResult) as { json: unknown }).json;
+  return { scope, key, status, createdAt, expiresAt, fingerprint, result, encodedResult };
 }
 
 function showRecord(record: KeyRecord): string {
