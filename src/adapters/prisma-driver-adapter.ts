@@ -12,9 +12,13 @@
  * returns in the slot. A transaction txonce did not start (the application's own) finds no slot
  * and is left alone, and so is any transaction after the first in a slot.
  *
- * Only the public driver adapter interface of Prisma 7 is used (`connect`, `startTransaction`,
- * a transaction's `queryRaw`, `executeRaw`, `commit` and `rollback`), so it works over any
- * PostgreSQL adapter: `@prisma/adapter-pg`, `pglite-prisma-adapter`, Neon's.
+ * The public driver adapter interface of Prisma 7 (`connect`, `startTransaction`, a
+ * transaction's `queryRaw`, `executeRaw`, `commit` and `rollback`) is all it needs, so it works
+ * over any PostgreSQL adapter: `@prisma/adapter-pg`, `pglite-prisma-adapter`, Neon's. Over
+ * `@prisma/adapter-pg`, it also uses what that adapter does not document (its `client`, the pg
+ * pool its `startTransaction` takes a connection from): the claim goes with the BEGIN and a
+ * statement after the ROLLBACK with the ROLLBACK ({@link startedOnConnection}); where that is not
+ * there, they go on their own.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
 import { Decimal } from "@prisma/client/runtime/client";
