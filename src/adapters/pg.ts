@@ -54,8 +54,8 @@ export interface PgDatabaseOptions {
    * execution up to 0.15x of a bare transaction faster (docs/benchmarks.md). Your own statements
    * are not affected, nor are the claim and the save of a first execution, which go with BEGIN
    * and with COMMIT in one query each (a query of two statements cannot be prepared): what it
-   * prepares is the poll of a taken key (cold replays and waiting calls), the cleanup's and the
-   * outbox's statements. Leave it off behind a pooler that does not keep prepared statements per
+   * prepares is the poll of a taken key after the first (the first goes with the claim's
+   * ROLLBACK, in one query too), the cleanup's and the outbox's statements. Leave it off behind a pooler that does not keep prepared statements per
    * client: PgBouncer in transaction or statement mode before 1.21, or with
    * `max_prepared_statements = 0`; they fail there with "prepared statement ... does not exist".
    * (Default: `false`)
