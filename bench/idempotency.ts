@@ -140,9 +140,15 @@ const statementNames = new Map(
   Object.entries(sql).filter(([, text]) => typeof text === "string").map(([name, text]) => [normalized(text as string), name]),
 );
 
+/** txonce's statements by their text up to the first parameter: a statement sent with its values written in. */
+const statementHeads = [...statementNames].map(([text, name]) => [text.split("$")[0]!, name] as const);
+
 function shortSql(text: string): string {
+  // Several statements in one query (txonce's with BEGIN, COMMIT or ROLLBACK): each named, joined by " + ".
+  const parts = text.split(/;\s*\n/);
+  if (parts.length > 1) return parts.map(shortSql).join(" + ");
   const t = normalized(text);
-  const name = statementNames.get(t);
+  const name = statementNames.get(t) ?? statementHeads.find(([head]) => head.length > 20 && t.startsWith(head))?.[1];
   if (name) return name;
   if (/^INSERT INTO "?(public"?\.)?"?charges/i.test(t)) return "INSERT charge";
   const m = /^(SELECT 1|BEGIN|COMMIT|ROLLBACK|\w+)/i.exec(t);

@@ -17,6 +17,15 @@ export interface SqlExecutor {
    * COMMIT fail with its error, the transaction rolled back. (Default: never)
    */
   sendWithCommit?(sql: string, params: readonly unknown[]): boolean;
+  /**
+   * Sends one statement in the same round trip as the transaction's ROLLBACK, right after it (so
+   * on its own, outside the transaction, as {@link Database.query} runs it), where the adapter
+   * can; returns a promise of its rows, settled once the transaction has ended, or `undefined`
+   * when it cannot, and the caller runs the statement itself after the rollback. The promise
+   * rejects when the statement could not be sent that way (or the transaction ended otherwise):
+   * the caller then runs it itself. (Default: never)
+   */
+  sendAfterRollback?(sql: string, params: readonly unknown[]): Promise<Row[]> | undefined;
 }
 
 /**

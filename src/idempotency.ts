@@ -172,10 +172,15 @@ const pollDelay = backoffPolicy({ initial: 4, max: 50 });
 /** What one transaction attempt did: ran the operation and committed, or found the key taken. */
 type Attempt<T> =
   | { readonly kind: "ran"; readonly outcome: IdempotencyOutcome<T>; readonly record: StoredRecord }
-  | { readonly kind: "taken" };
+  | { readonly kind: "taken"; readonly polled?: Promise<Row[]> };
 
-/** Thrown inside the transaction to roll it back when the claim finds the key taken. */
-class KeyTaken {}
+/**
+ * Thrown inside the transaction to roll it back when the claim finds the key taken; `polled`, the
+ * first poll of the key, when the adapter sends it with the ROLLBACK.
+ */
+class KeyTaken {
+  constructor(readonly polled?: Promise<Row[]>) {}
+}
 
 /** Everything one call needs, fixed once its arguments are checked. */
 interface Call<Tx, TxOptions, T> {
@@ -381,7 +386,7 @@ export function idempotencyWithCache<Tx, TxOptions>(
         // another process (polled until it ends). Free without a live record: claim again, this
         // time replacing the key's row if it has expired.
         call.wait.begin();
-        const polled = await pollUntilDone(call, polls).finally(() => call.wait.end());
+        const polled = await pollUntilDone(call, polls, undefined, attempt.polled).finally(() => call.wait.end());
         if (polled) {
           record = polled;
           return replay(call, record);
@@ -429,7 +434,8 @@ export function idempotencyWithCache<Tx, TxOptions>(
           throw classified(error, call, "claim");
         }
         const row = rows[0];
-        if (!row) throw new KeyTaken();
+        // Taken: the key's first poll goes with the ROLLBACK where the adapter can.
+        if (!row) throw new KeyTaken(inTransaction.sendAfterRollback?.(sql.pollKey, [call.scope, call.key, call.lockId]));
         claimed = {
           ctid: String(row.ctid),
           firstSeenAt: toDate(row.created_at),
@@ -444,7 +450,7 @@ export function idempotencyWithCache<Tx, TxOptions>(
       }, call.transactionOptions, claim);
       return ran();
     } catch (error) {
-      if (error instanceof KeyTaken) return { kind: "taken" };
+      if (error instanceof KeyTaken) return { kind: "taken", polled: error.polled };
       // Where the tables are is looked up once the transaction has ended and let go of its connection.
       if (error instanceof SchemaNotInstalledError) throw await locatedSchemaError(error, lookup);
       if (!began) throw classified(error, call, "begin", "unavailable");
@@ -557,21 +563,26 @@ export function idempotencyWithCache<Tx, TxOptions>(
     call: Call<Tx, TxOptions, unknown>,
     polls: { count: number },
     on: { db: SqlExecutor; codeless: "lost" | "unavailable"; keep: boolean } = { db, codeless: "unavailable", keep: true },
+    /** The first poll, already sent (with the claim's ROLLBACK): if it failed, it is sent again. */
+    sent?: Promise<Row[]>,
   ): Promise<StoredRecord | undefined> {
-    for (;;) {
+    for (let pending = sent; ; pending = undefined) {
       const poll = polls.count++;
       if (poll > 0) {
         // The last poll found the key in flight: this call is waiting, even if it gives up now.
         call.wait.waiting();
         const left = call.deadline - Date.now();
         if (left <= 0) throw inUse(call);
-        await sleep(Math.min(pollDelay(poll), left));
+        // A poll sent with the ROLLBACK was sent just now: no wait before it.
+        if (!pending) await sleep(Math.min(pollDelay(poll), left));
       }
-      let rows: Row[];
-      try {
-        rows = await withSchemaCheck(on.db.query(sql.pollKey, [call.scope, call.key, call.lockId]), lookup);
-      } catch (error) {
-        throw classified(error, call, "poll", on.codeless);
+      let rows = pending ? await pending.catch(() => undefined) : undefined;
+      if (rows === undefined) {
+        try {
+          rows = await withSchemaCheck(on.db.query(sql.pollKey, [call.scope, call.key, call.lockId]), lookup);
+        } catch (error) {
+          throw classified(error, call, "poll", on.codeless);
+        }
       }
       const row = rows[0]!;
       if (row.created_at !== null && row.created_at !== undefined) return fromDatabase(call, row, performance.now(), on.keep);

@@ -79,7 +79,7 @@ test("withIdempotencyIn under REPEATABLE READ: a record committed after the call
   }
 });
 
-test("a first execution is three round trips, as a bare transaction: the claim goes with BEGIN, the save with COMMIT", async () => {
+test("a first execution is three round trips, as a bare transaction: the claim goes with BEGIN, the save with COMMIT; a cold replay two, the poll with the ROLLBACK", async () => {
   const sent: string[] = [];
   class CountingClient extends pg.Client {
     override query(...args: any[]): any {
@@ -100,6 +100,14 @@ test("a first execution is three round trips, as a bare transaction: the claim g
     expect(await charges(7.25)).toBe(1);
     const { rows } = await pool.query("SELECT result FROM txonce_idempotency_keys WHERE key = 'pg-round-trips'");
     expect(rows[0].result).toContain("7.25");
+    // Replayed by an instance that has not seen the key: the claim finds it taken, and the first
+    // poll, which finds its record, goes with the ROLLBACK.
+    sent.length = 0;
+    const cold = await txonce(counted, { replayCache: false }).withIdempotencyOutcome("pg-round-trips", () => insertCharge({} as pg.PoolClient, 0));
+    expect(cold).toMatchObject({ replayed: true, value: { amount: "7.25" } });
+    expect(sent).toHaveLength(2);
+    expect(sent[0]).toMatch(/^BEGIN;\s+INSERT INTO txonce_idempotency_keys/);
+    expect(sent[1]).toMatch(/^ROLLBACK;\s+SELECT k.fingerprint/);
   } finally {
     await counted.end();
   }

@@ -7,8 +7,9 @@
  */
 import { PGlite } from "@electric-sql/pglite";
 import { PrismaPg } from "@prisma/adapter-pg";
+import pg from "pg";
 import { PrismaPGlite } from "pglite-prisma-adapter";
-import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { afterAll, beforeAll, describe, expect, onTestFinished, test } from "vitest";
 import { PrismaClient } from "../generated/prisma/client.js";
 import { InvalidArgumentError } from "../src/index.js";
 import { txonce, txonceAdapter } from "../src/adapters/prisma.js";
@@ -73,6 +74,60 @@ describe("txonceAdapter", () => {
     );
     expect(rows.map((r) => r.query.trim().endsWith("COMMIT"))).toContain(true);
     expect((await stored(key))[0]?.result).not.toBeNull();
+  });
+
+  test("round trips over @prisma/adapter-pg: a first execution is 3 (the claim with BEGIN, the operation, the save with COMMIT), a cold replay 2 (the claim with BEGIN, the poll with ROLLBACK)", async () => {
+    // A pool of one connection, each query sent on it recorded: what goes over the wire.
+    const wire: string[] = [];
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    pool.on("error", () => {});
+    pool.on("connect", (client) => {
+      const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+      (client as { query: unknown }).query = (...args: unknown[]) => {
+        const first = args[0] as string | { text: string };
+        wire.push(typeof first === "string" ? first : first.text);
+        return query(...args);
+      };
+    });
+    const prisma = new PrismaClient({ adapter: txonceAdapter(new PrismaPg(pool)) });
+    onTestFinished(async () => {
+      await prisma.$disconnect();
+      await pool.end();
+    });
+    const key = newKey("trips");
+    await prisma.$queryRawUnsafe("SELECT 1"); // connected, outside the count
+    wire.length = 0;
+    const charge = await txonce(prisma).withIdempotency(key, (tx) => tx.charge.create({ data: { accountId: "acc", amount: 104 } }));
+    expect(wire).toHaveLength(3);
+    expect(wire[0]).toMatch(/^BEGIN;\s*INSERT INTO txonce_idempotency_keys/);
+    expect(wire[1]).toContain('INSERT INTO "public"."charges"');
+    expect(wire[2]).toMatch(/COMMIT$/);
+    wire.length = 0;
+    const cold = await txonce(prisma, { replayCache: false }).withIdempotencyOutcome(key, async () => ({ id: -1 }));
+    expect(cold).toMatchObject({ replayed: true, value: { id: charge.id } });
+    expect(wire).toHaveLength(2);
+    expect(wire[0]).toMatch(/^BEGIN;\s*INSERT INTO txonce_idempotency_keys/);
+    expect(wire[1]).toMatch(/^ROLLBACK;\s*SELECT k.fingerprint/);
+    // Under an isolation level, BEGIN is followed by SET TRANSACTION: the claim goes on its own,
+    // the poll still with the ROLLBACK.
+    wire.length = 0;
+    const isolated = txonce(prisma, { replayCache: false, transaction: { isolationLevel: "Serializable" } });
+    await expect(isolated.withIdempotencyOutcome(key, async () => ({ id: -1 }))).resolves.toMatchObject({ replayed: true });
+    expect(wire[0]).toBe("BEGIN");
+    expect(wire.at(-1)).toMatch(/^ROLLBACK;\s*SELECT k.fingerprint/);
+    // The connection is clean after each: an application transaction on it works.
+    await expect(prisma.$transaction(async (tx) => tx.account.findUnique({ where: { id: "acc" } }))).resolves.toMatchObject({ id: "acc" });
+  });
+
+  test("a claim sent with BEGIN that fails (no tables in the schema named) fails the call, and the transaction it began is rolled back", async () => {
+    const { prisma } = wrappedClient(1);
+    await expect(txonce(prisma, { schema: "no_such_schema" }).withIdempotency(newKey("noschema"), async () => 1)).rejects.toMatchObject({
+      code: "TXONCE_SCHEMA_NOT_INSTALLED",
+    });
+    // The only connection of the pool is not left inside the aborted transaction.
+    const key = newKey("after");
+    await expect(txonce(prisma).withIdempotency(key, async () => "ok")).resolves.toBe("ok");
+    expect(await stored(key)).toEqual([{ result: expect.stringContaining("ok") }]);
   });
 
   test("results with quotes, backslashes, unicode and parameter-like text are stored and replayed exactly", async () => {

@@ -7,6 +7,7 @@ import { InvalidArgumentError } from "../errors.js";
 import type { Database, Row, SqlExecutor } from "../executor.js";
 import { createTxonce, type Txonce, type TxonceOptions as TxonceOptionsOver } from "../txonce.js";
 import { withLiterals } from "../sql/literals.js";
+import { deferredStatement, lastRows, type DeferredStatement, type PgQueryResult } from "./merged-statements.js";
 import { describeValue } from "./describe-value.js";
 import { checkOption } from "./options.js";
 
@@ -53,8 +54,8 @@ export interface PgDatabaseOptions {
    * execution up to 0.15x of a bare transaction faster (docs/benchmarks.md). Your own statements
    * are not affected, nor are the claim and the save of a first execution, which go with BEGIN
    * and with COMMIT in one query each (a query of two statements cannot be prepared): what it
-   * prepares is the poll of a taken key (cold replays and waiting calls), the cleanup's and the
-   * outbox's statements. Leave it off behind a pooler that does not keep prepared statements per
+   * prepares is the poll of a taken key after the first (the first goes with the claim's
+   * ROLLBACK, in one query too), the cleanup's and the outbox's statements. Leave it off behind a pooler that does not keep prepared statements per
    * client: PgBouncer in transaction or statement mode before 1.21, or with
    * `max_prepared_statements = 0`; they fail there with "prepared statement ... does not exist".
    * (Default: `false`)
@@ -102,6 +103,7 @@ export function pgDatabase<Client extends PgClientLike>(
     async transaction(work, options, first) {
       const client = await pool.connect();
       let broken: Error | undefined;
+      let afterRollback: DeferredStatement | undefined;
       // A connection that fails between statements (the backend terminated, the socket cut)
       // emits "error" on the client; unheard, that would crash the process. Heard, the next
       // statement rejects, and the client is released as broken so the pool discards it.
@@ -132,28 +134,42 @@ export function pgDatabase<Client extends PgClientLike>(
               atCommit = withLiterals(sql, params);
               return true;
             },
+            sendAfterRollback(sql, params) {
+              if (afterRollback) return undefined;
+              afterRollback = deferredStatement(withLiterals(sql, params));
+              return afterRollback.rows;
+            },
           };
           const result = await work(client, inTransaction, firstRows);
           await client.query(atCommit === undefined ? "COMMIT" : `${atCommit};\nCOMMIT`);
           return result;
         } catch (error) {
-          await client.query("ROLLBACK").catch((rollbackError: Error) => {
+          // A statement txonce sends after the ROLLBACK (the first poll of a taken key) goes in its
+          // round trip; if that query fails, ROLLBACK is sent again on its own (a warning if the
+          // first one ran), and the statement's promise rejects: txonce sends it itself.
+          const after = afterRollback;
+          afterRollback = undefined;
+          const rolledBack = after
+            ? client.query(`ROLLBACK;\n${after.sql}`).then(
+                (results: PgQueryResult) => after.resolve(lastRows(results)),
+                (failure: unknown) => {
+                  after.reject(failure);
+                  return client.query("ROLLBACK");
+                },
+              )
+            : client.query("ROLLBACK");
+          await rolledBack.catch((rollbackError: Error) => {
             broken = rollbackError;
           });
           throw error;
         }
       } finally {
+        afterRollback?.reject(new Error("the transaction was not rolled back"));
         client.removeListener?.("error", onError);
         client.release(broken);
       }
     },
   };
-}
-
-/** The rows of the last statement of a query: pg returns one result per statement of a multi-statement query. */
-function lastRows(result: { rows: unknown[] } | { rows: unknown[] }[]): Row[] {
-  const last = Array.isArray(result) ? result[result.length - 1] : result;
-  return (last?.rows ?? []) as Row[];
 }
 
 const ISOLATION_LEVELS = ["read committed", "repeatable read", "serializable"] as const;

@@ -12,16 +12,21 @@
  * returns in the slot. A transaction txonce did not start (the application's own) finds no slot
  * and is left alone, and so is any transaction after the first in a slot.
  *
- * Only the public driver adapter interface of Prisma 7 is used (`connect`, `startTransaction`,
- * a transaction's `queryRaw`, `executeRaw`, `commit` and `rollback`), so it works over any
- * PostgreSQL adapter: `@prisma/adapter-pg`, `pglite-prisma-adapter`, Neon's.
+ * The public driver adapter interface of Prisma 7 (`connect`, `startTransaction`, a
+ * transaction's `queryRaw`, `executeRaw`, `commit` and `rollback`) is all it needs, so it works
+ * over any PostgreSQL adapter: `@prisma/adapter-pg`, `pglite-prisma-adapter`, Neon's. Over
+ * `@prisma/adapter-pg`, it also uses what that adapter does not document (its `client`, the pg
+ * pool its `startTransaction` takes a connection from): the claim goes with the BEGIN and a
+ * statement after the ROLLBACK with the ROLLBACK ({@link startedOnConnection}); where that is not
+ * there, they go on their own.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
 import { Decimal } from "@prisma/client/runtime/client";
 import { InvalidArgumentError } from "../errors.js";
-import type { Row, SqlExecutor } from "../executor.js";
+import type { Row, SqlExecutor, Statement } from "../executor.js";
 import { withLiterals } from "../sql/literals.js";
 import { describeValue } from "./describe-value.js";
+import { deferredStatement, lastRows, type DeferredStatement, type PgQueryResult } from "./merged-statements.js";
 
 /** A statement as Prisma's driver adapters take it. */
 interface AdapterQuery {
@@ -70,11 +75,34 @@ export interface DirectTransaction {
   readonly mergesCommit: boolean;
   /** The statement (parameters written in) to send in the COMMIT's round trip. */
   atCommit?: string;
+  /**
+   * The transaction's connection, as node-postgres gives it, where the adapter is
+   * `@prisma/adapter-pg` (see {@link startedOnConnection}): statements that go with BEGIN and
+   * ROLLBACK are sent on it.
+   */
+  readonly connection?: PgConnection;
+  /** The rows of the first statement txonce gave (the claim), sent with BEGIN. */
+  readonly firstRows?: Promise<Row[]>;
+  /** The statement to send in the ROLLBACK's round trip, after it (the first poll of a taken key). */
+  afterRollback?: DeferredStatement;
 }
 
 /** The slot of one transaction txonce starts: filled by the wrapped adapter's `startTransaction`. */
 interface TransactionSlot {
+  /** The transaction's first statement (parameters written in), to send with BEGIN where the adapter can. */
+  readonly first?: string;
   direct?: DirectTransaction;
+}
+
+/** What txonce uses of a node-postgres connection (`PoolClient`), which `@prisma/adapter-pg` runs its transactions on. */
+interface PgConnection {
+  query(text: string): Promise<PgQueryResult>;
+  query(config: { text: string }): Promise<unknown>;
+}
+
+/** What txonce uses of a node-postgres `Pool`, `@prisma/adapter-pg`'s `client`. */
+interface PgPool {
+  connect(): Promise<PgConnection>;
 }
 
 const slots = new AsyncLocalStorage<TransactionSlot>();
@@ -154,25 +182,89 @@ export function txonceAdapter<Factory extends DriverAdapterFactoryLike>(factory:
   });
 }
 
-/** The connected adapter, its `startTransaction` putting what it starts in the caller's slot. */
+/**
+ * The connected adapter, its `startTransaction` putting what it starts in the caller's slot. Over
+ * `@prisma/adapter-pg` (`mergesCommit`), a transaction txonce starts is started on the
+ * connection it gets from the adapter's pool, as the adapter starts any
+ * ({@link startedOnConnection}), so that txonce's first statement goes with the BEGIN and its
+ * statement after a ROLLBACK with the ROLLBACK.
+ */
 function handingOverTransactions<Adapter extends DriverAdapterLike>(adapter: Adapter, mergesCommit: boolean): Adapter {
-  const startTransaction = adapter.startTransaction.bind(adapter);
+  const original = adapter.startTransaction;
+  const startTransaction = original.bind(adapter);
+  const pool = (adapter as { client?: Partial<PgPool> }).client;
+  const onConnection = mergesCommit && typeof pool?.connect === "function";
   Object.defineProperty(adapter, "startTransaction", {
     configurable: true,
     writable: true,
     value: async (isolationLevel?: string) => {
       const slot = slots.getStore(); // read now: the context of the call, before anything is awaited
-      const transaction = await startTransaction(isolationLevel);
-      if (slot && !slot.direct) slot.direct = watched(transaction, mergesCommit && !transaction.options.usePhantomQuery);
+      if (!slot || slot.direct) return startTransaction(isolationLevel);
+      if (!onConnection) {
+        const transaction = await startTransaction(isolationLevel);
+        slot.direct = watched(transaction, mergesCommit && !transaction.options.usePhantomQuery);
+        return transaction;
+      }
+      // A SET TRANSACTION ISOLATION LEVEL follows the BEGIN, and must come before any statement.
+      const { transaction, connection, firstRows } = await startedOnConnection(
+        adapter, original, pool as PgPool, isolationLevel, isolationLevel ? undefined : slot.first,
+      );
+      slot.direct = watched(transaction, !transaction.options.usePhantomQuery, connection, firstRows);
       return transaction;
     },
   });
   return adapter;
 }
 
+/**
+ * Starts a transaction with `@prisma/adapter-pg`'s own `startTransaction`, run on a view of the
+ * adapter whose pool hands out the connection through txonce: so txonce has the connection the
+ * transaction runs on, and the adapter's BEGIN goes in one simple-protocol query with `first`,
+ * whose rows are `firstRows` (the BEGIN is answered once that query is; if `first` fails, the
+ * transaction is open and aborted, and the work that reads `firstRows` rolls it back).
+ */
+async function startedOnConnection(
+  adapter: DriverAdapterLike,
+  startTransaction: DriverAdapterLike["startTransaction"],
+  pool: PgPool,
+  isolationLevel: string | undefined,
+  first: string | undefined,
+): Promise<{ transaction: AdapterTransactionLike; connection: PgConnection; firstRows?: Promise<Row[]> }> {
+  let connection: PgConnection | undefined;
+  let firstRows: Promise<Row[]> | undefined;
+  const connect = async () => {
+    connection = await pool.connect();
+    if (first === undefined) return connection;
+    const target = connection;
+    let begun = false;
+    return new Proxy(target, {
+      get(on, property) {
+        const value: unknown = Reflect.get(on, property, on);
+        if (property !== "query" || begun) return typeof value === "function" ? value.bind(on) : value;
+        return (query: string | { text?: string }, ...rest: unknown[]) => {
+          const text = typeof query === "string" ? query : query?.text;
+          if (begun || typeof text !== "string" || !/^\s*BEGIN\s*$/i.test(text)) return target.query(query as never, ...(rest as []));
+          begun = true;
+          const both = target.query(`${text};\n${first}`);
+          firstRows = both.then(lastRows);
+          firstRows.catch(() => {}); // the work reads it; this only keeps an early failure from being unhandled
+          return both.then(
+            (results) => (Array.isArray(results) ? results[0] : results),
+            () => ({ command: "BEGIN", rowCount: null, rows: [], fields: [] }),
+          );
+        };
+      },
+    });
+  };
+  const view = Object.create(adapter, { client: { value: { connect } } }) as DriverAdapterLike;
+  const transaction = await startTransaction.call(view, isolationLevel);
+  return { transaction, connection: connection!, firstRows };
+}
+
 /** Statements Prisma's transaction manager sends to end a transaction (when not a phantom query). */
 const ENDING = /^\s*(COMMIT|ROLLBACK)\s*$/i;
 const COMMIT = /^\s*COMMIT\s*$/i;
+const ROLLBACK = /^\s*ROLLBACK\s*$/i;
 
 /**
  * The transaction, marked `closing` as soon as Prisma starts to end it, and sending the statement
@@ -181,13 +273,37 @@ const COMMIT = /^\s*COMMIT\s*$/i;
  * and the connection must not go back to the pool inside an aborted transaction), and the error
  * is the COMMIT's.
  */
-function watched(transaction: AdapterTransactionLike, mergesCommit: boolean): DirectTransaction {
-  const direct: DirectTransaction = { transaction, closing: false, mergesCommit };
+function watched(
+  transaction: AdapterTransactionLike,
+  mergesCommit: boolean,
+  connection?: PgConnection,
+  firstRows?: Promise<Row[]>,
+): DirectTransaction {
+  const direct: DirectTransaction = { transaction, closing: false, mergesCommit, connection, firstRows };
+  /** The statement waiting for the ROLLBACK, refused: the transaction ended another way. */
+  const notSent = () => {
+    direct.afterRollback?.reject(new Error("the transaction did not end by a ROLLBACK txonce could send it with"));
+    direct.afterRollback = undefined;
+  };
   const { queryRaw, executeRaw, commit, rollback } = transaction;
   const own = (name: string, value: unknown) => Object.defineProperty(transaction, name, { configurable: true, writable: true, value });
   own("executeRaw", async (query: AdapterQuery) => {
     if (!ENDING.test(query.sql)) return executeRaw.call(transaction, query);
     direct.closing = true;
+    const after = direct.afterRollback;
+    if (after && connection && ROLLBACK.test(query.sql)) {
+      direct.afterRollback = undefined;
+      // If that query fails, ROLLBACK is sent again the adapter's way (a warning if it ran): the
+      // statement's promise rejects, and txonce sends it itself.
+      try {
+        after.resolve(lastRows(await connection.query(`${query.sql};\n${after.sql}`)));
+        return 0;
+      } catch (error) {
+        after.reject(error);
+        return executeRaw.call(transaction, query);
+      }
+    }
+    notSent();
     const { atCommit } = direct;
     if (atCommit === undefined || !COMMIT.test(query.sql)) return executeRaw.call(transaction, query);
     direct.atCommit = undefined;
@@ -199,15 +315,20 @@ function watched(transaction: AdapterTransactionLike, mergesCommit: boolean): Di
     }
   });
   own("queryRaw", (query: AdapterQuery) => {
-    if (ENDING.test(query.sql)) direct.closing = true;
+    if (ENDING.test(query.sql)) {
+      direct.closing = true;
+      notSent();
+    }
     return queryRaw.call(transaction, query);
   });
   own("commit", () => {
     direct.closing = true;
+    notSent();
     return commit.call(transaction);
   });
   own("rollback", () => {
     direct.closing = true;
+    notSent();
     return rollback.call(transaction);
   });
   return direct;
@@ -236,8 +357,12 @@ export const adaptersWrapped = () => wrapping;
  * Runs `start` (which starts one Prisma transaction) with a slot that the wrapped adapter fills
  * with the transaction it starts; `slot()` reads it from inside the transaction's callback.
  */
-export function runWithTransactionSlot<T>(start: (slot: () => DirectTransaction | undefined) => Promise<T>): Promise<T> {
-  const slot: TransactionSlot = {};
+export function runWithTransactionSlot<T>(
+  start: (slot: () => DirectTransaction | undefined) => Promise<T>,
+  /** The transaction's first statement, sent with BEGIN where the adapter can (then in `slot().firstRows`). */
+  first?: Statement,
+): Promise<T> {
+  const slot: TransactionSlot = first ? { first: withLiterals(first.sql, first.params) } : {};
   return slots.run(slot, () => start(() => slot.direct));
 }
 
@@ -256,6 +381,11 @@ export function directExecutor(direct: DirectTransaction, fallback: SqlExecutor)
       if (!direct.mergesCommit || direct.closing || direct.atCommit !== undefined) return false;
       direct.atCommit = withLiterals(sql, params);
       return true;
+    },
+    sendAfterRollback(sql, params) {
+      if (!direct.connection || direct.closing || direct.afterRollback) return undefined;
+      direct.afterRollback = deferredStatement(withLiterals(sql, params));
+      return direct.afterRollback.rows;
     },
   };
 }

@@ -94,16 +94,19 @@ export function prismaDatabase<Client extends PrismaClientLike>(
   };
   return refusingEndedTransactions({
     query: (sql, params) => root.query(sql, params),
-    transaction: (work, options) => {
+    transaction: (work, options, first) => {
       checkOption(options?.isolationLevel, ISOLATION_LEVELS, "transaction.isolationLevel");
       if (!adaptersWrapped()) return prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options);
       // The client's adapter may be wrapped by txonceAdapter: then txonce's statements go to the
       // transaction it hands over, and through Prisma when it handed none (another adapter).
-      return runWithTransactionSlot((slot) =>
-        prisma.$transaction((tx: TransactionClientOf<Client>) => {
-          const direct = slot();
-          return work(tx, direct ? directExecutor(direct, sqlFor(tx)) : sqlFor(tx));
-        }, options),
+      // Over @prisma/adapter-pg, the first statement (the claim) goes with the BEGIN.
+      return runWithTransactionSlot(
+        (slot) =>
+          prisma.$transaction((tx: TransactionClientOf<Client>) => {
+            const direct = slot();
+            return work(tx, direct ? directExecutor(direct, sqlFor(tx)) : sqlFor(tx), direct?.firstRows);
+          }, options),
+        first,
       );
     },
     sqlFor,
