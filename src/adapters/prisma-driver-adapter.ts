@@ -229,7 +229,7 @@ async function startedOnConnection(
   pool: PgPool,
   isolationLevel: string | undefined,
   first: string | undefined,
-): Promise<{ transaction: AdapterTransactionLike; connection: PgConnection; firstRows?: Promise<Row[]> }> {
+): Promise<{ transaction: AdapterTransactionLike; connection?: PgConnection; firstRows?: Promise<Row[]> }> {
   let connection: PgConnection | undefined;
   let firstRows: Promise<Row[]> | undefined;
   const connect = async () => {
@@ -258,7 +258,8 @@ async function startedOnConnection(
   };
   const view = Object.create(adapter, { client: { value: { connect } } }) as DriverAdapterLike;
   const transaction = await startTransaction.call(view, isolationLevel);
-  return { transaction, connection: connection!, firstRows };
+  // No connection when the adapter did not start it through `client.connect()` (another version).
+  return { transaction, connection, firstRows };
 }
 
 /** Statements Prisma's transaction manager sends to end a transaction (when not a phantom query). */
