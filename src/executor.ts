@@ -54,6 +54,10 @@ export interface Database<Tx, TxOptions = unknown> extends SqlExecutor {
    * the same round trip as BEGIN (one simple-protocol query) and hands `work` its rows as
    * `first` (a promise, rejected with the statement's error); one that cannot leaves `first`
    * undefined, and `work` runs the statement itself. (Default: never sent with BEGIN)
+   *
+   * When `first`'s rows are empty, or it failed, `work` ends (rejects) without using `tx`: an
+   * adapter may then run `work` before, or without, opening its client's transaction, with a `tx`
+   * that cannot be used (`txonce/prisma` over a wrapped `@prisma/adapter-pg` does).
    */
   transaction<T>(work: (tx: Tx, sql: SqlExecutor, first?: Promise<Row[]>) => Promise<T>, options?: TxOptions, first?: Statement): Promise<T>;
   /** Runs statements on a transaction the caller opened (e.g. to enqueue outbox messages in it). */

@@ -89,7 +89,9 @@ describe("txonceAdapter", () => {
         return query(...args);
       };
     });
-    const prisma = new PrismaClient({ adapter: txonceAdapter(new PrismaPg(pool)) });
+    const prisma = new PrismaClient({ adapter: txonceAdapter(new PrismaPg(pool)), log: [{ emit: "event", level: "query" }] });
+    const logged: string[] = [];
+    prisma.$on("query", (event) => logged.push(event.query));
     onTestFinished(async () => {
       await prisma.$disconnect();
       await pool.end();
@@ -102,9 +104,14 @@ describe("txonceAdapter", () => {
     expect(wire[0]).toMatch(/^BEGIN;\s*INSERT INTO txonce_idempotency_keys/);
     expect(wire[1]).toContain('INSERT INTO "public"."charges"');
     expect(wire[2]).toMatch(/COMMIT$/);
+    expect(logged.some((q) => q.includes('INSERT INTO "public"."charges"'))).toBe(true);
     wire.length = 0;
+    logged.length = 0;
     const cold = await txonce(prisma, { replayCache: false }).withIdempotencyOutcome(key, async () => ({ id: -1 }));
     expect(cold).toMatchObject({ replayed: true, value: { id: charge.id } });
+    // The claim was sent before Prisma started a transaction: finding the key taken, txonce
+    // rolled back and no Prisma transaction was started (Prisma logged nothing, not even ROLLBACK).
+    expect(logged).toEqual([]);
     expect(wire).toHaveLength(2);
     expect(wire[0]).toMatch(/^BEGIN;\s*INSERT INTO txonce_idempotency_keys/);
     expect(wire[1]).toMatch(/^ROLLBACK;\s*SELECT k.fingerprint/);

@@ -7,7 +7,7 @@
  * to txonce, when txonce started them.
  *
  * How a transaction reaches txonce: txonce opens each of its transactions inside an
- * AsyncLocalStorage context holding an empty slot ({@link runWithTransactionSlot}); Prisma calls
+ * AsyncLocalStorage context holding an empty slot ({@link inTxonceTransaction}); Prisma calls
  * the adapter's `startTransaction` in that context, and the wrapper puts the transaction it
  * returns in the slot. A transaction txonce did not start (the application's own) finds no slot
  * and is left alone, and so is any transaction after the first in a slot.
@@ -91,8 +91,21 @@ export interface DirectTransaction {
 interface TransactionSlot {
   /** The transaction's first statement (parameters written in), to send with BEGIN where the adapter can. */
   readonly first?: string;
+  /** A transaction txonce started before Prisma's, for the wrapped `startTransaction` to hand Prisma. */
+  prestarted?: Prestarted;
   direct?: DirectTransaction;
 }
+
+/** A transaction txonce started on the adapter itself, its first statement sent with BEGIN. */
+interface Prestarted {
+  /** The adapter's transaction (watched), what `startTransaction` would have returned. */
+  readonly transaction: AdapterTransactionLike;
+  readonly direct: DirectTransaction;
+}
+
+/** On a connected `@prisma/adapter-pg` adapter: starts a transaction on a free connection of its pool, or `undefined` when none is free. */
+const PRESTART = Symbol.for("txonce.driverAdapter.prestart");
+type Prestart = (first: string) => Promise<Prestarted> | undefined;
 
 /** What txonce uses of a node-postgres connection (`PoolClient`), which `@prisma/adapter-pg` runs its transactions on. */
 interface PgConnection {
@@ -200,6 +213,12 @@ function handingOverTransactions<Adapter extends DriverAdapterLike>(adapter: Ada
     value: async (isolationLevel?: string) => {
       const slot = slots.getStore(); // read now: the context of the call, before anything is awaited
       if (!slot || slot.direct) return startTransaction(isolationLevel);
+      const prestarted = slot.prestarted;
+      if (prestarted && isolationLevel === undefined) {
+        slot.prestarted = undefined;
+        slot.direct = prestarted.direct;
+        return prestarted.transaction;
+      }
       if (!onConnection) {
         const transaction = await startTransaction(isolationLevel);
         slot.direct = watched(transaction, mergesCommit && !transaction.options.usePhantomQuery);
@@ -213,6 +232,20 @@ function handingOverTransactions<Adapter extends DriverAdapterLike>(adapter: Ada
       return transaction;
     },
   });
+  if (onConnection) {
+    const free = pool as PgPool & { idleCount?: unknown; waitingCount?: unknown };
+    const prestart: Prestart = (first) => {
+      // Only on a connection free at once: pg's pool hands idle connections to its waiting
+      // requests in order, so with none waiting this request gets one. Otherwise Prisma starts the
+      // transaction, under its maxWait.
+      if (typeof free.idleCount !== "number" || free.idleCount === 0 || free.waitingCount !== 0) return undefined;
+      return startedOnConnection(adapter, original, free, undefined, first).then(({ transaction, connection, firstRows }) => ({
+        transaction,
+        direct: watched(transaction, !transaction.options.usePhantomQuery, connection, firstRows),
+      }));
+    };
+    Object.defineProperty(adapter, PRESTART, { configurable: true, value: prestart });
+  }
   return adapter;
 }
 
@@ -229,7 +262,7 @@ async function startedOnConnection(
   pool: PgPool,
   isolationLevel: string | undefined,
   first: string | undefined,
-): Promise<{ transaction: AdapterTransactionLike; connection: PgConnection; firstRows?: Promise<Row[]> }> {
+): Promise<{ transaction: AdapterTransactionLike; connection?: PgConnection; firstRows?: Promise<Row[]> }> {
   let connection: PgConnection | undefined;
   let firstRows: Promise<Row[]> | undefined;
   const connect = async () => {
@@ -258,7 +291,8 @@ async function startedOnConnection(
   };
   const view = Object.create(adapter, { client: { value: { connect } } }) as DriverAdapterLike;
   const transaction = await startTransaction.call(view, isolationLevel);
-  return { transaction, connection: connection!, firstRows };
+  // No connection when the adapter did not start it through `client.connect()` (another version).
+  return { transaction, connection, firstRows };
 }
 
 /** Statements Prisma's transaction manager sends to end a transaction (when not a phantom query). */
@@ -354,16 +388,60 @@ export function directRootExecutor(factory: unknown, fallback: SqlExecutor): Sql
 export const adaptersWrapped = () => wrapping;
 
 /**
- * Runs `start` (which starts one Prisma transaction) with a slot that the wrapped adapter fills
- * with the transaction it starts; `slot()` reads it from inside the transaction's callback.
+ * Runs one of txonce's transactions on a client whose adapter may be wrapped. `inPrisma` starts
+ * it as a Prisma interactive transaction; the wrapped adapter's `startTransaction` puts the
+ * transaction it starts in the slot, which `slot()` reads from inside the transaction's callback
+ * (and sends `first` with its BEGIN where it can, its rows in `slot().firstRows`).
+ *
+ * With `prestart` (`first` given, no isolation level) and a connected `@prisma/adapter-pg`
+ * adapter with a free connection, the transaction is started on the adapter before Prisma's,
+ * `first` with its BEGIN. When `first` finds nothing or fails, `withoutPrisma` ends the work
+ * without a Prisma transaction (it must not use the transaction client: txonce's work rolls back
+ * with what the claim found), and the transaction is rolled back here, any statement queued for
+ * after the ROLLBACK with it: a replay from another process costs no Prisma transaction. Else
+ * Prisma starts its interactive transaction, and the wrapped `startTransaction` hands it the one
+ * already started.
  */
-export function runWithTransactionSlot<T>(
-  start: (slot: () => DirectTransaction | undefined) => Promise<T>,
-  /** The transaction's first statement, sent with BEGIN where the adapter can (then in `slot().firstRows`). */
-  first?: Statement,
+export async function inTxonceTransaction<T>(
+  factory: unknown,
+  first: Statement | undefined,
+  prestart: boolean,
+  inPrisma: (slot: () => DirectTransaction | undefined) => Promise<T>,
+  withoutPrisma: (direct: DirectTransaction) => Promise<T>,
 ): Promise<T> {
   const slot: TransactionSlot = first ? { first: withLiterals(first.sql, first.params) } : {};
-  return slots.run(slot, () => start(() => slot.direct));
+  const adapter = prestart && slot.first !== undefined ? connectedAdapterOf(factory) : undefined;
+  const started = adapter ? await (adapter as { [PRESTART]?: Prestart })[PRESTART]?.(slot.first!) : undefined;
+  if (started) {
+    const rows = started.direct.firstRows && (await started.direct.firstRows.catch(() => undefined));
+    if (started.direct.firstRows && !rows?.length) {
+      try {
+        return await withoutPrisma(started.direct);
+      } finally {
+        await rolledBack(started);
+      }
+    }
+    slot.prestarted = started;
+  }
+  try {
+    return await slots.run(slot, () => inPrisma(() => slot.direct));
+  } finally {
+    // Prisma did not take it (it failed before starting its transaction).
+    const left = slot.prestarted;
+    slot.prestarted = undefined;
+    if (left) await rolledBack(left);
+  }
+}
+
+/** Rolls back a transaction txonce started itself (sending what waits for the ROLLBACK with it), and releases its connection. */
+async function rolledBack({ transaction }: Prestarted): Promise<void> {
+  await transaction.executeRaw({ sql: "ROLLBACK", args: [], argTypes: [] }).catch(() => {});
+  await transaction.rollback();
+}
+
+function connectedAdapterOf(factory: unknown): DriverAdapterLike | undefined {
+  if (typeof factory !== "object" || factory === null || (factory as { [WRAPPED]?: true })[WRAPPED] !== true) return undefined;
+  return (factory as { [CONNECTED]?: DriverAdapterLike })[CONNECTED];
 }
 
 /**

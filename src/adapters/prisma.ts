@@ -11,7 +11,7 @@ import { createTxonce, type Txonce as TxonceOver, type TxonceOptions as TxonceOp
 import { describeValue } from "./describe-value.js";
 import { checkOption } from "./options.js";
 import { refusingEndedTransactions } from "./ended-transactions.js";
-import { adaptersWrapped, directExecutor, directRootExecutor, runWithTransactionSlot } from "./prisma-driver-adapter.js";
+import { adaptersWrapped, directExecutor, directRootExecutor, inTxonceTransaction } from "./prisma-driver-adapter.js";
 
 /** Prisma's interactive transaction options. */
 export interface PrismaTransactionOptions {
@@ -78,6 +78,24 @@ function primaryOf(prisma: PrismaClientLike): PrismaTransactionLike {
   return typeof $primary === "function" ? $primary.call(prisma) : prisma;
 }
 
+/**
+ * What txonce's work gets as its transaction client when the claim sent with BEGIN found the key
+ * taken, or failed, before any Prisma transaction was started: the work ends without using it.
+ */
+const NO_TRANSACTION_CLIENT: unknown = new Proxy(
+  {},
+  {
+    get() {
+      throw new Error("txonce: no Prisma transaction was started for this attempt (its claim found the key taken)");
+    },
+  },
+);
+
+/** txonce's statements on a transaction Prisma never had, once it is ending: refused. */
+const refused: SqlExecutor = {
+  query: () => Promise.reject(new Error("txonce: this transaction has ended")),
+};
+
 /** A {@link Database} over a Prisma client. */
 export function prismaDatabase<Client extends PrismaClientLike>(
   prisma: Client,
@@ -87,7 +105,8 @@ export function prismaDatabase<Client extends PrismaClientLike>(
   const throughPrisma: SqlExecutor = { query: (sql, params) => primary.$queryRawUnsafe<Row[]>(sql, ...params) };
   // A client whose adapter txonceAdapter wrapped: statements outside a transaction go through
   // the adapter too (found where prismaSchemaOf finds the adapter's schema).
-  const root = adaptersWrapped() ? (directRootExecutor(engineAdapterOf(primary), throughPrisma) ?? throughPrisma) : throughPrisma;
+  const factory = engineAdapterOf(primary);
+  const root = adaptersWrapped() ? (directRootExecutor(factory, throughPrisma) ?? throughPrisma) : throughPrisma;
   const sqlFor = (tx: TransactionClientOf<Client>): SqlExecutor => {
     const raw: PrismaTransactionLike = tx;
     return { query: (sql, params) => raw.$queryRawUnsafe<Row[]>(sql, ...params) };
@@ -99,14 +118,18 @@ export function prismaDatabase<Client extends PrismaClientLike>(
       if (!adaptersWrapped()) return prisma.$transaction((tx: TransactionClientOf<Client>) => work(tx, sqlFor(tx)), options);
       // The client's adapter may be wrapped by txonceAdapter: then txonce's statements go to the
       // transaction it hands over, and through Prisma when it handed none (another adapter).
-      // Over @prisma/adapter-pg, the first statement (the claim) goes with the BEGIN.
-      return runWithTransactionSlot(
+      // Over @prisma/adapter-pg, the first statement (the claim) goes with the BEGIN, and when it
+      // finds the key taken no Prisma transaction is started (see inTxonceTransaction).
+      return inTxonceTransaction(
+        factory,
+        first,
+        options?.isolationLevel === undefined,
         (slot) =>
           prisma.$transaction((tx: TransactionClientOf<Client>) => {
             const direct = slot();
             return work(tx, direct ? directExecutor(direct, sqlFor(tx)) : sqlFor(tx), direct?.firstRows);
           }, options),
-        first,
+        (direct) => work(NO_TRANSACTION_CLIENT as TransactionClientOf<Client>, directExecutor(direct, refused), direct.firstRows),
       );
     },
     sqlFor,
