@@ -6,7 +6,11 @@
  *   no SDK   `txonce(prisma)` with `@opentelemetry/api` installed and nothing registered (the
  *            default for an application that does not use OpenTelemetry)
  *   SDK, txonce off   the SDK below registered, txonce's telemetry off: what the SDK costs any
- *            application (its context manager tracks every promise), before txonce emits anything
+ *            application (its context manager tracks every promise), before txonce emits anything.
+ *            In every SDK mode the context manager is put to use once (a `context.with`) when the
+ *            mode is entered, as an application's instrumentation or the SDK's first export does:
+ *            on Node 20-22 its AsyncLocalStorage follows promises from then on. (Before, this mode
+ *            ran with it idle, having nothing to export, and the SDK modes with it busy.)
  *   SDK      `txonce(prisma)` with an SDK registered as an application registers it: a
  *            NodeTracerProvider with a BatchSpanProcessor, the AsyncLocalStorage context manager
  *            and the W3C propagator; a MeterProvider with a PeriodicExportingMetricReader (1 s).
@@ -134,6 +138,12 @@ function enter(mode: Mode) {
   if (!mode.startsWith("SDK")) return;
   trace.setGlobalTracerProvider(mode === "SDK, 1% sampled" ? sampledTracerProvider : tracerProvider);
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  // The context manager in use, as in any application whose SDK has something to do (an HTTP
+  // server's instrumentation, or the exporters' own `context.with` on their first export): on
+  // Node 20-22 its AsyncLocalStorage then follows every promise. Without this, "SDK, txonce off"
+  // would run with it idle (nothing to export) and the SDK modes with it busy, and the difference
+  // would be counted against txonce.
+  context.with(context.active(), () => {});
   propagation.setGlobalPropagator(new W3CTraceContextPropagator());
   metrics.setGlobalMeterProvider(meterProvider);
 }

@@ -239,7 +239,7 @@ export function createRelay(
     headers: row.headers ? (JSON.parse(row.headers as string) as Record<string, string>) : {},
     createdAt: new Date(row.created_at as Date | string),
     attempts: Number(row.attempts) + 1,
-    traceContext: row.trace_context ? (JSON.parse(row.trace_context as string) as Record<string, string>) : {},
+    traceContext: row.trace_context ? storedTraceContext(row.trace_context as string) : {},
   });
 
   /** Hands one message to the publisher and records the attempt; resolves to whether it was published. */
@@ -449,6 +449,30 @@ export function createRelay(
       await listener?.stop();
     },
   };
+}
+
+/** How PostgreSQL writes a `jsonb` holding one `traceparent` (what the W3C propagator stores at enqueue), up to its value. */
+const TRACEPARENT_ONLY = '{"traceparent": "';
+/** That text's length with a version-00 `traceparent` (55 characters) and the closing `"}`. */
+const TRACEPARENT_ONLY_LENGTH = TRACEPARENT_ONLY.length + 55 + 2;
+
+/**
+ * A message's stored creation context (the `trace_context` column as text). The usual one, a
+ * `traceparent` alone, is sliced out of the text (a third of the cost of `JSON.parse`, per
+ * message claimed); anything else is parsed.
+ */
+export function storedTraceContext(text: string): Record<string, string> {
+  if (
+    text.length === TRACEPARENT_ONLY_LENGTH &&
+    text.startsWith(TRACEPARENT_ONLY) &&
+    text.endsWith('"}') &&
+    // one string value, with no escape in it: the quote that ends it is the last but one character
+    text.indexOf('"', TRACEPARENT_ONLY.length) === text.length - 2 &&
+    !text.includes("\\")
+  ) {
+    return { traceparent: text.slice(TRACEPARENT_ONLY.length, -2) };
+  }
+  return JSON.parse(text) as Record<string, string>;
 }
 
 function describeMessage(message: OutboxMessage, maxAttempts: number): string {
