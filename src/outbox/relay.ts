@@ -7,7 +7,7 @@ import { statementsFor, type Statements } from "../sql/statements.js";
 import { withSchemaCheck } from "../sqlstate.js";
 import { backoffPolicy, type BackoffOptions } from "./backoff.js";
 import { listen, pgListenConnection, type ListenClientLike, type Listener } from "./listener.js";
-import type { OutboxMessage, Publisher } from "./message.js";
+import { startPublish, type OutboxMessage, type Publisher } from "./message.js";
 import { describeError, progressWriter, type Outcome } from "./progress.js";
 import { consoleLogger, type RelayLogger } from "./relay-logger.js";
 import { OUTBOX_SYSTEM, type BacklogReading, type OutboxTelemetry, type SendBatch } from "../telemetry/outbox.js";
@@ -256,15 +256,13 @@ export function createRelay(
     // telemetry: the publish is part of its topic's `send` span in the batch, its outcome recorded below
     const sending = batch?.send(message, config.publish);
     try {
-      const published = sending?.published ?? (async () => config.publish(message))();
+      const published = sending?.published ?? startPublish(config.publish, message);
       progress.started(message, token);
-      published.catch(() => {}); // a rejection after the timeout below is not news
-      await Promise.race([
-        published,
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`publish timed out after ${config.publishTimeoutMs} ms`)), config.publishTimeoutMs);
-        }),
-      ]);
+      // One promise for the publish and its timeout (a rejection after the timeout is not news).
+      await new Promise<void>((resolve, reject) => {
+        timer = setTimeout(() => reject(new Error(`publish timed out after ${config.publishTimeoutMs} ms`)), config.publishTimeoutMs);
+        published.then(resolve, reject);
+      });
       progress.ended(message, token, { kind: "published" });
       sending?.end();
       return true;
