@@ -347,17 +347,19 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     }));
     const sendModes: Mode[] = ["off", "SDK", "SDK, 1% sampled", ...(BEFORE_SRC ? (["SDK, before"] as const) : [])];
     const telemetries = Object.fromEntries(sendModes.map((mode) => [mode, mode === "SDK, before" ? undefined : outboxTelemetry(telemetryOf(mode))]));
+    // A tree from before the per-batch send spans (a `send` per message), or one with `sendBatch` like this one.
     type OldTelemetry = { send(m: OutboxMessage, system: string, publish: () => Promise<void>): { published: Promise<void>; end(): void } };
     const old = BEFORE_SRC
-      ? ((await import(pathToFileURL(`${BEFORE_SRC}/telemetry/outbox.ts`).href)) as { outboxTelemetry: (o: object) => OldTelemetry }).outboxTelemetry({})
+      ? ((await import(pathToFileURL(`${BEFORE_SRC}/telemetry/outbox.ts`).href)) as { outboxTelemetry: (o: object) => OldTelemetry | ReturnType<typeof outboxTelemetry> }).outboxTelemetry({})
       : undefined;
+    if (old && "sendBatch" in old) telemetries["SDK, before"] = old;
     const perMessage = async (mode: Mode, n: number) => {
       const telemetry = telemetries[mode];
       const cpu0 = process.cpuUsage();
       for (let b = 0; b < n / batch.length; b++) {
-        if (mode === "SDK, before") {
+        if (mode === "SDK, before" && !telemetry) {
           await Promise.all(batch.map(async (m) => {
-            const sending = old!.send(m, "txonce", publish);
+            const sending = (old as OldTelemetry).send(m, "txonce", publish);
             await sending.published;
             sending.end();
           }));
