@@ -242,19 +242,29 @@ export function createRelay(
     traceContext: row.trace_context ? storedTraceContext(row.trace_context as string) : {},
   });
 
-  /** Hands one message to the publisher and records the attempt; resolves to whether it was published. */
-  const attempt = async (row: Row, token: string, batch: SendBatch | undefined): Promise<boolean> => {
+  /**
+   * Hands one message to the publisher and records the attempt; resolves to whether it was
+   * published, after calling `ended` (the outcome is recorded, not yet written).
+   */
+  const attempt = async (row: Row, token: string, batch: SendBatch | undefined, ended: () => void): Promise<boolean> => {
     let message: OutboxMessage;
     try {
       message = toMessage(row);
     } catch (error) {
       // A payload this codec cannot read: no publish can help.
       progress.ended({ id: row.id as string }, token, { kind: "dead", error });
+      ended();
       return false;
     }
     let timer: NodeJS.Timeout | undefined;
     // telemetry: the publish is part of its topic's `send` span in the batch, its outcome recorded below
-    const sending = batch?.send(message, config.publish);
+    let sending: ReturnType<SendBatch["send"]> | undefined;
+    try {
+      sending = batch?.send(message, config.publish);
+    } catch (error) {
+      ended();
+      throw error;
+    }
     try {
       const published = sending?.published ?? startPublish(config.publish, message);
       progress.started(message, token);
@@ -278,6 +288,7 @@ export function createRelay(
       return false;
     } finally {
       clearTimeout(timer);
+      ended();
     }
   };
 
@@ -320,14 +331,12 @@ export function createRelay(
     };
     // telemetry: one `send {topic}` span per topic of the batch, ended once every publish ended
     const batch = telemetry?.sendBatch(system);
-    const handOver = async (row: Row) => {
-      try {
-        return await attempt(row, token, batch);
-      } finally {
-        unwritten++;
-        ended++;
-      }
+    const counted = () => {
+      unwritten++;
+      ended++;
     };
+    // (No async wrapper counting around attempt: one promise fewer per message.)
+    const handOver = (row: Row) => attempt(row, token, batch, counted);
     const runs = new Map<string, Row[]>();
     const unkeyed: Row[] = [];
     for (const row of rows) {
