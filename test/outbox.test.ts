@@ -133,6 +133,36 @@ describe("enqueue", () => {
       await relay.stop();
     }
   });
+
+  test("the relay hands each message its stored trace context as stored, whatever its shape", async () => {
+    const t = txonce(db.prisma, { telemetry: { enabled: false } }); // hands the stored context over untouched
+    const traceparent = `00-${"a1".repeat(16)}-${"b2".repeat(8)}-01`;
+    const head = traceparent.slice(0, 53);
+    const stored: Record<string, string>[] = [
+      { traceparent }, // what the W3C propagator stores: read without JSON.parse
+      { traceparent, tracestate: "vendor=v" },
+      // Below: the text of a traceparent alone (its length, its start and end), but something else.
+      { traceparent: `${head}"` }, // an escaped quote
+      { traceparent: `${head}\n` }, // an escape
+      { traceparent: "00-x", traceparentz: "y".repeat(31) }, // two keys (jsonb puts the shorter name first)
+      { other: "x" },
+    ];
+    const ids = await db.prisma.$transaction((tx) => t.outbox.enqueueMany(tx, stored.map((_, i) => ({ topic: "stored-contexts", payload: i }))));
+    for (const [i, id] of ids.entries()) {
+      await db.pool.query("UPDATE txonce_outbox_messages SET trace_context = $2::jsonb WHERE id = $1", [id, JSON.stringify(stored[i])]);
+    }
+    const { rows } = await db.pool.query<{ text: string }>("SELECT trace_context::text AS text FROM txonce_outbox_messages ORDER BY seq");
+    expect(rows.map((r) => r.text.length)).toEqual([74, 100, 74, 74, 74, 14]);
+    const broker = memoryBroker();
+    const relay = t.outbox.relay({ publisher: broker.publish, pollInterval: 20 });
+    await relay.start();
+    try {
+      await until(() => broker.received.length === stored.length);
+    } finally {
+      await relay.stop();
+    }
+    expect(broker.received.sort((a, b) => (a.payload as number) - (b.payload as number)).map((m) => m.traceContext)).toEqual(stored);
+  });
 });
 
 describe("waking", () => {

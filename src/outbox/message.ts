@@ -59,3 +59,16 @@ export interface Publisher {
   /** Releases the publisher's connections; the relay does not call it. */
   close?(): Promise<void>;
 }
+
+/**
+ * Calls `publish(message)` now and returns its promise, a synchronous throw as a rejection. (Not
+ * an `async` wrapper: that adds promises per message, each followed by the context manager's
+ * hooks when an OpenTelemetry SDK is registered on Node 20-22.)
+ */
+export function startPublish(publish: Publisher["publish"], message: OutboxMessage): Promise<void> {
+  try {
+    return Promise.resolve(publish(message));
+  } catch (error) {
+    return Promise.reject(error as Error);
+  }
+}

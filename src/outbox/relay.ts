@@ -7,7 +7,7 @@ import { statementsFor, type Statements } from "../sql/statements.js";
 import { withSchemaCheck } from "../sqlstate.js";
 import { backoffPolicy, type BackoffOptions } from "./backoff.js";
 import { listen, pgListenConnection, type ListenClientLike, type Listener } from "./listener.js";
-import type { OutboxMessage, Publisher } from "./message.js";
+import { startPublish, type OutboxMessage, type Publisher } from "./message.js";
 import { describeError, progressWriter, type Outcome } from "./progress.js";
 import { consoleLogger, type RelayLogger } from "./relay-logger.js";
 import { OUTBOX_SYSTEM, type BacklogReading, type OutboxTelemetry, type SendBatch } from "../telemetry/outbox.js";
@@ -239,32 +239,40 @@ export function createRelay(
     headers: row.headers ? (JSON.parse(row.headers as string) as Record<string, string>) : {},
     createdAt: new Date(row.created_at as Date | string),
     attempts: Number(row.attempts) + 1,
-    traceContext: row.trace_context ? (JSON.parse(row.trace_context as string) as Record<string, string>) : {},
+    traceContext: row.trace_context ? storedTraceContext(row.trace_context as string) : {},
   });
 
-  /** Hands one message to the publisher and records the attempt; resolves to whether it was published. */
-  const attempt = async (row: Row, token: string, batch: SendBatch | undefined): Promise<boolean> => {
+  /**
+   * Hands one message to the publisher and records the attempt; resolves to whether it was
+   * published, after calling `ended` (the outcome is recorded, not yet written).
+   */
+  const attempt = async (row: Row, token: string, batch: SendBatch | undefined, ended: () => void): Promise<boolean> => {
     let message: OutboxMessage;
     try {
       message = toMessage(row);
     } catch (error) {
       // A payload this codec cannot read: no publish can help.
       progress.ended({ id: row.id as string }, token, { kind: "dead", error });
+      ended();
       return false;
     }
     let timer: NodeJS.Timeout | undefined;
     // telemetry: the publish is part of its topic's `send` span in the batch, its outcome recorded below
-    const sending = batch?.send(message, config.publish);
+    let sending: ReturnType<SendBatch["send"]> | undefined;
     try {
-      const published = sending?.published ?? (async () => config.publish(message))();
+      sending = batch?.send(message, config.publish);
+    } catch (error) {
+      ended();
+      throw error;
+    }
+    try {
+      const published = sending?.published ?? startPublish(config.publish, message);
       progress.started(message, token);
-      published.catch(() => {}); // a rejection after the timeout below is not news
-      await Promise.race([
-        published,
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`publish timed out after ${config.publishTimeoutMs} ms`)), config.publishTimeoutMs);
-        }),
-      ]);
+      // One promise for the publish and its timeout (a rejection after the timeout is not news).
+      await new Promise<void>((resolve, reject) => {
+        timer = setTimeout(() => reject(new Error(`publish timed out after ${config.publishTimeoutMs} ms`)), config.publishTimeoutMs);
+        published.then(resolve, reject);
+      });
       progress.ended(message, token, { kind: "published" });
       sending?.end();
       return true;
@@ -280,6 +288,7 @@ export function createRelay(
       return false;
     } finally {
       clearTimeout(timer);
+      ended();
     }
   };
 
@@ -322,14 +331,12 @@ export function createRelay(
     };
     // telemetry: one `send {topic}` span per topic of the batch, ended once every publish ended
     const batch = telemetry?.sendBatch(system);
-    const handOver = async (row: Row) => {
-      try {
-        return await attempt(row, token, batch);
-      } finally {
-        unwritten++;
-        ended++;
-      }
+    const counted = () => {
+      unwritten++;
+      ended++;
     };
+    // (No async wrapper counting around attempt: one promise fewer per message.)
+    const handOver = (row: Row) => attempt(row, token, batch, counted);
     const runs = new Map<string, Row[]>();
     const unkeyed: Row[] = [];
     for (const row of rows) {
@@ -449,6 +456,30 @@ export function createRelay(
       await listener?.stop();
     },
   };
+}
+
+/** How PostgreSQL writes a `jsonb` holding one `traceparent` (what the W3C propagator stores at enqueue), up to its value. */
+const TRACEPARENT_ONLY = '{"traceparent": "';
+/** That text's length with a version-00 `traceparent` (55 characters) and the closing `"}`. */
+const TRACEPARENT_ONLY_LENGTH = TRACEPARENT_ONLY.length + 55 + 2;
+
+/**
+ * A message's stored creation context (the `trace_context` column as text). The usual one, a
+ * `traceparent` alone, is sliced out of the text (a third of the cost of `JSON.parse`, per
+ * message claimed); anything else is parsed.
+ */
+export function storedTraceContext(text: string): Record<string, string> {
+  if (
+    text.length === TRACEPARENT_ONLY_LENGTH &&
+    text.startsWith(TRACEPARENT_ONLY) &&
+    text.endsWith('"}') &&
+    // one string value, with no escape in it: the quote that ends it is the last but one character
+    text.indexOf('"', TRACEPARENT_ONLY.length) === text.length - 2 &&
+    !text.includes("\\")
+  ) {
+    return { traceparent: text.slice(TRACEPARENT_ONLY.length, -2) };
+  }
+  return JSON.parse(text) as Record<string, string>;
 }
 
 function describeMessage(message: OutboxMessage, maxAttempts: number): string {

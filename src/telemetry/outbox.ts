@@ -9,7 +9,7 @@
  * observable gauges.
  */
 import type { Context, Counter, Histogram, ObservableGauge, Span, SpanContext } from "@opentelemetry/api";
-import type { OutboxMessage } from "../outbox/message.js";
+import { startPublish, type OutboxMessage } from "../outbox/message.js";
 import type { OtelApi } from "./otel.js";
 import { DURATION_BUCKETS, errorType, Instrumentation, secondsSince, telemetryApi, type Attributes } from "./telemetry.js";
 import type { TelemetryOptions } from "./options.js";
@@ -45,7 +45,7 @@ interface SendGroup {
 
 /** The batch when no SDK is registered: the publishes, nothing else. */
 const UNTRACED_BATCH: SendBatch = {
-  send: (message, publish) => ({ published: (async () => publish(message))(), end() {} }),
+  send: (message, publish) => ({ published: startPublish(publish, message), end() {} }),
   end() {},
 };
 
@@ -279,7 +279,7 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
           }
           // Not run in the span's context (context.with): the context manager would carry it
           // into every promise of the broker's client, and a batch span is no one message's parent.
-          const published = (async () => publish(handed))();
+          const published = startPublish(publish, handed);
           const g = group;
           return {
             published,
