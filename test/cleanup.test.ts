@@ -109,15 +109,17 @@ describe("cleanup()", () => {
       .finally(() => {
         cleanupDone = true;
       });
-    // On a machine where the run is slow, what each of the database's sessions is doing (a CI run
-    // once timed out here without saying why).
+    // On a machine where the run or the calls are slow, what each of the database's sessions is
+    // doing (a CI run once timed out here without saying why).
     const watchdog = setTimeout(() => {
       void db.pool
         .query(
           `SELECT pid, state, wait_event_type, wait_event, now() - xact_start AS in_transaction, left(query, 120) AS query
            FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`,
         )
-        .then(({ rows }) => console.log(`cleanup still running after 20 s, ${batchMs.length} batches so far:`, rows))
+        .then(({ rows }) =>
+          console.log(`${cleanupDone ? "calls" : "cleanup"} still running after 20 s, ${batchMs.length} batches so far:`, rows),
+        )
         .catch(() => {});
     }, 20_000);
     const latencies: number[] = [];
