@@ -21,7 +21,7 @@
  *     that only works inside the repository (the npm page shows the README alone).
  * Leaves the temporary folder in place when a check fails, and prints where it is.
  */
-import { execFileSync, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -96,12 +96,9 @@ const specifierOf = (subpath: string) => (subpath === "." ? pkg.name : `${pkg.na
 
 const work = mkdtempSync(join(tmpdir(), "txonce-check-package-"));
 try {
-  section("build");
-  rmSync(join(root, "dist"), { recursive: true, force: true });
-  execFileSync("npm", ["run", "build", "--silent"], { cwd: root, stdio: "inherit" });
-  check(existsSync(join(root, "dist", "index.js")), "npm run build wrote dist/");
-
   section("tarball contents");
+  // From no dist/, as on a fresh clone: npm pack (and npm publish) build it, by the prepack script.
+  rmSync(join(root, "dist"), { recursive: true, force: true });
   const packed = JSON.parse(runOrThrow("npm", ["pack", "--json", "--pack-destination", work], root)) as {
     filename: string;
     files: { path: string }[];
@@ -110,6 +107,7 @@ try {
   const files = packed[0]!.files.map((file) => file.path);
   console.log(`  ${tarball}: ${files.length} files`);
   const has = (path: string) => files.includes(path);
+  check(has("dist/index.js") && has("dist/cli/main.js"), "npm pack built dist/ (prepack) and packed it, the CLI included");
 
   check(has("prisma/txonce.prisma"), "prisma/txonce.prisma is in the tarball");
   const migrations = readdirSync(join(root, "prisma", "migrations"), { withFileTypes: true })
