@@ -28,7 +28,9 @@
  *    is seen apart from the database's.
  * 2. Relay throughput: TELEMETRY_MESSAGES (5,000) unkeyed messages enqueued in that mode (so
  *    the SDK's messages carry a creation context and its send spans link to it), then drained
- *    by one relay (defaults, a publisher that resolves at once), TELEMETRY_ROUNDS rounds.
+ *    by one relay (defaults, a publisher that resolves at once), TELEMETRY_ROUNDS rounds. Before
+ *    each drain the enqueue's spans are exported and a garbage collection runs (`settle`).
+ *    TELEMETRY_PROFILE=<dir> writes a CPU profile of each drain there.
  *    TELEMETRY_PUBLISHER=rabbitmq drains to the real RabbitMQ at RABBITMQ_URL (default
  *    amqp://guest:guest@127.0.0.1:5672) with txonce's shipped publisher (confirm channel,
  *    persistent messages) instead: a throwaway topic exchange and a durable queue bound to it,
@@ -48,7 +50,11 @@
  * and relay throughput.
  */
 import { randomBytes } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { Session } from "node:inspector";
 import { pathToFileURL } from "node:url";
+import v8 from "node:v8";
+import vm from "node:vm";
 import amqplib from "amqplib";
 import { context, metrics, propagation, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
@@ -146,6 +152,43 @@ function enter(mode: Mode) {
   context.with(context.active(), () => {});
   propagation.setGlobalPropagator(new W3CTraceContextPropagator());
   metrics.setGlobalMeterProvider(meterProvider);
+}
+
+/** TELEMETRY_PROFILE=<dir>: a CPU profile of each drain (sampled every 100 µs) written there, named by mode and publisher. */
+const PROFILE_DIR = process.env.TELEMETRY_PROFILE;
+
+async function startProfile() {
+  const session = new Session();
+  session.connect();
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) => session.post(method, params, (error, result) => (error ? reject(error) : resolve(result))));
+  await post("Profiler.enable");
+  await post("Profiler.setSamplingInterval", { interval: 100 });
+  await post("Profiler.start");
+  return {
+    async stopInto(file: string) {
+      const { profile } = (await post("Profiler.stop")) as { profile: unknown };
+      writeFileSync(file, JSON.stringify(profile));
+      session.disconnect();
+    },
+  };
+}
+
+const collectGarbage = (() => {
+  v8.setFlagsFromString("--expose-gc");
+  return vm.runInNewContext("gc") as () => void;
+})();
+
+/**
+ * Before each drain, in every mode: the spans of the enqueue before it exported (its `create`
+ * spans, in the SDK modes) and the garbage it left collected, so that a drain pays for the relay
+ * and not for the enqueue. (Until the fifth pass, the SDK modes' drains also paid for their
+ * enqueue's 20,000 `create` spans: exported and collected during the drain.)
+ */
+async function settle() {
+  await tracerProvider.forceFlush();
+  await sampledTracerProvider.forceFlush();
+  collectGarbage();
 }
 
 /** `concurrency` workers calling `op` back to back for `seconds`: calls/s and Node CPU µs per call. */
@@ -255,7 +298,8 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
       await prisma.$transaction((tx) => t.outbox.enqueueMany(tx, messages));
     }
   };
-  const drain = async (t: ReturnType<typeof txonce>, n: number, publisher: Publisher | Publisher["publish"]) => {
+  const drain = async (mode: Mode, publisherName: string, n: number, publisher: Publisher | Publisher["publish"]) => {
+    const t = instances[mode];
     let done = 0;
     let finish!: () => void;
     const finished = new Promise<void>((resolve) => (finish = resolve));
@@ -267,12 +311,14 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
         if (done >= n) finish();
       },
     });
+    const profiling = PROFILE_DIR ? await startProfile() : undefined;
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     await relay.start();
     await finished;
     const seconds = (performance.now() - t0) / 1000;
     const cpu = process.cpuUsage(cpu0);
+    if (profiling) await profiling.stopInto(`${PROFILE_DIR}/${mode.replace(/[^a-zA-Z]+/g, "_")}-${publisherName}-${Date.now()}.cpuprofile`);
     await relay.stop();
     return { rate: n / seconds, cpuUsPerMsg: (cpu.user + cpu.system) / n };
   };
@@ -289,7 +335,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
         enter("off");
         await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
         await enqueue(instances.off, 1000);
-        await drain(instances.off, 1000, publisher);
+        await drain("off", publisherName, 1000, publisher);
         await broker.purge();
       }
       for (let round = 0; runRelay && round < ROUNDS; round++) {
@@ -300,7 +346,8 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
           await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
           await enqueue(instances[mode], MESSAGES);
           await pool.query("VACUUM ANALYZE txonce_outbox_messages");
-          result[mode] = await drain(instances[mode], MESSAGES, publisher);
+          await settle();
+          result[mode] = await drain(mode, publisherName, MESSAGES, publisher);
           if (broker) routed += await broker.purge();
         }
         drains.push(result);
@@ -373,6 +420,8 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
         }));
         sends?.end();
       }
+      // This tree records each batch's telemetry once the relay waits on the database: at once here.
+      if (telemetry && "flush" in telemetry) telemetry.flush();
       const cpu = process.cpuUsage(cpu0);
       return (cpu.user + cpu.system) / n;
     };

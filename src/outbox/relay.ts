@@ -452,6 +452,9 @@ export function createRelay(
       notify();
       stopObserving?.();
       await Promise.all(workers);
+      // The last batches' telemetry, recorded once the relay waits on its next queries (no
+      // next query now): their spans end before stop() resolves.
+      instrumented?.telemetry.flush();
       await progress.close();
       await listener?.stop();
     },
