@@ -22,7 +22,9 @@
  * 1. First execution: `withIdempotency(freshKey, tx => tx.charge.create(...))` at
  *    BENCH_CONCURRENCY (1 and 8) workers back to back, TELEMETRY_ROUNDS (5) rounds of
  *    BENCH_SECONDS (1.5) per mode; calls/s is the median of the rounds, a ratio the median of
- *    the per-round ratios to off; Node CPU per call.
+ *    the per-round ratios to off; Node CPU per call. In the SDK modes each call runs in a
+ *    request's `SERVER` span, as in an application whose SDK instruments its HTTP server
+ *    (TELEMETRY_REQUEST_SPAN=0: outside any span). The tables are vacuumed before each round.
  * 0. txonce's own CPU per call, on a database stub that answers at once (no I/O): 20,000
  *    sequential first executions per mode and round, so that the cost of the instrumentation
  *    is seen apart from the database's.
@@ -30,7 +32,7 @@
  *    the SDK's messages carry a creation context and its send spans link to it), then drained
  *    by one relay (defaults, a publisher that resolves at once), TELEMETRY_ROUNDS rounds. Before
  *    each drain the enqueue's spans are exported and a garbage collection runs (`settle`).
- *    TELEMETRY_PROFILE=<dir> writes a CPU profile of each drain there.
+ *    TELEMETRY_PROFILE=<dir> writes a CPU profile of each drain (and each round of part 1) there.
  *    TELEMETRY_PUBLISHER=rabbitmq drains to the real RabbitMQ at RABBITMQ_URL (default
  *    amqp://guest:guest@127.0.0.1:5672) with txonce's shipped publisher (confirm channel,
  *    persistent messages) instead: a throwaway topic exchange and a durable queue bound to it,
@@ -56,7 +58,7 @@ import { pathToFileURL } from "node:url";
 import v8 from "node:v8";
 import vm from "node:vm";
 import amqplib from "amqplib";
-import { context, metrics, propagation, trace } from "@opentelemetry/api";
+import { context, metrics, propagation, SpanKind, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { ExportResultCode, W3CTraceContextPropagator, type ExportResult } from "@opentelemetry/core";
 import { AggregationTemporality, MeterProvider, PeriodicExportingMetricReader, type PushMetricExporter, type ResourceMetrics } from "@opentelemetry/sdk-metrics";
@@ -154,7 +156,16 @@ function enter(mode: Mode) {
   metrics.setGlobalMeterProvider(meterProvider);
 }
 
-/** TELEMETRY_PROFILE=<dir>: a CPU profile of each drain (sampled every 100 µs) written there, named by mode and publisher. */
+/**
+ * TELEMETRY_REQUEST_SPAN=0: first executions in the SDK modes run outside any span, instead of
+ * in a request's `SERVER` span each. Outside any span, txonce's span context is the first
+ * context the call runs in, and on Node 20 every async resource of the Prisma transaction
+ * (timers, immediates, socket writes) then costs more: about 300 µs of Node CPU per call in the
+ * fifth pass, against about 65 µs in a request's span, where the SDK already pays it.
+ */
+const REQUEST_SPAN = process.env.TELEMETRY_REQUEST_SPAN !== "0";
+
+/** TELEMETRY_PROFILE=<dir>: a CPU profile of each drain and each round of first executions (sampled every 100 µs) written there, named by mode and part. */
 const PROFILE_DIR = process.env.TELEMETRY_PROFILE;
 
 async function startProfile() {
@@ -251,10 +262,24 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   );
   const tag = randomBytes(4).toString("hex");
   let serial = 0;
-  const first = (mode: Mode) => () =>
+  const charge = (mode: Mode) => () =>
     instances[mode].withIdempotency(`otel-${tag}-${serial++}`, (tx) => tx.charge.create({ data: { accountId: ACCOUNT, amount: 1 } }), {
       name: "charge",
     });
+  // In the SDK modes each call runs in a request's span, as an application with an SDK runs it
+  // (its HTTP server's instrumentation starts one per request); see REQUEST_SPAN.
+  const first = (mode: Mode) => {
+    const call = charge(mode);
+    if (!REQUEST_SPAN || !mode.startsWith("SDK")) return call;
+    return () =>
+      trace.getTracer("bench-http-server").startActiveSpan("POST /charges", { kind: SpanKind.SERVER }, async (request) => {
+        try {
+          return await call();
+        } finally {
+          request.end();
+        }
+      });
+  };
 
   // 1. First execution.
   for (const concurrency of PARTS.includes("first") ? CONCURRENCY : []) {
@@ -264,12 +289,16 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     }
     const rounds: Record<Mode, { rate: number; cpuUsPerCall: number }>[] = [];
     for (let round = 0; round < ROUNDS; round++) {
+      // This machine's PostgreSQL may run without autovacuum: the rounds' dead rows would slow the later ones.
+      await pool.query(`VACUUM ${sql.IDEMPOTENCY_TABLE}, charges`);
       const result = {} as Record<Mode, { rate: number; cpuUsPerCall: number }>;
       // Rotate the order, so that no mode always runs first or last in a round.
       for (let i = 0; i < MODES.length; i++) {
         const mode = MODES[(i + round) % MODES.length]!;
         enter(mode);
+        const profiling = PROFILE_DIR ? await startProfile() : undefined;
         result[mode] = await closedLoop(concurrency, SECONDS, first(mode));
+        if (profiling) await profiling.stopInto(`${PROFILE_DIR}/${mode.replace(/[^a-zA-Z]+/g, "_")}-first-c${concurrency}-${Date.now()}.cpuprofile`);
       }
       rounds.push(result);
     }
