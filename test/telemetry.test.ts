@@ -6,7 +6,7 @@
  */
 import { createServer, type IncomingHttpHeaders } from "node:http";
 import type { AddressInfo } from "node:net";
-import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { diag, DiagLogLevel, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { txonce } from "../src/adapters/prisma.js";
 import { handleIdempotentRequest } from "../src/http/core.js";
@@ -373,6 +373,28 @@ describe("outbox", () => {
     // The messages with no valid creation context are handed over with the batch span's.
     const own = { traceparent: `00-${send!.spanContext().traceId}-${send!.spanContext().spanId}-01` };
     expect(handed.map((h) => h.traceContext)).toEqual([messages[0]!.traceContext, messages[1]!.traceContext, own, own]);
+  });
+
+  test("a throw while a batch's telemetry is recorded, after the relay has moved on, goes to the OpenTelemetry diag logger, not out of the process", async () => {
+    const errors: unknown[][] = [];
+    diag.setLogger({ error: (...args: unknown[]) => void errors.push(args), warn() {}, info() {}, debug() {}, verbose() {} }, DiagLogLevel.ERROR);
+    try {
+      const batch = outboxTelemetry({})!.sendBatch("memory");
+      const m: OutboxMessage = {
+        id: "0197f0aa-0000-7000-8000-000000000009", seq: "1", topic: unique("throws"), key: null, payload: 1,
+        encodedPayload: "1", headers: {}, createdAt: new Date(), attempts: 1, traceContext: {},
+      };
+      const sending = batch.send(m, async () => {});
+      await sending.published;
+      const hostile = new Error("refused");
+      Object.defineProperty(hostile, "message", { get: () => { throw new Error("a getter that throws"); } });
+      sending.end(hostile);
+      batch.end();
+      await new Promise((resolve) => setImmediate(resolve)); // the check phase that records it
+      expect(errors.map(([message]) => message)).toEqual(["txonce: recording the telemetry of a relay's batch failed"]);
+    } finally {
+      diag.disable();
+    }
   });
 
   test("a message enqueued outside any trace gets the send span's context in its headers", async () => {

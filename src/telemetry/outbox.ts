@@ -101,7 +101,10 @@ export interface SendBatch {
    * batch span's context instead, so consumers still get one.
    */
   send(message: OutboxMessage, publish: (message: OutboxMessage) => Promise<void>): Sending;
-  /** Ends the batch's spans and records their metrics, once every message sent has ended. */
+  /**
+   * Called once every message sent has ended: ends the batch's spans (at this time) and records
+   * their links and metrics, in the event loop's next check phase or at {@link OutboxTelemetry.flush}.
+   */
   end(): void;
 }
 
@@ -251,7 +254,14 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
     finishTimer = undefined;
     const due = finishing;
     finishing = [];
-    for (const record of due) record();
+    for (const record of due) {
+      // Out of the relay's loop now: a throw here would be an uncaught exception.
+      try {
+        record();
+      } catch (error) {
+        api.diag.error("txonce: recording the telemetry of a relay's batch failed", error);
+      }
+    }
   };
   const finishingSoon = () => {
     finishTimer ??= setImmediate(flushFinishing);
