@@ -13,7 +13,10 @@
  *            ran with it idle, having nothing to export, and the SDK modes with it busy.)
  *   SDK      `txonce(prisma)` with an SDK registered as an application registers it: a
  *            NodeTracerProvider with a BatchSpanProcessor, the AsyncLocalStorage context manager
- *            and the W3C propagator; a MeterProvider with a PeriodicExportingMetricReader (1 s).
+ *            and the W3C propagator; a MeterProvider with a PeriodicExportingMetricReader at the
+ *            SDK's default interval, 60 s (TELEMETRY_EXPORT_MS: another). At 60 s the relay's
+ *            backlog gauges are collected in few drains, if any: what one collection costs (one
+ *            query) is measured apart, at the drain's backlog, and printed with the relay's table.
  *            Both exporters drop what they get (after counting it): the cost measured is txonce's
  *            and the SDK's in the process, not a collector's network.
  *
@@ -31,7 +34,8 @@
  * 2. Relay throughput: TELEMETRY_MESSAGES (5,000) unkeyed messages enqueued in that mode (so
  *    the SDK's messages carry a creation context and its send spans link to it), then drained
  *    by one relay (defaults, a publisher that resolves at once), TELEMETRY_ROUNDS rounds. Before
- *    each drain the enqueue's spans are exported and a garbage collection runs (`settle`).
+ *    each drain the table is vacuumed, a checkpoint is taken, the enqueue's spans are exported
+ *    and a garbage collection runs (`settle`).
  *    TELEMETRY_PROFILE=<dir> writes a CPU profile of each drain (and each round of part 1) there.
  *    TELEMETRY_PUBLISHER=rabbitmq drains to the real RabbitMQ at RABBITMQ_URL (default
  *    amqp://guest:guest@127.0.0.1:5672) with txonce's shipped publisher (confirm channel,
@@ -43,7 +47,10 @@
  *    TELEMETRY_BEFORE_SRC=/path/src adds the mode "SDK, before": another source tree's txonce
  *    (e.g. `git archive <commit> src` unpacked beside a node_modules link and a package.json),
  *    drained in the same rounds, and its send telemetry in part 3. TELEMETRY_MODES="SDK;SDK,
- *    txonce off" (";" between modes) drains only those, and off.
+ *    txonce off" (";" between modes) drains only those, and off. Only when named there, the mode
+ *    "SDK, txonce off, contexts stored": txonce's telemetry off, draining rows that hold a creation
+ *    context as the SDK mode's rows do (written in after the enqueue, then VACUUM FULL): what the
+ *    stored context alone costs the database, the relay and the publisher's headers.
  * 3. The relay's telemetry alone (TELEMETRY_PARTS=send): batches of 100 messages of one topic
  *    through `sendBatch` (one send span per batch, a link per message, the metrics) and a
  *    publish that resolves at once; Node CPU per message, no relay or database.
@@ -94,14 +101,18 @@ for (const p of PUBLISHERS) if (p !== "noop" && p !== "rabbitmq") throw new Erro
 const BEFORE_SRC = process.env.TELEMETRY_BEFORE_SRC;
 const RABBITMQ_URL = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672";
 
-type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled" | "SDK, before";
+type Mode = "off" | "no SDK" | "SDK, txonce off" | "SDK" | "SDK, 1% sampled" | "SDK, before" | "SDK, txonce off, contexts stored";
 const MODES: Mode[] = ["off", "no SDK", "SDK, txonce off", "SDK"];
 /** The relay's modes: also the SDK with a sampler that records 1% of the traces it starts (and the tree before). */
-const RELAY_MODES: Mode[] = ([...MODES, "SDK, 1% sampled", ...(BEFORE_SRC ? ["SDK, before"] : [])] as Mode[]).filter(
+const RELAY_MODES: Mode[] = ([...MODES, "SDK, 1% sampled", ...(BEFORE_SRC ? ["SDK, before"] : []), "SDK, txonce off, contexts stored"] as Mode[]).filter(
   // TELEMETRY_MODES="SDK,SDK, txonce off" ... (separated by ";"): only those in the relay part (and off, the reference).
-  (mode) => mode === "off" || !process.env.TELEMETRY_MODES || process.env.TELEMETRY_MODES.split(";").includes(mode),
+  // "SDK, txonce off, contexts stored" only when named: txonce's telemetry off, draining rows that hold a creation
+  // context as the SDK mode's do (written after the enqueue): what the stored context costs the database and the relay.
+  (mode) =>
+    mode === "off" ||
+    (!process.env.TELEMETRY_MODES ? mode !== "SDK, txonce off, contexts stored" : process.env.TELEMETRY_MODES.split(";").includes(mode)),
 );
-const telemetryOf = (mode: Mode) => ({ enabled: mode !== "off" && mode !== "SDK, txonce off" });
+const telemetryOf = (mode: Mode) => ({ enabled: mode !== "off" && !mode.startsWith("SDK, txonce off") });
 
 /** Counts what it is handed and drops it. */
 class DroppingSpanExporter implements SpanExporter {
@@ -134,7 +145,7 @@ const sampledTracerProvider = new NodeTracerProvider({
   spanProcessors: [new BatchSpanProcessor(spanExporter)],
 });
 const meterProvider = new MeterProvider({
-  readers: [new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 1000 })],
+  readers: [new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: env("TELEMETRY_EXPORT_MS", 60_000) })],
 });
 
 /** Puts the process in a mode: the SDK registered, or nothing registered. */
@@ -358,6 +369,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     const publisher: Publisher | Publisher["publish"] = broker?.publisher ?? (async () => {});
     let routed = 0;
     const drains: Record<Mode, { rate: number; cpuUsPerMsg: number }>[] = [];
+    const backlogReads: number[] = [];
     try {
       if (broker) {
         // Warm-up: the publisher's connection and confirm channel, and the broker's queue.
@@ -374,8 +386,23 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
           enter(mode);
           await pool.query(`TRUNCATE ${sql.OUTBOX_TABLE}`);
           await enqueue(instances[mode], MESSAGES);
+          if (mode === "SDK, txonce off, contexts stored") {
+            await pool.query(
+              `UPDATE ${sql.OUTBOX_TABLE} SET trace_context = jsonb_build_object('traceparent', '00-' || md5(id::text) || '-' || left(md5(seq::text), 16) || '-01')`,
+            );
+            await pool.query("VACUUM FULL txonce_outbox_messages"); // as compact as the other modes' freshly written rows
+          }
           await pool.query("VACUUM ANALYZE txonce_outbox_messages");
+          // Every drain from a fresh checkpoint: the same full-page images in the WAL for each mode,
+          // and no checkpoint of the database's own timing in the middle of one drain but not another.
+          await pool.query("CHECKPOINT");
           await settle();
+          if (mode === "SDK") {
+            // What one collection of the backlog gauges costs: the reading they make, at the drain's backlog.
+            const t0 = performance.now();
+            await instances[mode].outbox.backlog();
+            backlogReads.push(performance.now() - t0);
+          }
           result[mode] = await drain(mode, publisherName, MESSAGES, publisher);
           if (broker) routed += await broker.purge();
         }
@@ -403,6 +430,12 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
         ];
       }),
     );
+    if (backlogReads.length > 0) {
+      log(
+        `One collection of the backlog gauges (one query, \`outbox.backlog()\`) with ${num(MESSAGES)} messages pending: ${fmt(median(backlogReads), 1)} ms ` +
+          `(median of ${backlogReads.length}), once per export interval (${num(env("TELEMETRY_EXPORT_MS", 60_000) / 1000)} s here) while a relay runs.`,
+      );
+    }
     if (broker) {
       const published = MESSAGES * ROUNDS * RELAY_MODES.length;
       log(`RabbitMQ's queue held ${num(routed)} of the ${num(published)} messages the rounds published when purged after each drain${routed === published ? " (every one routed)" : ""}.`);
