@@ -35,8 +35,12 @@ interface SendGroup {
   readonly firstId: string;
   messages: number;
   sent: number;
-  /** Creation contexts to link, after the first message's (given when the span started). */
-  readonly links: SpanContext[];
+  /**
+   * Creation contexts to link, after the first message's (given when the span started): a valid
+   * W3C `traceparent` as stored (read into a span context only when the span records, at its
+   * end), or the span context a propagator read.
+   */
+  readonly links: (string | SpanContext)[];
   /** Each published message's commit-to-publish latency, in ms. */
   readonly latencies: number[];
   /** Each failed message: its id, its error, and when it failed (`performance.now()`). */
@@ -213,7 +217,9 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
   const finish = (g: SendGroup, endedAt: number) => {
     const { span } = g;
     const instruments = otel.instruments;
-    if (g.links.length > 0 && span.isRecording()) span.addLinks(g.links.map((context) => ({ context })));
+    if (g.links.length > 0 && span.isRecording()) {
+      span.addLinks(g.links.map((link) => ({ context: typeof link === "string" ? traceparentContext(link) : link })));
+    }
     // No attributes: the SDK hashes a record's attributes on every call (2.4 µs with two, 0.2 with
     // none, on the bench machine), and this is the one metric recorded per message. The relay's
     // lag is one queue's, like the backlog gauges'; publishes by topic are in `sent`.
@@ -324,9 +330,9 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
       };
       return {
         send(message, publish) {
-          const creation = creationContext(api, message.traceContext);
+          const creation = creationLink(api, message.traceContext);
           let group = groups.get(message.topic);
-          if (!group) group = open(message, creation);
+          if (!group) group = open(message, typeof creation === "string" ? traceparentContext(creation) : creation);
           else if (creation) group.links.push(creation);
           group.messages++;
           let handed = message;
@@ -407,26 +413,32 @@ const INVALID_TRACE_ID = "0".repeat(32);
 const INVALID_SPAN_ID = "0".repeat(16);
 
 /**
- * The valid span context in a stored creation context, if any. The usual one, a W3C
- * `traceparent` alone (what the W3C propagator wrote at enqueue, with no `tracestate`), is read
- * here directly: the propagator's own parse, with its context objects, was most of the cost of
- * the link. Anything else goes through the registered propagator.
+ * The creation context stored with a message, as its batch span links it: the `traceparent`
+ * itself when it is the usual one (what the W3C propagator wrote at enqueue: a valid
+ * `traceparent` alone, no `tracestate`), checked here and read into a span context only if the
+ * span records ({@link traceparentContext}); anything else as the registered propagator reads it.
+ * Undefined when there is no valid one. (The propagator's own parse, with its context objects,
+ * was most of the cost of a link; and a sampled-out batch reads no context at all.)
  */
-function creationContext(api: OtelApi, carrier: Readonly<Record<string, string>> = {}): SpanContext | undefined {
+function creationLink(api: OtelApi, carrier: Readonly<Record<string, string>> = {}): string | SpanContext | undefined {
   const { traceparent } = carrier;
   if (traceparent !== undefined && carrier.tracestate === undefined && TRACEPARENT.test(traceparent)) {
-    const spanContext: SpanContext = {
-      traceId: traceparent.slice(3, 35),
-      spanId: traceparent.slice(36, 52),
-      traceFlags: parseInt(traceparent.slice(53, 55), 16),
-      isRemote: true,
-    };
     // The pattern checked the hex digits; all zeros is the one invalid id left.
-    return spanContext.traceId !== INVALID_TRACE_ID && spanContext.spanId !== INVALID_SPAN_ID ? spanContext : undefined;
+    return traceparent.startsWith(INVALID_TRACE_ID, 3) || traceparent.startsWith(INVALID_SPAN_ID, 36) ? undefined : traceparent;
   }
   for (const _ in carrier) {
     const spanContext = api.trace.getSpanContext(api.propagation.extract(api.ROOT_CONTEXT, carrier));
     return spanContext && api.trace.isSpanContextValid(spanContext) ? spanContext : undefined;
   }
   return undefined;
+}
+
+/** The span context of a `traceparent` that {@link creationLink} checked. */
+function traceparentContext(traceparent: string): SpanContext {
+  return {
+    traceId: traceparent.slice(3, 35),
+    spanId: traceparent.slice(36, 52),
+    traceFlags: parseInt(traceparent.slice(53, 55), 16),
+    isRemote: true,
+  };
 }
