@@ -293,6 +293,8 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   };
 
   // 1. First execution.
+  /** One line per part and publisher, printed at the end. */
+  const summary: string[] = [];
   for (const concurrency of PARTS.includes("first") ? CONCURRENCY : []) {
     for (const mode of MODES) {
       enter(mode);
@@ -316,7 +318,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     log();
     log(`First execution, concurrency ${concurrency} (load ${loadavg()}):`);
     table(
-      ["mode", "calls/s", "ratio to off", "min-max ratio", "Node CPU µs/call"],
+      ["mode", "calls/s", "ratio to off", "min-max ratio", "to SDK, txonce off", "Node CPU µs/call"],
       MODES.map((mode) => {
         const ratios = rounds.map((r) => r[mode].rate / r.off.rate);
         return [
@@ -324,9 +326,14 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
           num(median(rounds.map((r) => r[mode].rate))),
           `${fmt(median(ratios), 3)}x`,
           `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
+          mode.startsWith("SDK") ? `${fmt(median(rounds.map((r) => r[mode].rate / r["SDK, txonce off"].rate)), 3)}x` : "",
           num(median(rounds.map((r) => r[mode].cpuUsPerCall))),
         ];
       }),
+    );
+    summary.push(
+      `first execution, c=${concurrency}: SDK ${fmt(median(rounds.map((r) => r.SDK.rate / r.off.rate)), 3)}x of off, ` +
+        `${fmt(median(rounds.map((r) => r.SDK.rate / r["SDK, txonce off"].rate)), 3)}x of the SDK with txonce off`,
     );
   }
 
@@ -362,7 +369,6 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     await relay.stop();
     return { rate: n / seconds, cpuUsPerMsg: (cpu.user + cpu.system) / n };
   };
-  const summary: string[] = [];
   for (const publisherName of PARTS.includes("relay") ? PUBLISHERS : []) {
     const broker = publisherName === "rabbitmq" ? await rabbitmqTarget() : undefined;
     const runRelay = publisherName === "noop" || broker !== undefined;
