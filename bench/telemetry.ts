@@ -144,8 +144,10 @@ const sampledTracerProvider = new NodeTracerProvider({
   sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(0.01) }),
   spanProcessors: [new BatchSpanProcessor(spanExporter)],
 });
+/** The metric reader's export interval: the SDK's default, 60 s. */
+const EXPORT_MS = env("TELEMETRY_EXPORT_MS", 60_000);
 const meterProvider = new MeterProvider({
-  readers: [new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: env("TELEMETRY_EXPORT_MS", 60_000) })],
+  readers: [new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: EXPORT_MS })],
 });
 
 /** Puts the process in a mode: the SDK registered, or nothing registered. */
@@ -396,9 +398,9 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
             await pool.query(
               `UPDATE ${sql.OUTBOX_TABLE} SET trace_context = jsonb_build_object('traceparent', '00-' || md5(id::text) || '-' || left(md5(seq::text), 16) || '-01')`,
             );
-            await pool.query("VACUUM FULL txonce_outbox_messages"); // as compact as the other modes' freshly written rows
+            await pool.query(`VACUUM FULL ${sql.OUTBOX_TABLE}`); // as compact as the other modes' freshly written rows
           }
-          await pool.query("VACUUM ANALYZE txonce_outbox_messages");
+          await pool.query(`VACUUM ANALYZE ${sql.OUTBOX_TABLE}`);
           // Every drain from a fresh checkpoint: the same full-page images in the WAL for each mode,
           // and no checkpoint of the database's own timing in the middle of one drain but not another.
           await pool.query("CHECKPOINT");
@@ -439,7 +441,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     if (backlogReads.length > 0) {
       log(
         `One collection of the backlog gauges (one query, \`outbox.backlog()\`) with ${num(MESSAGES)} messages pending: ${fmt(median(backlogReads), 1)} ms ` +
-          `(median of ${backlogReads.length}), once per export interval (${num(env("TELEMETRY_EXPORT_MS", 60_000) / 1000)} s here) while a relay runs.`,
+          `(median of ${backlogReads.length}), once per export interval (${num(EXPORT_MS / 1000)} s here) while a relay runs.`,
       );
     }
     if (broker) {
