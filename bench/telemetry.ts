@@ -59,9 +59,11 @@
  * and relay throughput.
  */
 import { randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Session } from "node:inspector";
-import { pathToFileURL } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import v8 from "node:v8";
 import vm from "node:vm";
 import amqplib from "amqplib";
@@ -113,6 +115,32 @@ const RELAY_MODES: Mode[] = ([...MODES, "SDK, 1% sampled", ...(BEFORE_SRC ? ["SD
     (!process.env.TELEMETRY_MODES ? mode !== "SDK, txonce off, contexts stored" : process.env.TELEMETRY_MODES.split(";").includes(mode)),
 );
 const telemetryOf = (mode: Mode) => ({ enabled: mode !== "off" && !mode.startsWith("SDK, txonce off") });
+
+/**
+ * TELEMETRY_SHARED_TREE=1: every mode runs this tree's modules, as before the seventh pass.
+ * By default each mode of parts 1 and 2 imports its own copy of src/, so that V8 compiles each
+ * mode's relay and withIdempotency with that mode's type feedback alone, as in an application,
+ * which runs one mode. Shared, the relay's functions were compiled for every mode at once (a batch
+ * with telemetry and without, rows with and without a creation context), and the mode that differs
+ * from the others most, the SDK, paid for it.
+ */
+const SHARED_TREE = process.env.TELEMETRY_SHARED_TREE === "1";
+
+/** A copy of src/ per mode, in a temporary folder beside a package.json and a link to node_modules, and each copy's `txonce`. */
+async function modeTrees(modes: Mode[]) {
+  const root = fileURLToPath(new URL("..", import.meta.url));
+  const dir = mkdtempSync(join(tmpdir(), "txonce-bench-trees-"));
+  const txonces = {} as Record<Mode, typeof txonce>;
+  for (const mode of modes) {
+    const tree = join(dir, mode.replace(/[^a-zA-Z]+/g, "_"));
+    cpSync(join(root, "src"), join(tree, "src"), { recursive: true });
+    copyFileSync(join(root, "package.json"), join(tree, "package.json"));
+    symlinkSync(join(root, "node_modules"), join(tree, "node_modules"));
+    txonces[mode] = ((await import(pathToFileURL(join(tree, "src", "adapters", "prisma.ts")).href)) as { txonce: typeof txonce }).txonce;
+  }
+  process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
+  return { dir, txonce: txonces };
+}
 
 /** Counts what it is handed and drops it. */
 class DroppingSpanExporter implements SpanExporter {
@@ -238,8 +266,10 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
   log(`settings: ${ROUNDS} interleaved rounds per mode; first execution ${SECONDS}s per round at concurrency ${CONCURRENCY.join(" and ")}; relay ${num(MESSAGES)} unkeyed messages per drain, publisher ${PUBLISHERS.map((p) => (p === "rabbitmq" ? `RabbitMQ (${RABBITMQ_URL})` : "no-op")).join(", then ")}${BEFORE_SRC ? `; "SDK, before" is ${BEFORE_SRC}` : ""}`);
   log(`node ${process.version}, load: ${loadavg()}`);
   const before = BEFORE_SRC ? ((await import(pathToFileURL(`${BEFORE_SRC}/adapters/prisma.ts`).href)) as { txonce: typeof txonce }).txonce : undefined;
+  const trees = SHARED_TREE ? undefined : await modeTrees(RELAY_MODES.filter((mode) => mode !== "SDK, before"));
+  if (trees) log(`each mode runs its own copy of src/ (in ${trees.dir}): one mode's type feedback does not shape another's compiled code (TELEMETRY_SHARED_TREE=1: all share this tree's modules)`);
   const instances = Object.fromEntries(
-    RELAY_MODES.map((mode) => [mode, mode === "SDK, before" ? before!(prisma) : txonce(prisma, { telemetry: telemetryOf(mode) })]),
+    RELAY_MODES.map((mode) => [mode, mode === "SDK, before" ? before!(prisma) : (trees?.txonce[mode] ?? txonce)(prisma, { telemetry: telemetryOf(mode) })]),
   ) as Record<Mode, ReturnType<typeof txonce>>;
 
   // 0. txonce's own CPU per call, on a stub.
@@ -484,9 +514,16 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
         }
         const sends = telemetry?.sendBatch("txonce");
         await Promise.all(batch.map(async (m) => {
-          const sending = sends?.send(m, publish);
-          await (sending?.published ?? publish());
-          sending?.end();
+          if (!sends) return publish();
+          // This tree's sendBatch, or an earlier one's (a `Sending` per message, ended by its own `end`).
+          const sending = sends.send(m, publish) as Promise<void> | { published: Promise<void>; end(): void };
+          if ("published" in sending) {
+            await sending.published;
+            sending.end();
+          } else {
+            await sending;
+            sends.ended(m);
+          }
         }));
         sends?.end();
       }

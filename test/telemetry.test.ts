@@ -344,6 +344,7 @@ describe("outbox", () => {
     const ids = (n: number) => [n.toString(16).padStart(32, "0"), n.toString(16).padStart(16, "0")] as const;
     const [t1, s1] = ids(1);
     const [t2, s2] = ids(2);
+    const [t5, s5] = ids(5);
     const message = (i: number, traceContext: Record<string, string>): OutboxMessage => ({
       id: `0197f0aa-0000-7000-8000-${String(i).padStart(12, "0")}`, seq: String(i), topic, key: null, payload: i,
       encodedPayload: String(i), headers: {}, createdAt: new Date(), attempts: 1, traceContext,
@@ -353,26 +354,50 @@ describe("outbox", () => {
       message(2, { traceparent: `00-${t2}-${s2}-01`, tracestate: "vendor=v" }),
       message(3, { traceparent: `00-${"0".repeat(32)}-${s1}-01` }), // an invalid trace id
       message(4, { traceparent: "not a traceparent" }),
+      message(5, { traceparent: `00-${t5}-${s5}-01` }), // after the span was started for message 3's headers
     ];
     const handed: OutboxMessage[] = [];
     const telemetry = outboxTelemetry({})!;
     const batch = telemetry.sendBatch("memory");
     for (const m of messages) {
-      const sending = batch.send(m, async (h) => void handed.push(h));
-      await sending.published;
-      sending.end();
+      await batch.send(m, async (h) => void handed.push(h));
+      batch.ended(m);
     }
     batch.end();
     telemetry.flush(); // what a relay does when it stops; otherwise in the event loop's next check phase
     const [send] = otel.spansNamed(`send ${topic}`);
-    expect(send!.attributes["messaging.batch.message_count"]).toBe(4);
+    expect(send!.attributes["messaging.batch.message_count"]).toBe(5);
+    expect(send!.kind).toBe(SpanKind.CLIENT); // its first message has a creation context
     expect(send!.links.map((l) => [l.context.traceId, l.context.spanId, l.context.traceFlags, l.context.traceState?.get("vendor")])).toEqual([
       [t1, s1, 0, undefined],
       [t2, s2, 1, "v"],
+      [t5, s5, 1, undefined],
     ]);
     // The messages with no valid creation context are handed over with the batch span's.
     const own = { traceparent: `00-${send!.spanContext().traceId}-${send!.spanContext().spanId}-01` };
-    expect(handed.map((h) => h.traceContext)).toEqual([messages[0]!.traceContext, messages[1]!.traceContext, own, own]);
+    expect(handed.map((h) => h.traceContext)).toEqual([messages[0]!.traceContext, messages[1]!.traceContext, own, own, messages[4]!.traceContext]);
+  });
+
+  test("a send span starts when its batch's first message is handed over and ends when its last publish ended, though it is recorded later", async () => {
+    const topic = unique("timed");
+    const telemetry = outboxTelemetry({})!;
+    const batch = telemetry.sendBatch("memory");
+    const m: OutboxMessage = {
+      id: "0197f0aa-0000-7000-8000-000000000011", seq: "1", topic, key: null, payload: 1, encodedPayload: "1", headers: {},
+      createdAt: new Date(), attempts: 1, traceContext: { traceparent: `00-${"1".repeat(32)}-${"2".repeat(16)}-01` },
+    };
+    const handedAt = Date.now();
+    await batch.send(m, () => sleep(50));
+    batch.ended(m);
+    batch.end();
+    const endedAt = Date.now();
+    await sleep(30); // recorded in the next check phase, well before this
+    const [send] = otel.spansNamed(`send ${topic}`);
+    const ms = ([s, ns]: [number, number]) => s * 1000 + ns / 1e6;
+    expect(ms(send!.startTime)).toBeGreaterThanOrEqual(handedAt - 2);
+    expect(ms(send!.startTime)).toBeLessThan(handedAt + 10);
+    expect(ms(send!.endTime)).toBeLessThanOrEqual(endedAt + 2);
+    expect(ms(send!.duration)).toBeGreaterThanOrEqual(45);
   });
 
   test("a throw while a batch's telemetry is recorded, after the relay has moved on, goes to the OpenTelemetry diag logger, not out of the process", async () => {
@@ -384,11 +409,10 @@ describe("outbox", () => {
         id: "0197f0aa-0000-7000-8000-000000000009", seq: "1", topic: unique("throws"), key: null, payload: 1,
         encodedPayload: "1", headers: {}, createdAt: new Date(), attempts: 1, traceContext: {},
       };
-      const sending = batch.send(m, async () => {});
-      await sending.published;
+      await batch.send(m, async () => {});
       const hostile = new Error("refused");
       Object.defineProperty(hostile, "message", { get: () => { throw new Error("a getter that throws"); } });
-      sending.end(hostile);
+      batch.ended(m, hostile);
       batch.end();
       await new Promise((resolve) => setImmediate(resolve)); // the check phase that records it
       expect(errors.map(([message]) => message)).toEqual(["txonce: recording the telemetry of a relay's batch failed"]);

@@ -257,16 +257,15 @@ export function createRelay(
       return false;
     }
     let timer: NodeJS.Timeout | undefined;
-    // telemetry: the publish is part of its topic's `send` span in the batch, its outcome recorded below
-    let sending: ReturnType<SendBatch["send"]> | undefined;
+    let published: Promise<void>;
     try {
-      sending = batch?.send(message, config.publish);
+      // telemetry: the publish is part of its topic's `send` span in the batch, its outcome recorded below
+      published = batch ? batch.send(message, config.publish) : startPublish(config.publish, message);
     } catch (error) {
       ended();
       throw error;
     }
     try {
-      const published = sending?.published ?? startPublish(config.publish, message);
       progress.started(message, token);
       // One promise for the publish and its timeout (a rejection after the timeout is not news).
       await new Promise<void>((resolve, reject) => {
@@ -274,7 +273,7 @@ export function createRelay(
         published.then(resolve, reject);
       });
       progress.ended(message, token, { kind: "published" });
-      sending?.end();
+      batch?.ended(message);
       return true;
     } catch (error) {
       // A publisher marks failures that no retry can fix (e.g. a webhook's 4xx) `permanent`.
@@ -284,7 +283,7 @@ export function createRelay(
           ? { kind: "dead", error }
           : { kind: "failed", error, retryInMs: config.backoff(message.attempts) };
       progress.ended(message, token, outcome);
-      sending?.end(error);
+      batch?.ended(message, error);
       return false;
     } finally {
       clearTimeout(timer);

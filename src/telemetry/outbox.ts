@@ -27,18 +27,26 @@ export const MessagingAttributes = {
 /** On a failed `send` span: how many of its messages failed (its events name each one). */
 export const FAILED_COUNT = "txonce.outbox.send.failed_count";
 
-/** A topic's messages in one batch: its span, and what its end records. */
+/** A topic's messages in one batch: what its span will say once the batch ends. */
 interface SendGroup {
-  readonly span: Span;
+  readonly topic: string;
   readonly attributes: Attributes;
+  /** When its first message was handed over (`performance.now()`): the span's start. */
   readonly started: number;
   readonly firstId: string;
+  /**
+   * The span, started as soon as a message of the group needs its context (one stored without a
+   * creation context); otherwise started when the batch's telemetry is recorded, with its start
+   * time and links, off the publishes' path.
+   */
+  span: Span | undefined;
   messages: number;
   sent: number;
   /**
-   * Creation contexts to link, after the first message's (given when the span started): a valid
-   * W3C `traceparent` as stored (read into a span context only when the span records, at its
-   * end), or the span context a propagator read.
+   * Creation contexts to link: a valid W3C `traceparent` as stored (read into a span context when
+   * the span is recorded), or the span context a propagator read. The span is a `CLIENT` span when
+   * its first message has one, a `PRODUCER` span (the operation that creates the message's context)
+   * when it has none.
    */
   readonly links: (string | SpanContext)[];
   /** Each published message's commit-to-publish latency, in ms. */
@@ -47,12 +55,12 @@ interface SendGroup {
   readonly failures: { id: string; error: unknown; at: number }[];
   /** The span's context as the propagator writes it, for messages stored without one (null: it writes nothing). */
   carrier: Record<string, string> | null | undefined;
-  context: Context | undefined;
 }
 
 /** The batch when no SDK is registered: the publishes, nothing else. */
 const UNTRACED_BATCH: SendBatch = {
-  send: (message, publish) => ({ published: startPublish(publish, message), end() {} }),
+  send: (message, publish) => startPublish(publish, message),
+  ended() {},
   end() {},
 };
 
@@ -85,14 +93,6 @@ export interface BacklogReading {
   readonly oldestAgeMs: number;
 }
 
-/** One publish under way in its batch's `send` span. */
-export interface Sending {
-  /** The publisher's promise. */
-  readonly published: Promise<void>;
-  /** Records the message's outcome in its batch: published (no error) or failed. */
-  end(error?: unknown): void;
-}
-
 /**
  * The messages of one claim handed to the publisher: one `send {topic}` span per topic among
  * them, linked to each message's creation context, ended (with the operation's duration and the
@@ -100,14 +100,17 @@ export interface Sending {
  */
 export interface SendBatch {
   /**
-   * Hands `message` to `publish`, in the batch span of its topic (opened by its first message).
-   * A message stored without a creation context (enqueued untraced) is handed over with the
-   * batch span's context instead, so consumers still get one.
+   * Hands `message` to `publish` (returns its promise), in the batch span of its topic. A message
+   * stored without a valid creation context (enqueued untraced) is handed over with the batch
+   * span's context instead, so consumers still get one.
    */
-  send(message: OutboxMessage, publish: (message: OutboxMessage) => Promise<void>): Sending;
+  send(message: OutboxMessage, publish: (message: OutboxMessage) => Promise<void>): Promise<void>;
+  /** Records the outcome of a message that {@link send} handed over: published (no error) or failed. */
+  ended(message: OutboxMessage, error?: unknown): void;
   /**
-   * Called once every message sent has ended: ends the batch's spans (at this time) and records
-   * their links and metrics, in the event loop's next check phase or at {@link OutboxTelemetry.flush}.
+   * Called once every message sent has ended: the batch's spans end at this time, and their
+   * links and metrics are recorded in the event loop's next check phase or at
+   * {@link OutboxTelemetry.flush}.
    */
   end(): void;
 }
@@ -213,13 +216,32 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
     }
     return failed;
   };
-  /** Records an ended batch group: its links, latencies, failures, counts and duration; ends its span. */
+  /** Link options for creation contexts (a stored `traceparent` read now). */
+  const linksTo = (contexts: readonly (string | SpanContext)[]) =>
+    contexts.map((link) => ({ context: typeof link === "string" ? traceparentContext(link) : link }));
+  /**
+   * The group's span, started now (the publishes' path: its context is needed in a message's
+   * headers) or when the batch is recorded, at the time its first message was handed over. A root
+   * span: the relay's loop runs in whatever context start() was called in, which has nothing to do
+   * with the messages; the traces they belong to are the links'.
+   */
+  const startSendSpan = (g: SendGroup): Span =>
+    (g.span = otel.tracer.startSpan(
+      spanName("send", g.topic),
+      {
+        kind: g.links.length > 0 ? SpanKind.CLIENT : SpanKind.PRODUCER,
+        attributes: g.attributes,
+        links: g.links.length > 0 ? linksTo(g.links.splice(0)) : undefined,
+        startTime: g.started,
+        root: true,
+      },
+      ROOT_CONTEXT,
+    ));
+  /** Records an ended batch group: its span (with its links), latencies, failures, counts and duration. */
   const finish = (g: SendGroup, endedAt: number) => {
-    const { span } = g;
     const instruments = otel.instruments;
-    if (g.links.length > 0 && span.isRecording()) {
-      span.addLinks(g.links.map((link) => ({ context: typeof link === "string" ? traceparentContext(link) : link })));
-    }
+    const span = g.span ?? startSendSpan(g);
+    if (g.links.length > 0 && span.isRecording()) span.addLinks(linksTo(g.links));
     // No attributes: the SDK hashes a record's attributes on every call (2.4 µs with two, 0.2 with
     // none, on the bench machine), and this is the one metric recorded per message. The relay's
     // lag is one queue's, like the backlog gauges'; publishes by topic are in `sent`.
@@ -301,65 +323,44 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
 
     sendBatch(system) {
       if (!otel.active) return UNTRACED_BATCH;
+      // On the publishes' path, per message: the checks and counts below, nothing else. The spans
+      // are started (unless a message needs one's context now) and everything is recorded once
+      // the relay waits on its next queries (see `finishing`).
       const groups = new Map<string, SendGroup>();
-      const open = (message: OutboxMessage, creation: SpanContext | undefined): SendGroup => {
-        // A root span: the relay's loop runs in whatever context start() was called in, which
-        // has nothing to do with the messages. The traces they belong to are the links'.
-        const span = otel.tracer.startSpan(
-          spanName("send", message.topic),
-          {
-            kind: creation ? SpanKind.CLIENT : SpanKind.PRODUCER,
-            attributes: {
-              [MessagingAttributes.system]: system,
-              [MessagingAttributes.operationName]: "send",
-              [MessagingAttributes.operationType]: "send",
-              [MessagingAttributes.destination]: message.topic,
-            },
-            links: creation ? [{ context: creation }] : undefined,
-            root: true,
-          },
-          ROOT_CONTEXT,
-        );
-        const attributes = sendAttributes(system, message.topic);
-        const group: SendGroup = {
-          span, attributes, started: performance.now(), firstId: message.id,
-          messages: 0, sent: 0, links: [], latencies: [], failures: [], carrier: undefined, context: undefined,
-        };
-        groups.set(message.topic, group);
-        return group;
-      };
       return {
         send(message, publish) {
           const creation = creationLink(api, message.traceContext);
-          let group = groups.get(message.topic);
-          if (!group) group = open(message, typeof creation === "string" ? traceparentContext(creation) : creation);
-          else if (creation) group.links.push(creation);
-          group.messages++;
-          let handed = message;
-          if (!creation) {
-            group.context ??= trace.setSpan(ROOT_CONTEXT, group.span);
-            group.carrier ??= injected(group.context) ?? null;
-            if (group.carrier) handed = { ...message, traceContext: group.carrier };
+          let g = groups.get(message.topic);
+          if (!g) {
+            g = {
+              topic: message.topic, attributes: sendAttributes(system, message.topic), started: performance.now(), firstId: message.id,
+              span: undefined, messages: 0, sent: 0, links: [], latencies: [], failures: [], carrier: undefined,
+            };
+            groups.set(message.topic, g);
           }
+          g.messages++;
+          if (creation) {
+            if (g.span?.isRecording()) g.span.addLink({ context: typeof creation === "string" ? traceparentContext(creation) : creation });
+            else if (!g.span) g.links.push(creation);
+            return startPublish(publish, message);
+          }
+          // Stored without a creation context: handed over with the batch span's, started now.
+          const span = g.span ?? startSendSpan(g);
+          g.carrier ??= injected(trace.setSpan(ROOT_CONTEXT, span)) ?? null;
           // Not run in the span's context (context.with): the context manager would carry it
           // into every promise of the broker's client, and a batch span is no one message's parent.
-          const published = startPublish(publish, handed);
-          const g = group;
-          return {
-            published,
-            end(error) {
-              if (error === undefined) {
-                g.sent++;
-                g.latencies.push(Date.now() - message.createdAt.getTime());
-              } else g.failures.push({ id: message.id, error, at: performance.now() });
-            },
-          };
+          return startPublish(publish, g.carrier ? { ...message, traceContext: g.carrier } : message);
+        },
+        ended(message, error) {
+          const g = groups.get(message.topic);
+          if (!g) return;
+          if (error === undefined) {
+            g.sent++;
+            g.latencies.push(Date.now() - message.createdAt.getTime());
+          } else g.failures.push({ id: message.id, error, at: performance.now() });
         },
         end() {
           if (groups.size === 0) return;
-          // What the batch records is noted here and recorded once the relay waits on its next
-          // claim (see `finishing`): the links, the latency records (the SDK hashes each record's
-          // attributes) and the spans' ends are then off the publishes' path.
           const ended = [...groups.values()];
           const endedAt = performance.now();
           groups.clear();
