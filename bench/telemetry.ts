@@ -55,6 +55,10 @@
  *    through `sendBatch` (one send span per batch, a link per message, the metrics) and a
  *    publish that resolves at once; Node CPU per message, no relay or database.
  *
+ * Parts 1 and 2 run each mode on its own copy of src/ (TELEMETRY_SHARED_TREE=1: on this tree's
+ * modules, all modes): V8 then compiles each mode's relay and withIdempotency for that mode alone,
+ * as in an application.
+ *
  * The targets (issue 12): no SDK costs nothing measurable; the SDK at most 5% of first-execution
  * and relay throughput.
  */

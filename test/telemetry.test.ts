@@ -354,7 +354,7 @@ describe("outbox", () => {
       message(2, { traceparent: `00-${t2}-${s2}-01`, tracestate: "vendor=v" }),
       message(3, { traceparent: `00-${"0".repeat(32)}-${s1}-01` }), // an invalid trace id
       message(4, { traceparent: "not a traceparent" }),
-      message(5, { traceparent: `00-${t5}-${s5}-01` }), // after the span was started for message 3's headers
+      message(5, { traceparent: `00-${t5}-${s5}-0b` }), // after the span was started for message 3's headers; flags 0x0b
     ];
     const handed: OutboxMessage[] = [];
     const telemetry = outboxTelemetry({})!;
@@ -371,7 +371,7 @@ describe("outbox", () => {
     expect(send!.links.map((l) => [l.context.traceId, l.context.spanId, l.context.traceFlags, l.context.traceState?.get("vendor")])).toEqual([
       [t1, s1, 0, undefined],
       [t2, s2, 1, "v"],
-      [t5, s5, 1, undefined],
+      [t5, s5, 11, undefined],
     ]);
     // The messages with no valid creation context are handed over with the batch span's.
     const own = { traceparent: `00-${send!.spanContext().traceId}-${send!.spanContext().spanId}-01` };
