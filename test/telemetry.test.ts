@@ -355,6 +355,9 @@ describe("outbox", () => {
       message(3, { traceparent: `00-${"0".repeat(32)}-${s1}-01` }), // an invalid trace id
       message(4, { traceparent: "not a traceparent" }),
       message(5, { traceparent: `00-${t5}-${s5}-0b` }), // after the span was started for message 3's headers; flags 0x0b
+      message(6, { traceparent: `00-${t1}-${"0".repeat(16)}-01` }), // an invalid span id
+      message(7, { traceparent: `00-${"A".repeat(32)}-${s1}-01` }), // uppercase hex
+      message(8, { traceparent: `00-${t1}-${s1}-01-` }), // one character too many
     ];
     const handed: OutboxMessage[] = [];
     const telemetry = outboxTelemetry({})!;
@@ -366,7 +369,7 @@ describe("outbox", () => {
     batch.end();
     telemetry.flush(); // what a relay does when it stops; otherwise in the event loop's next check phase
     const [send] = otel.spansNamed(`send ${topic}`);
-    expect(send!.attributes["messaging.batch.message_count"]).toBe(5);
+    expect(send!.attributes["messaging.batch.message_count"]).toBe(8);
     expect(send!.kind).toBe(SpanKind.CLIENT); // its first message has a creation context
     expect(send!.links.map((l) => [l.context.traceId, l.context.spanId, l.context.traceFlags, l.context.traceState?.get("vendor")])).toEqual([
       [t1, s1, 0, undefined],
@@ -375,7 +378,7 @@ describe("outbox", () => {
     ]);
     // The messages with no valid creation context are handed over with the batch span's.
     const own = { traceparent: `00-${send!.spanContext().traceId}-${send!.spanContext().spanId}-01` };
-    expect(handed.map((h) => h.traceContext)).toEqual([messages[0]!.traceContext, messages[1]!.traceContext, own, own, messages[4]!.traceContext]);
+    expect(handed.map((h) => h.traceContext)).toEqual([messages[0]!.traceContext, messages[1]!.traceContext, own, own, messages[4]!.traceContext, own, own, own]);
   });
 
   test("a send span starts when its batch's first message is handed over and ends when its last publish ended, though it is recorded later", async () => {
