@@ -424,8 +424,8 @@ for (let code = 97; code <= 102; code++) HEX_VALUE[code] = code - 87;
 /**
  * Whether `value` is a valid W3C `traceparent` of version 00: `00-{trace id}-{span id}-{flags}`
  * in lowercase hex, neither id all zeros. One pass over its characters through a table, on the
- * publishes' path: about 190 ns per message on the bench machine, against 450 for the regular
- * expression and the all-zero comparisons it replaces.
+ * publishes' path: about 190 ns a call, timed in a loop on the bench machine, against 450 for the
+ * regular expression and the all-zero comparisons it replaces.
  */
 function isTraceparent(value: string): boolean {
   if (value.length !== 55 || value.charCodeAt(0) !== ZERO || value.charCodeAt(1) !== ZERO) return false;
@@ -435,7 +435,7 @@ function isTraceparent(value: string): boolean {
   let spanId = 0;
   for (let i = 36; i < 52; i++) spanId |= HEX_VALUE[value.charCodeAt(i)]!;
   const flags = HEX_VALUE[value.charCodeAt(53)]! | HEX_VALUE[value.charCodeAt(54)]!;
-  // A non-digit sets bit 16 (value 16); an all-zero id ORs to 0.
+  // A character that is not a hex digit has the value 16, a bit no digit has; an all-zero id ORs to 0.
   return ((traceId | spanId | flags) & 16) === 0 && traceId !== 0 && spanId !== 0;
 }
 
