@@ -118,18 +118,26 @@ SELECT pg_xact_status($1::xid8) AS status, EXISTS (
  * Deletes one batch of expired keys and returns how many went. Rows that live traffic holds
  * (a call replacing an expired key) are skipped, not waited for; the next run gets them.
  *
+ * The batch is deleted by the row addresses (`ctid`) it locked, a TID scan whatever the planner
+ * believes of the table. A join on the key instead depended on the statistics: analyzed when it
+ * held only dead rows (after a cleanup that emptied it), the table looked empty to the planner
+ * after it filled again, and each batch of 2,000 among 100,000 keys ran for over a minute as a
+ * nested loop, holding the locks that live calls on expired keys waited for. A row this
+ * statement locked keeps its address, and its expiry, until the statement ends: the delete needs
+ * no other condition (one on `expires_at` would again let the planner pick an index scan).
+ *
  * $1 batch size.
  */
 export const deleteExpiredKeys = `
 WITH doomed AS (
-  SELECT scope, key FROM ${IDEMPOTENCY_TABLE}
+  SELECT ctid FROM ${IDEMPOTENCY_TABLE}
   WHERE expires_at <= now()
   ORDER BY expires_at
   LIMIT $1::integer
   FOR UPDATE SKIP LOCKED
 ), deleted AS (
-  DELETE FROM ${IDEMPOTENCY_TABLE} k USING doomed
-  WHERE k.scope = doomed.scope AND k.key = doomed.key AND k.expires_at <= now()
+  DELETE FROM ${IDEMPOTENCY_TABLE} k
+  WHERE k.ctid = ANY (ARRAY(SELECT ctid FROM doomed))
   RETURNING 1
 )
 SELECT count(*)::integer AS deleted FROM deleted`;
@@ -397,16 +405,20 @@ SELECT
   COALESCE(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE dead_at IS NULL)) * 1000, 0)::double precision AS oldest_age_ms
 FROM ${OUTBOX_TABLE} WHERE published_at IS NULL`;
 
-/** Deletes one batch of messages published more than $2 ms ago. $1 batch size. */
+/**
+ * Deletes one batch of messages published more than $2 ms ago, by the row addresses it locked
+ * (see {@link deleteExpiredKeys}: a plan that does not depend on the table's statistics).
+ * $1 batch size.
+ */
 export const deletePublishedBefore = `
 WITH doomed AS (
-  SELECT id FROM ${OUTBOX_TABLE}
+  SELECT ctid FROM ${OUTBOX_TABLE}
   WHERE published_at <= now() - $2::double precision * interval '1 millisecond'
   ORDER BY published_at
   LIMIT $1::integer
   FOR UPDATE SKIP LOCKED
 ), deleted AS (
-  DELETE FROM ${OUTBOX_TABLE} m USING doomed WHERE m.id = doomed.id RETURNING 1
+  DELETE FROM ${OUTBOX_TABLE} m WHERE m.ctid = ANY (ARRAY(SELECT ctid FROM doomed)) RETURNING 1
 )
 SELECT count(*)::integer AS deleted FROM deleted`;
 
