@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import os from "node:os";
 import type pg from "pg";
 import type { PrismaClient } from "../generated/prisma/client.js";
+import type { Relay, RelayOptions } from "../src/outbox/relay.js";
 
 /** What every section gets from bench/main.ts: one fresh database, one Prisma client, one pg pool. */
 export interface BenchContext {
@@ -63,4 +64,23 @@ export function table(header: string[], rows: string[][], indent = "  ") {
   const line = (r: string[]) => indent + r.map((c, i) => (i === 0 ? pad(c, widths[i]!) : lpad(c, widths[i]!))).join("  ");
   log(line(header));
   for (const r of rows) log(line(r));
+}
+
+/**
+ * A relay of `outbox` (not started, no logger) to `publisher`, and a promise that resolves once
+ * it has published `count` messages: a drain to time.
+ */
+export function relayFor(outbox: { relay(options: RelayOptions): Relay }, publisher: RelayOptions["publisher"], count: number) {
+  let done = 0;
+  let finish!: () => void;
+  const finished = new Promise<void>((resolve) => (finish = resolve));
+  const relay = outbox.relay({
+    publisher,
+    logger: false,
+    onPublished: (messages) => {
+      done += messages.length;
+      if (done >= count) finish();
+    },
+  });
+  return { relay, finished };
 }

@@ -30,7 +30,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import pg from "pg";
-import { env, fmt, loadavg, log, num, table } from "./common.js";
+import { env, fmt, loadavg, log, num, relayFor, table } from "./common.js";
 import { schemaSql } from "../src/sql/schema.js";
 import { databaseUrl } from "../test/support/postgres-server.js";
 
@@ -207,17 +207,7 @@ async function drainUnderCount([url, count, mode, src, signal]: string[]) {
     };
   }
   const drain = async () => {
-    let done = 0;
-    let finish!: () => void;
-    const finished = new Promise<void>((resolve) => (finish = resolve));
-    const relay = t.outbox.relay({
-      publisher,
-      logger: false,
-      onPublished: (messages) => {
-        done += messages.length;
-        if (done >= n) finish();
-      },
-    });
+    const { relay, finished } = relayFor(t.outbox, publisher, n);
     await relay.start();
     await finished;
     await relay.stop();

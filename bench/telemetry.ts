@@ -85,7 +85,7 @@ import type { OutboxMessage, Publisher } from "../src/outbox/message.js";
 import { rabbitmqPublisher, type RabbitMqPublisher } from "../src/outbox/publishers/rabbitmq.js";
 import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
-import { env, fmt, loadavg, log, median, num, table, type BenchContext } from "./common.js";
+import { env, fmt, loadavg, log, median, num, relayFor, table, type BenchContext } from "./common.js";
 
 const SECONDS = env("BENCH_SECONDS", 1.5);
 const ROUNDS = Math.max(1, Math.round(env("TELEMETRY_ROUNDS", 5)));
@@ -382,18 +382,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     }
   };
   const drain = async (mode: Mode, publisherName: string, n: number, publisher: Publisher | Publisher["publish"]) => {
-    const t = instances[mode];
-    let done = 0;
-    let finish!: () => void;
-    const finished = new Promise<void>((resolve) => (finish = resolve));
-    const relay = t.outbox.relay({
-      publisher,
-      logger: false,
-      onPublished: (messages) => {
-        done += messages.length;
-        if (done >= n) finish();
-      },
-    });
+    const { relay, finished } = relayFor(instances[mode].outbox, publisher, n);
     const profiling = PROFILE_DIR ? await startProfile() : undefined;
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
