@@ -9,17 +9,26 @@
  * (no concurrent compilation or garbage collection: without it, two runs of one mode differed by
  * 30%, one with a major collection inside the counted drain and one without). The process fills
  * the outbox with INSTRUCTIONS_MESSAGES (5,000) unkeyed messages and drains them with one relay
- * (batchSize 100, a no-op publisher, or RabbitMQ with INSTRUCTIONS_PUBLISHER=rabbitmq), twice to
- * warm up; then the counters are zeroed (`callgrind_control -z`), a third drain runs, and its
- * instructions are dumped (`callgrind_control -d`). Modes, with the OpenTelemetry SDK registered
- * as the telemetry bench registers it (dropping exporters):
+ * (batchSize 100, a no-op publisher, or RabbitMQ with INSTRUCTIONS_PUBLISHER=rabbitmq),
+ * INSTRUCTIONS_WARMUPS (12) times to warm up; then the counters are zeroed (`callgrind_control
+ * -z`), one more drain runs, and its instructions are dumped (`callgrind_control -d`). The
+ * warm-up is long because the send telemetry's recording runs once per batch, 50 times a drain:
+ * after 2 drains the SDK mode counted 21,300 instructions per message more than "contexts
+ * stored", after 12 drains 11,300 and after 24 11,800 (Node 24); the relay's own per-message
+ * code was warm after 2. Modes, with the OpenTelemetry SDK registered as the telemetry bench
+ * registers it (dropping exporters):
  *
  *   SDK, txonce off                    txonce's telemetry off, messages without a creation context
  *   SDK, txonce off, contexts stored   the same, each message holding a creation context
  *   SDK                                txonce's telemetry on, each message holding a creation context
  *   SDK, before                        the same with TELEMETRY_BEFORE_SRC's txonce (another src/ tree)
+ *   SDK, {label}                       the same with each of INSTRUCTIONS_TREES' trees ("label=path;label=path")
  *
- * Two modes run at a time. Two runs of one mode differ by about 3%. The counts are Node's
+ * INSTRUCTIONS_MODES="SDK;SDK, before" counts those modes alone (default: all of them). With
+ * INSTRUCTIONS_TREES, copies of src/ with one part of the telemetry taken out say what that part
+ * costs (docs/benchmarks.md, "Telemetry, eighth pass").
+ *
+ * Two modes run at a time, about 5 minutes a pair. Two runs of one mode differ by about 3%. The counts are Node's
  * instructions alone: not PostgreSQL's, not RabbitMQ's, and not time. Needs valgrind
  * (`apt install valgrind`) and a PostgreSQL at DATABASE_URL; a database is made per mode and dropped.
  */
@@ -34,12 +43,25 @@ import { env, fmt, loadavg, log, num, relayFor, table } from "./common.js";
 import { schemaSql } from "../src/sql/schema.js";
 import { databaseUrl } from "../test/support/postgres-server.js";
 
-type Mode = "SDK, txonce off" | "SDK, txonce off, contexts stored" | "SDK" | "SDK, before";
+/** "SDK, txonce off", "SDK, txonce off, contexts stored", "SDK", or "SDK, {label}" of another tree. */
+type Mode = string;
 
 const MESSAGES = Math.max(1000, Math.round(env("INSTRUCTIONS_MESSAGES", 5000)));
 const PUBLISHER = process.env.INSTRUCTIONS_PUBLISHER ?? "noop";
+/** Drains before the counted one, for the JIT (INSTRUCTIONS_WARMUPS, default 12). */
+const WARMUPS = Math.max(0, Math.round(env("INSTRUCTIONS_WARMUPS", 12)));
 const RABBITMQ_URL = process.env.RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672";
-const BEFORE_SRC = process.env.TELEMETRY_BEFORE_SRC;
+/** Other src/ trees by label, each counted as the mode "SDK, {label}". */
+const TREES = new Map<string, string>(
+  [
+    ...(process.env.TELEMETRY_BEFORE_SRC ? [`before=${process.env.TELEMETRY_BEFORE_SRC}`] : []),
+    ...(process.env.INSTRUCTIONS_TREES ?? "").split(";").filter(Boolean),
+  ].map((entry) => {
+    const at = entry.indexOf("=");
+    if (at <= 0) throw new Error(`INSTRUCTIONS_TREES: "${entry}" is not label=path`);
+    return [`SDK, ${entry.slice(0, at).trim()}`, entry.slice(at + 1).trim()];
+  }),
+);
 const root = fileURLToPath(new URL("..", import.meta.url));
 const self = fileURLToPath(import.meta.url);
 
@@ -55,9 +77,11 @@ async function main() {
     log("valgrind is not installed (apt install valgrind): nothing counted.");
     return;
   }
-  const modes: Mode[] = ["SDK, txonce off", "SDK, txonce off, contexts stored", "SDK", ...(BEFORE_SRC ? (["SDK, before"] as const) : [])];
+  const only = process.env.INSTRUCTIONS_MODES?.split(";").map((mode) => mode.trim());
+  const modes: Mode[] = ["SDK, txonce off", "SDK, txonce off, contexts stored", "SDK", ...TREES.keys()].filter((mode) => !only || only.includes(mode));
+  if (modes.length === 0) throw new Error(`INSTRUCTIONS_MODES=${process.env.INSTRUCTIONS_MODES}: no such mode`);
   log("The relay's Node instructions per message (callgrind)");
-  log(`node ${process.version}, --predictable; ${num(MESSAGES)} unkeyed messages per counted drain, after two drains to warm up; batchSize 100; publisher ${PUBLISHER === "rabbitmq" ? `RabbitMQ (${RABBITMQ_URL})` : "no-op"}; load ${loadavg()}`);
+  log(`node ${process.version}, --predictable; ${num(MESSAGES)} unkeyed messages per counted drain, after ${WARMUPS} drains to warm up; batchSize 100; publisher ${PUBLISHER === "rabbitmq" ? `RabbitMQ (${RABBITMQ_URL})` : "no-op"}; load ${loadavg()}`);
   const dir = mkdtempSync(join(tmpdir(), "txonce-instructions-"));
   const counts = {} as Record<Mode, number>;
   try {
@@ -74,13 +98,15 @@ async function main() {
   const reference = counts["SDK, txonce off"];
   log();
   table(
-    ["mode", "instructions/msg", "ratio to SDK, txonce off"],
-    modes.map((mode) => [mode, num(counts[mode]), `${fmt(counts[mode] / reference, 3)}x`]),
+    ["mode", "instructions/msg", ...(reference ? ["ratio to SDK, txonce off"] : [])],
+    modes.map((mode) => [mode, num(counts[mode]!), ...(reference ? [`${fmt(counts[mode]! / reference, 3)}x`] : [])]),
   );
+  const stored = counts["SDK, txonce off, contexts stored"];
+  if (reference === undefined || stored === undefined || counts.SDK === undefined) return;
   log();
   log(
-    `txonce's telemetry adds ${num(counts.SDK - counts["SDK, txonce off, contexts stored"])} instructions per message to the drain of messages holding a creation context; ` +
-      `holding one adds ${num(counts["SDK, txonce off, contexts stored"] - reference)} with the telemetry off.`,
+    `txonce's telemetry adds ${num(counts.SDK - stored)} instructions per message to the drain of messages holding a creation context; ` +
+      `holding one adds ${num(stored - reference)} with the telemetry off.`,
   );
 }
 
@@ -99,7 +125,7 @@ async function countMode(serverUrl: string, mode: Mode, dir: string): Promise<nu
     await setup.end();
     const out = join(dir, `${name}.out`);
     const signal = join(dir, `${name}.signal`);
-    const src = mode === "SDK, before" ? BEFORE_SRC! : join(root, "src");
+    const src = TREES.get(mode) ?? join(root, "src");
     const child = spawn(
       "valgrind",
       ["--tool=callgrind", `--callgrind-out-file=${out}`, process.execPath, "--predictable", "--expose-gc", "--import", "tsx", self, "--drain", url, String(MESSAGES), mode, src, signal],
@@ -186,7 +212,7 @@ async function drainUnderCount([url, count, mode, src, signal]: string[]) {
     await admin.query("CHECKPOINT");
   };
   const prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: url, max: 4 }) });
-  const t = txonce(prisma, { telemetry: { enabled: mode === "SDK" || mode === "SDK, before" } });
+  const t = txonce(prisma, { telemetry: { enabled: mode !== "SDK, txonce off" && mode !== "SDK, txonce off, contexts stored" } });
   let close = async () => {};
   let publisher: Parameters<typeof t.outbox.relay>[0]["publisher"] = async () => {};
   if (process.env.INSTRUCTIONS_PUBLISHER === "rabbitmq") {
@@ -217,7 +243,7 @@ async function drainUnderCount([url, count, mode, src, signal]: string[]) {
     process.stdout.write(`SIGNAL ${point}\n`);
     while (!existsSync(`${signal}.${point}`)) await new Promise((resolve) => setTimeout(resolve, 50));
   };
-  for (let warmUp = 0; warmUp < 2; warmUp++) {
+  for (let warmUp = 0; warmUp < WARMUPS; warmUp++) {
     await fill();
     await drain();
   }

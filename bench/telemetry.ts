@@ -36,7 +36,8 @@
  *    by one relay (defaults, a publisher that resolves at once), TELEMETRY_ROUNDS rounds. Before
  *    each drain the table is vacuumed, a checkpoint is taken, the enqueue's spans are exported
  *    and a garbage collection runs (`settle`).
- *    TELEMETRY_PROFILE=<dir> writes a CPU profile of each drain (and each round of part 1) there.
+ *    TELEMETRY_PROFILE=<dir> writes a CPU profile of each drain (and each round of part 1) there,
+ *    and prints the drains' Node CPU by part (bench/profile-summary.ts).
  *    TELEMETRY_PUBLISHER=rabbitmq drains to the real RabbitMQ at RABBITMQ_URL (default
  *    amqp://guest:guest@127.0.0.1:5672) with txonce's shipped publisher (confirm channel,
  *    persistent messages) instead: a throwaway topic exchange and a durable queue bound to it,
@@ -86,6 +87,7 @@ import { rabbitmqPublisher, type RabbitMqPublisher } from "../src/outbox/publish
 import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
 import { env, fmt, loadavg, log, median, num, relayFor, table, type BenchContext } from "./common.js";
+import { summarizeDrainProfiles } from "./profile-summary.js";
 
 const SECONDS = env("BENCH_SECONDS", 1.5);
 const ROUNDS = Math.max(1, Math.round(env("TELEMETRY_ROUNDS", 5)));
@@ -471,6 +473,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
       const published = MESSAGES * ROUNDS * RELAY_MODES.length;
       log(`RabbitMQ's queue held ${num(routed)} of the ${num(published)} messages the rounds published when purged after each drain${routed === published ? " (every one routed)" : ""}.`);
     }
+    if (PROFILE_DIR) summarizeDrainProfiles(PROFILE_DIR, publisherName, MESSAGES, RELAY_MODES);
     summary.push(
       `relay, ${broker ? "RabbitMQ" : "no-op publisher"}: SDK ${fmt(ratio("SDK", "off"), 3)}x of off, ${fmt(ratio("SDK", "SDK, txonce off"), 3)}x of the SDK with txonce off` +
         (BEFORE_SRC ? `; before: ${fmt(ratio("SDK, before", "off"), 3)}x and ${fmt(ratio("SDK, before", "SDK, txonce off"), 3)}x` : ""),
