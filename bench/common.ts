@@ -32,6 +32,15 @@ export const median = (values: number[]) => {
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 };
 export const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
+/**
+ * A distribution-free 95% confidence interval of the median of `values` (order statistics: the
+ * ranks n/2 ± 1.96·√n/2); with fewer than 6 values, their whole range.
+ */
+export const medianInterval = (values: number[]): [number, number] => {
+  const s = sorted(values);
+  const k = Math.max(0, Math.floor(s.length / 2 - (1.96 * Math.sqrt(s.length)) / 2));
+  return [s[k]!, s[s.length - 1 - k]!];
+};
 
 export const pad = (s: string, n: number) => s.padEnd(n);
 export const lpad = (s: string, n: number) => s.padStart(n);

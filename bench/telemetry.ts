@@ -86,7 +86,7 @@ import type { OutboxMessage, Publisher } from "../src/outbox/message.js";
 import { rabbitmqPublisher, type RabbitMqPublisher } from "../src/outbox/publishers/rabbitmq.js";
 import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
-import { env, fmt, loadavg, log, median, num, relayFor, table, type BenchContext } from "./common.js";
+import { env, fmt, loadavg, log, median, medianInterval, num, relayFor, table, type BenchContext } from "./common.js";
 import { summarizeDrainProfiles } from "./profile-summary.js";
 
 const SECONDS = env("BENCH_SECONDS", 1.5);
@@ -449,6 +449,12 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     log();
     log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker, ${what} (load ${loadavg()}):`);
     const ratio = (mode: Mode, to: Mode) => (RELAY_MODES.includes(mode) && RELAY_MODES.includes(to) ? median(drains.map((r) => r[mode].rate / r[to].rate)) : NaN);
+    const interval = (mode: Mode, to: Mode) => {
+      if (!RELAY_MODES.includes(mode) || !RELAY_MODES.includes(to) || mode === to) return "";
+      const [lo, hi] = medianInterval(drains.map((r) => r[mode].rate / r[to].rate));
+      return ` [${fmt(lo, 3)}-${fmt(hi, 3)}]`;
+    };
+    log("(ratios: the median of the rounds' ratios, in brackets its 95% confidence interval)");
     table(
       ["mode", "messages/s", "ratio to off", "min-max ratio", "to SDK, txonce off", "Node CPU µs/msg"],
       RELAY_MODES.map((mode) => {
@@ -456,9 +462,9 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
         return [
           mode,
           num(median(drains.map((r) => r[mode].rate))),
-          `${fmt(median(ratios), 3)}x`,
+          `${fmt(median(ratios), 3)}x${interval(mode, "off")}`,
           `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
-          mode.startsWith("SDK") ? `${fmt(ratio(mode, "SDK, txonce off"), 3)}x` : "",
+          mode.startsWith("SDK") ? `${fmt(ratio(mode, "SDK, txonce off"), 3)}x${interval(mode, "SDK, txonce off")}` : "",
           num(median(drains.map((r) => r[mode].cpuUsPerMsg))),
         ];
       }),

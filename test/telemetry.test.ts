@@ -9,6 +9,7 @@ import type { AddressInfo } from "node:net";
 import { diag, DiagLogLevel, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { txonce } from "../src/adapters/prisma.js";
+import { txonce as txoncePg } from "../src/adapters/pg.js";
 import { handleIdempotentRequest } from "../src/http/core.js";
 import { IdempotencyKeyInUseError, IdempotencyKeyReusedError } from "../src/errors.js";
 import { continueTrace, type OutboxMessage } from "../src/index.js";
@@ -401,6 +402,34 @@ describe("outbox", () => {
     expect(ms(send!.startTime)).toBeLessThan(handedAt + 10);
     expect(ms(send!.endTime)).toBeLessThanOrEqual(endedAt + 2);
     expect(ms(send!.duration)).toBeGreaterThanOrEqual(45);
+  });
+
+  test("a batch's outcomes are written before its telemetry is recorded: the next batch waits for that write, not for the recording", async () => {
+    // The relay over node-postgres, its pool watched: at each write of outcomes, was the batch's
+    // send span already recorded? Both run at the end of the batch's event-loop turn; the
+    // recording first would hold up the write (and so the next batch) by its own Node CPU.
+    const topic = unique("ordered");
+    const spansAtWrite: number[] = [];
+    const watched = {
+      query: (text: string, values?: unknown[]) => {
+        if (text === sql.recordProgress && String(values?.[0]).includes('"outcome":"published"')) spansAtWrite.push(otel.spansNamed(`send ${topic}`).length);
+        return db.pool.query(text, values);
+      },
+      connect: () => db.pool.connect(),
+    };
+    const relayer = txoncePg(watched);
+    await db.prisma.$transaction((tx) => txonce(db.prisma).outbox.enqueueMany(tx, [1, 2, 3].map((n) => ({ topic, payload: n }))));
+    const received: OutboxMessage[] = [];
+    const relay = relayer.outbox.relay({ publisher: async (m) => void (m.topic === topic && received.push(m)), pollInterval: 20 });
+    await relay.start();
+    try {
+      await until(() => received.length === 3 && otel.spansNamed(`send ${topic}`).length === 1);
+    } finally {
+      await relay.stop();
+    }
+    expect(otel.spansNamed(`send ${topic}`)[0]!.attributes["messaging.batch.message_count"]).toBe(3);
+    expect(spansAtWrite.length).toBeGreaterThan(0);
+    expect(spansAtWrite[0]).toBe(0);
   });
 
   test("a throw while a batch's telemetry is recorded, after the relay has moved on, goes to the OpenTelemetry diag logger, not out of the process", async () => {

@@ -302,8 +302,10 @@ export function createRelay(
    * at most 2 × `batchSize` of its messages. A run waits before its next hand-off while that many
    * are unwritten; a write of the outcomes so far starts once half that many have ended, so that
    * runs rarely wait. (The previous batch's outcomes are all written before this one starts.)
+   *
+   * `batch`: the claim's telemetry (one `send {topic}` span per topic), ended by the caller.
    */
-  const runBatch = async (rows: Row[], token: string, claimedAt: number) => {
+  const runBatch = async (rows: Row[], token: string, claimedAt: number, batch: SendBatch | undefined) => {
     // A key's run is published one message after the other: no publish may start so late that
     // it could outlast the lease (another relay could then take the message too).
     const lastStart = claimedAt + config.leaseMs - config.publishTimeoutMs;
@@ -328,8 +330,6 @@ export function createRelay(
       if (!writing && ended * 2 >= config.batchSize) void write();
       while (unwritten >= config.batchSize) await (writing ?? write());
     };
-    // telemetry: one `send {topic}` span per topic of the batch, ended once every publish ended
-    const batch = telemetry?.sendBatch(system);
     const counted = () => {
       unwritten++;
       ended++;
@@ -360,7 +360,7 @@ export function createRelay(
           if (!(await handOver(run[i]!))) return handBack(run.slice(i + 1));
         }
       }),
-    ]).finally(() => batch?.end());
+    ]);
   };
 
   const work = async () => {
@@ -419,8 +419,17 @@ export function createRelay(
           continue;
         }
         sweptFromStart = false;
-        await runBatch(rows, token, claimedAt);
-        recorded = progress.flushed();
+        // telemetry: one `send {topic}` span per topic of the batch, ended once every publish ended
+        const batch = telemetry?.sendBatch(system);
+        try {
+          await runBatch(rows, token, claimedAt, batch);
+          recorded = progress.flushed();
+        } finally {
+          // After the outcomes' write is asked for: both go at the end of this event-loop turn,
+          // the write first (its statement is sent before the telemetry's recording runs, and the
+          // next batch waits for that write, not for the recording).
+          batch?.end();
+        }
       } catch (error) {
         onError(error);
         await idle(generation);

@@ -110,7 +110,8 @@ export interface SendBatch {
   /**
    * Called once every message sent has ended: the batch's spans end at this time, and their
    * links and metrics are recorded in the event loop's next check phase or at
-   * {@link OutboxTelemetry.flush}.
+   * {@link OutboxTelemetry.flush}. The relay calls it after it has asked for the batch's outcomes
+   * to be written (that write is also sent from the check phase, so it goes first).
    */
   end(): void;
 }
@@ -279,8 +280,11 @@ export function outboxTelemetry(options: TelemetryOptions | undefined): OutboxTe
     span.end(endedAt);
   };
   // Ended batches not recorded yet, recorded in the event loop's next check phase: by then the
-  // relay has sent its next claim and its progress write, so their Node CPU runs while the
-  // database works on those instead of holding up the next batch. `flush` records them at once.
+  // relay has sent its next claim, and the write of the batch's outcomes (which the next batch
+  // waits for) has gone out from the same check phase just before, so their Node CPU runs while
+  // the database works on those instead of holding up the next batch. (Run before the write, it
+  // delayed the write by its own time: 0.15-0.25 ms for a batch of 100 in a traced drain.)
+  // `flush` records them at once.
   let finishing: (() => void)[] = [];
   let finishTimer: NodeJS.Immediate | undefined;
   const flushFinishing = () => {
