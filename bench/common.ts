@@ -41,6 +41,11 @@ export const medianInterval = (values: number[]): [number, number] => {
   const k = Math.max(0, Math.floor(s.length / 2 - (1.96 * Math.sqrt(s.length)) / 2));
   return [s[k]!, s[s.length - 1 - k]!];
 };
+/** The median of ratios and its 95% interval: "0.944x [0.909-0.963]". */
+export const ratioCell = (ratios: number[]) => {
+  const [lo, hi] = medianInterval(ratios);
+  return `${fmt(median(ratios), 3)}x [${fmt(lo, 3)}-${fmt(hi, 3)}]`;
+};
 
 export const pad = (s: string, n: number) => s.padEnd(n);
 export const lpad = (s: string, n: number) => s.padStart(n);

@@ -86,7 +86,7 @@ import type { OutboxMessage, Publisher } from "../src/outbox/message.js";
 import { rabbitmqPublisher, type RabbitMqPublisher } from "../src/outbox/publishers/rabbitmq.js";
 import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
-import { env, fmt, loadavg, log, median, medianInterval, num, relayFor, table, type BenchContext } from "./common.js";
+import { env, fmt, loadavg, log, median, num, ratioCell, relayFor, table, type BenchContext } from "./common.js";
 import { summarizeDrainProfiles } from "./profile-summary.js";
 
 const SECONDS = env("BENCH_SECONDS", 1.5);
@@ -355,6 +355,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     }
     log();
     log(`First execution, concurrency ${concurrency} (load ${loadavg()}):`);
+    log("(ratios: the median of the rounds' ratios, in brackets its 95% confidence interval)");
     table(
       ["mode", "calls/s", "ratio to off", "min-max ratio", "to SDK, txonce off", "Node CPU µs/call"],
       MODES.map((mode) => {
@@ -362,9 +363,9 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
         return [
           mode,
           num(median(rounds.map((r) => r[mode].rate))),
-          `${fmt(median(ratios), 3)}x`,
+          mode === "off" ? "1.000x" : ratioCell(ratios),
           `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
-          mode.startsWith("SDK") ? `${fmt(median(rounds.map((r) => r[mode].rate / r["SDK, txonce off"].rate)), 3)}x` : "",
+          mode === "SDK, txonce off" ? "1.000x" : mode.startsWith("SDK") ? ratioCell(rounds.map((r) => r[mode].rate / r["SDK, txonce off"].rate)) : "",
           num(median(rounds.map((r) => r[mode].cpuUsPerCall))),
         ];
       }),
@@ -449,11 +450,6 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     log();
     log(`Relay throughput, ${num(MESSAGES)} unkeyed messages, batchSize 100, 1 worker, ${what} (load ${loadavg()}):`);
     const ratio = (mode: Mode, to: Mode) => (RELAY_MODES.includes(mode) && RELAY_MODES.includes(to) ? median(drains.map((r) => r[mode].rate / r[to].rate)) : NaN);
-    const interval = (mode: Mode, to: Mode) => {
-      if (!RELAY_MODES.includes(mode) || !RELAY_MODES.includes(to) || mode === to) return "";
-      const [lo, hi] = medianInterval(drains.map((r) => r[mode].rate / r[to].rate));
-      return ` [${fmt(lo, 3)}-${fmt(hi, 3)}]`;
-    };
     log("(ratios: the median of the rounds' ratios, in brackets its 95% confidence interval)");
     table(
       ["mode", "messages/s", "ratio to off", "min-max ratio", "to SDK, txonce off", "Node CPU µs/msg"],
@@ -462,9 +458,9 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
         return [
           mode,
           num(median(drains.map((r) => r[mode].rate))),
-          `${fmt(median(ratios), 3)}x${interval(mode, "off")}`,
+          mode === "off" ? "1.000x" : ratioCell(ratios),
           `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
-          mode.startsWith("SDK") ? `${fmt(ratio(mode, "SDK, txonce off"), 3)}x${interval(mode, "SDK, txonce off")}` : "",
+          mode === "SDK, txonce off" ? "1.000x" : mode.startsWith("SDK") ? ratioCell(drains.map((r) => r[mode].rate / r["SDK, txonce off"].rate)) : "",
           num(median(drains.map((r) => r[mode].cpuUsPerMsg))),
         ];
       }),
