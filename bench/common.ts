@@ -34,7 +34,7 @@ export const median = (values: number[]) => {
 export const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
 /**
  * A distribution-free 95% confidence interval of the median of `values` (order statistics: the
- * ranks n/2 ± 1.96·√n/2); with fewer than 6 values, their whole range.
+ * ranks n/2 ± 1.96·√n/2); with 7 values or fewer, their whole range.
  */
 export const medianInterval = (values: number[]): [number, number] => {
   const s = sorted(values);

@@ -460,7 +460,11 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
           num(median(drains.map((r) => r[mode].rate))),
           mode === "off" ? "1.000x" : ratioCell(ratios),
           `${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)}`,
-          mode === "SDK, txonce off" ? "1.000x" : mode.startsWith("SDK") ? ratioCell(drains.map((r) => r[mode].rate / r["SDK, txonce off"].rate)) : "",
+          mode === "SDK, txonce off"
+            ? "1.000x"
+            : mode.startsWith("SDK") && RELAY_MODES.includes("SDK, txonce off")
+              ? ratioCell(drains.map((r) => r[mode].rate / r["SDK, txonce off"].rate))
+              : "",
           num(median(drains.map((r) => r[mode].cpuUsPerMsg))),
         ];
       }),
