@@ -47,6 +47,9 @@ export const ratioCell = (ratios: number[]) => {
   return `${fmt(median(ratios), 3)}x [${fmt(lo, 3)}-${fmt(hi, 3)}]`;
 };
 
+/** A bench mode as part of a file name ("SDK, txonce off" -> "SDK_txonce_off"): the profiles' and the trees' names. */
+export const fileNameOf = (mode: string) => mode.replace(/[^a-zA-Z]+/g, "_");
+
 export const pad = (s: string, n: number) => s.padEnd(n);
 export const lpad = (s: string, n: number) => s.padStart(n);
 export const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toFixed(digits) : "-");

@@ -39,7 +39,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import pg from "pg";
-import { env, fmt, loadavg, log, num, relayFor, table } from "./common.js";
+import { env, fileNameOf, fmt, loadavg, log, num, relayFor, table } from "./common.js";
 import { schemaSql } from "../src/sql/schema.js";
 import { databaseUrl } from "../test/support/postgres-server.js";
 
@@ -112,7 +112,7 @@ async function main() {
 
 /** One mode in its own process under callgrind: the counted drain's instructions per message. */
 async function countMode(serverUrl: string, mode: Mode, dir: string): Promise<number> {
-  const name = mode.replace(/[^a-zA-Z]+/g, "_");
+  const name = fileNameOf(mode);
   const database = `txonce_instructions_${randomBytes(4).toString("hex")}`;
   const admin = new pg.Client({ connectionString: serverUrl });
   await admin.connect();

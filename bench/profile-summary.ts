@@ -11,7 +11,7 @@
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { fmt, log, median, table } from "./common.js";
+import { fileNameOf, fmt, log, median, table } from "./common.js";
 
 interface CallFrame {
   functionName: string;
@@ -58,10 +58,10 @@ function partsOf(profile: Profile): Map<string, number> {
 
 /**
  * Prints, per mode, each part's median µs per message over the drains profiled in `dir` (files
- * named `{mode}-{publisher}-{time}.cpuprofile`, the mode's non-letters as `_`), for `publisher`.
+ * named `{mode}-{publisher}-{time}.cpuprofile`, the mode as {@link fileNameOf} writes it), for `publisher`.
  */
 export function summarizeDrainProfiles(dir: string, publisher: string, messages: number, modes: readonly string[]): void {
-  const fileMode = new Map(modes.map((mode) => [mode.replace(/[^a-zA-Z]+/g, "_"), mode]));
+  const fileMode = new Map(modes.map((mode) => [fileNameOf(mode), mode]));
   const byMode = new Map<string, Map<string, number>[]>();
   for (const file of readdirSync(dir)) {
     const match = /^(.+)-([a-z]+)-\d+\.cpuprofile$/.exec(file);

@@ -86,7 +86,7 @@ import type { OutboxMessage, Publisher } from "../src/outbox/message.js";
 import { rabbitmqPublisher, type RabbitMqPublisher } from "../src/outbox/publishers/rabbitmq.js";
 import { outboxTelemetry } from "../src/telemetry/outbox.js";
 import * as sql from "../src/sql/postgres.js";
-import { env, fmt, loadavg, log, median, num, ratioCell, relayFor, table, type BenchContext } from "./common.js";
+import { env, fileNameOf, fmt, loadavg, log, median, num, ratioCell, relayFor, table, type BenchContext } from "./common.js";
 import { summarizeDrainProfiles } from "./profile-summary.js";
 
 const SECONDS = env("BENCH_SECONDS", 1.5);
@@ -138,7 +138,7 @@ async function modeTrees(modes: Mode[]) {
   const dir = mkdtempSync(join(tmpdir(), "txonce-bench-trees-"));
   const txonces = {} as Record<Mode, typeof txonce>;
   for (const mode of modes) {
-    const tree = join(dir, mode.replace(/[^a-zA-Z]+/g, "_"));
+    const tree = join(dir, fileNameOf(mode));
     cpSync(join(root, "src"), join(tree, "src"), { recursive: true });
     copyFileSync(join(root, "package.json"), join(tree, "package.json"));
     symlinkSync(join(root, "node_modules"), join(tree, "node_modules"));
@@ -349,7 +349,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
         enter(mode);
         const profiling = PROFILE_DIR ? await startProfile() : undefined;
         result[mode] = await closedLoop(concurrency, SECONDS, first(mode));
-        if (profiling) await profiling.stopInto(`${PROFILE_DIR}/${mode.replace(/[^a-zA-Z]+/g, "_")}-first-c${concurrency}-${Date.now()}.cpuprofile`);
+        if (profiling) await profiling.stopInto(`${PROFILE_DIR}/${fileNameOf(mode)}-first-c${concurrency}-${Date.now()}.cpuprofile`);
       }
       rounds.push(result);
     }
@@ -393,7 +393,7 @@ export async function telemetryBench({ prisma, pool }: BenchContext) {
     await finished;
     const seconds = (performance.now() - t0) / 1000;
     const cpu = process.cpuUsage(cpu0);
-    if (profiling) await profiling.stopInto(`${PROFILE_DIR}/${mode.replace(/[^a-zA-Z]+/g, "_")}-${publisherName}-${Date.now()}.cpuprofile`);
+    if (profiling) await profiling.stopInto(`${PROFILE_DIR}/${fileNameOf(mode)}-${publisherName}-${Date.now()}.cpuprofile`);
     await relay.stop();
     return { rate: n / seconds, cpuUsPerMsg: (cpu.user + cpu.system) / n };
   };
